@@ -1,0 +1,190 @@
+//! Every message exchanged between hub and agent. Each QUIC stream carries one request frame
+//! and one response frame; the first stream of a connection carries `Hello`/`HelloAck`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Labels attached to a cluster (`region=eu-west`, ...). Sorted for stable encoding.
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "body")]
+pub enum Message {
+    Hello(Hello),
+    HelloAck(HelloAck),
+    JoinRequest(JoinRequest),
+    JoinPoll(JoinPoll),
+    JoinStatus(JoinStatus),
+    Heartbeat(Heartbeat),
+    HeartbeatAck(HeartbeatAck),
+    RenewRequest(RenewRequest),
+    RenewResponse(RenewResponse),
+    Error(ErrorMsg),
+}
+
+/// Names of every message kind this build understands (the serde tags above).
+pub const MESSAGE_KINDS: &[&str] = &[
+    "Hello",
+    "HelloAck",
+    "JoinRequest",
+    "JoinPoll",
+    "JoinStatus",
+    "Heartbeat",
+    "HeartbeatAck",
+    "RenewRequest",
+    "RenewResponse",
+    "Error",
+];
+
+impl Message {
+    /// Short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::HelloAck(_) => "HelloAck",
+            Message::JoinRequest(_) => "JoinRequest",
+            Message::JoinPoll(_) => "JoinPoll",
+            Message::JoinStatus(_) => "JoinStatus",
+            Message::Heartbeat(_) => "Heartbeat",
+            Message::HeartbeatAck(_) => "HeartbeatAck",
+            Message::RenewRequest(_) => "RenewRequest",
+            Message::RenewResponse(_) => "RenewResponse",
+            Message::Error(_) => "Error",
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Message {
+        Message::Error(ErrorMsg {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+/// First message on every connection, from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAck {
+    pub protocol_version: u16,
+    pub hub_version: String,
+    /// Heartbeat period the hub expects, so health thresholds agree on both sides.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// What an agent knows about itself and its cluster. Reported at join and in every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    pub arch: String,
+    pub os: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub agent_version: String,
+    pub hostname: String,
+    /// Present when the agent can reach a Kubernetes API server.
+    pub kubernetes_version: Option<String>,
+    pub node_count: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Bootstrap token, as printed by `tetherctl token create`.
+    pub token: String,
+    pub name: String,
+    pub labels: Labels,
+    pub facts: Facts,
+    /// PKCS#10 request, PEM. The hub keeps only the public key; every other field is overwritten.
+    pub csr_pem: String,
+    /// Random secret chosen by the agent; polling must present it again, so nobody else can
+    /// read the decision for this name.
+    pub request_secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinPoll {
+    pub name: String,
+    pub request_secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinStatus {
+    /// Waiting for an administrator.
+    Pending,
+    Approved {
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Denied {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// "True", "False" or "Unknown", as in Kubernetes.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub facts: Facts,
+    pub conditions: Vec<Condition>,
+    /// Agent wall clock, milliseconds since the Unix epoch (for skew reporting only).
+    pub sent_at_ms: u64,
+    /// Informational only. The hub identifies the sender by its certificate and ignores this.
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    pub hub_time_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// A CSR for a fresh key pair made by the agent.
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub cert_pem: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    VersionMismatch,
+    BadRequest,
+    UnexpectedMessage,
+    TokenInvalid,
+    TokenExpired,
+    TokenExhausted,
+    NameTaken,
+    NameInvalid,
+    CsrInvalid,
+    Denied,
+    Unauthorized,
+    TooLarge,
+    Busy,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
