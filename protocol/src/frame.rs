@@ -122,7 +122,10 @@ mod tests {
     fn truncated_frame_is_an_error() {
         let frame = encode_frame(&hello(), DEFAULT_MAX_FRAME).unwrap();
         for cut in 0..frame.len() {
-            assert!(decode_frame(&frame[..cut], DEFAULT_MAX_FRAME).is_err(), "cut at {cut}");
+            assert!(
+                decode_frame(&frame[..cut], DEFAULT_MAX_FRAME).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -147,7 +150,8 @@ mod tests {
         body.push(0xf6);
         assert!(decode_message(&body).is_err());
         // Same inside a plausible envelope: {"type": "Hello", "body": [[[[...]]]]}
-        let mut env = codec::encode(&std::collections::BTreeMap::from([("type", "Hello")])).unwrap();
+        let mut env =
+            codec::encode(&std::collections::BTreeMap::from([("type", "Hello")])).unwrap();
         env[0] = 0xa2; // map of 2
         env.extend_from_slice(&codec::encode(&"body").unwrap());
         env.extend_from_slice(&body);

@@ -11,7 +11,9 @@ pub enum NameError {
     Charset(String),
     #[error("label key {0:?} is invalid: use 1-63 characters of [A-Za-z0-9._-/], starting with a letter or digit")]
     LabelKey(String),
-    #[error("label value {0:?} for key {1:?} is invalid: use at most 63 characters of [A-Za-z0-9._-]")]
+    #[error(
+        "label value {0:?} for key {1:?} is invalid: use at most 63 characters of [A-Za-z0-9._-]"
+    )]
     LabelValue(String, String),
     #[error("too many labels: {0} (limit {MAX_LABELS})")]
     TooManyLabels(usize),
@@ -48,8 +50,9 @@ pub fn validate_labels(labels: &Labels) -> Result<(), NameError> {
         if !key_ok {
             return Err(NameError::LabelKey(k.clone()));
         }
-        let value_ok =
-            v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        let value_ok = v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !value_ok {
             return Err(NameError::LabelValue(v.clone(), k.clone()));
         }

@@ -1,0 +1,120 @@
+//! Hub tables and records.
+
+use crate::{SeqTable, StrTable};
+use serde::{Deserialize, Serialize};
+use tether_protocol::{Condition, Facts, Labels};
+
+/// Registered clusters by name.
+pub const CLUSTERS: StrTable<ClusterRecord> = StrTable::new("clusters");
+/// Join requests by cluster name.
+pub const JOIN_REQUESTS: StrTable<JoinRequestRecord> = StrTable::new("join_requests");
+/// Bootstrap tokens by SHA-256 (hex) of the token: the plaintext is never stored.
+pub const TOKENS: StrTable<TokenRecord> = StrTable::new("bootstrap_tokens");
+/// Revoked certificate serials (hex).
+pub const REVOKED: StrTable<RevokedRecord> = StrTable::new("revoked_serials");
+/// Append-only security audit log.
+pub const AUDIT: SeqTable<AuditEvent> = SeqTable::new("audit_events");
+/// SHA-256 fingerprints (hex) of admin client certificates allowed on the admin API.
+pub const ADMINS: StrTable<AdminRecord> = StrTable::new("admins");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ClusterState {
+    /// Session up and heartbeats arriving.
+    Ready,
+    /// Heartbeats stopped (or the hub has not heard since it started); not yet Offline.
+    Unknown,
+    /// No session for longer than the offline grace period.
+    Offline,
+    /// An administrator denied the cluster; its certificates are revoked.
+    Denied,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Ready => "Ready",
+            ClusterState::Unknown => "Unknown",
+            ClusterState::Offline => "Offline",
+            ClusterState::Denied => "Denied",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub name: String,
+    pub labels: Labels,
+    pub facts: Facts,
+    pub conditions: Vec<Condition>,
+    pub state: ClusterState,
+    pub state_since_ms: u64,
+    pub joined_at_ms: u64,
+    pub last_seen_ms: Option<u64>,
+    /// Serial (hex) of the newest certificate issued to this cluster.
+    pub cert_serial: String,
+    pub cert_not_after_ms: u64,
+    /// Every serial ever issued to the cluster and not yet expired: a session must present one.
+    pub serials: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinDecision {
+    Pending,
+    Approved { cert_pem: String },
+    Denied { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequestRecord {
+    pub name: String,
+    /// SHA-256 (hex) of the agent's request secret.
+    pub secret_sha256: String,
+    /// Display id of the token used.
+    pub token_id: String,
+    pub labels: Labels,
+    pub facts: Facts,
+    pub csr_pem: String,
+    pub peer_addr: String,
+    pub decision: JoinDecision,
+    pub created_at_ms: u64,
+    pub decided_at_ms: Option<u64>,
+    pub decided_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Short public id (first characters of the hash), safe to log and display.
+    pub id: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub max_uses: u32,
+    pub used: u32,
+    pub auto_approve: bool,
+    /// Labels every cluster joining with this token receives (they override agent labels).
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedRecord {
+    pub serial: String,
+    pub cluster: String,
+    pub at_ms: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub at_ms: u64,
+    /// e.g. `join_requested`, `join_approved`, `cert_issued`, `handshake_rejected`.
+    pub kind: String,
+    pub cluster: Option<String>,
+    /// `admin`, `agent:<name>`, `token:<id>`, `hub`.
+    pub actor: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub name: String,
+    pub created_at_ms: u64,
+}

@@ -1,0 +1,186 @@
+//! Typed table handles over redb tables of `key -> CBOR bytes`.
+
+use crate::StoreError;
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+
+/// A table keyed by string.
+pub struct StrTable<V> {
+    name: &'static str,
+    _v: PhantomData<fn() -> V>,
+}
+
+/// A table keyed by a monotonically increasing sequence number (append-only logs).
+pub struct SeqTable<V> {
+    name: &'static str,
+    _v: PhantomData<fn() -> V>,
+}
+
+impl<V> StrTable<V> {
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            _v: PhantomData,
+        }
+    }
+    fn def(&self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
+impl<V> SeqTable<V> {
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            _v: PhantomData,
+        }
+    }
+    fn def(&self) -> TableDefinition<'static, u64, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
+fn enc<V: Serialize>(table: &'static str, v: &V) -> Result<Vec<u8>, StoreError> {
+    tether_protocol::encode(v).map_err(|e| StoreError::Encode {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+fn dec<V: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<V, StoreError> {
+    tether_protocol::decode(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+pub struct WriteTx {
+    txn: WriteTransaction,
+}
+
+impl WriteTx {
+    pub(crate) fn new(txn: WriteTransaction) -> Self {
+        Self { txn }
+    }
+
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit()?;
+        Ok(())
+    }
+
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        t: &StrTable<V>,
+        key: &str,
+    ) -> Result<Option<V>, StoreError> {
+        let table = self.txn.open_table(t.def())?;
+        let value = table.get(key)?;
+        value.map(|v| dec(t.name, v.value())).transpose()
+    }
+
+    pub fn put<V: Serialize>(
+        &self,
+        t: &StrTable<V>,
+        key: &str,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = enc(t.name, value)?;
+        let mut table = self.txn.open_table(t.def())?;
+        table.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Remove a key; returns whether it existed.
+    pub fn remove<V>(&self, t: &StrTable<V>, key: &str) -> Result<bool, StoreError> {
+        let mut table = self.txn.open_table(t.def())?;
+        let existed = table.remove(key)?.is_some();
+        Ok(existed)
+    }
+
+    pub fn list<V: DeserializeOwned>(
+        &self,
+        t: &StrTable<V>,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        let table = self.txn.open_table(t.def())?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), dec(t.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Append at the next sequence number (1-based) and return it.
+    pub fn append<V: Serialize>(&self, t: &SeqTable<V>, value: &V) -> Result<u64, StoreError> {
+        let bytes = enc(t.name, value)?;
+        let mut table = self.txn.open_table(t.def())?;
+        let next = match table.last()? {
+            Some((k, _)) => k.value() + 1,
+            None => 1,
+        };
+        table.insert(next, bytes.as_slice())?;
+        Ok(next)
+    }
+}
+
+pub struct ReadTx {
+    txn: ReadTransaction,
+}
+
+impl ReadTx {
+    pub(crate) fn new(txn: ReadTransaction) -> Self {
+        Self { txn }
+    }
+
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        t: &StrTable<V>,
+        key: &str,
+    ) -> Result<Option<V>, StoreError> {
+        let table = match self.txn.open_table(t.def()) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let value = table.get(key)?;
+        value.map(|v| dec(t.name, v.value())).transpose()
+    }
+
+    pub fn list<V: DeserializeOwned>(
+        &self,
+        t: &StrTable<V>,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        let table = match self.txn.open_table(t.def()) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), dec(t.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The last `limit` entries of a log, oldest first.
+    pub fn tail<V: DeserializeOwned>(
+        &self,
+        t: &SeqTable<V>,
+        limit: usize,
+    ) -> Result<Vec<(u64, V)>, StoreError> {
+        let table = match self.txn.open_table(t.def()) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()?.rev().take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), dec(t.name, v.value())?));
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
