@@ -1,1 +1,18 @@
+//! Tether hub: registration (double opt-in), authenticated agent sessions, cluster health, and
+//! the admin API used by `tetherctl`.
 
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod ctl;
+pub mod health;
+pub mod hub;
+pub mod init;
+pub mod metrics;
+pub mod pki;
+pub mod registry;
+pub mod server;
+pub mod sessions;
+pub mod util;
+
+pub use hub::{start, HubConfig, RunningHub};

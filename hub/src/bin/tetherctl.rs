@@ -1,1 +1,315 @@
-fn main() {}
+//! `tetherctl`: the administrator's command line for a Tether hub.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use tether_hub::api::{ClusterView, CreateTokenRequest, JoinRequestView};
+use tether_hub::config::CtlConfig;
+use tether_hub::ctl::AdminClient;
+use tether_hub::util::{now_ms, parse_duration, rfc3339};
+use tether_protocol::names::parse_label;
+use tether_protocol::Labels;
+
+#[derive(Parser)]
+#[command(
+    name = "tetherctl",
+    version,
+    about = "Administer a Tether hub: bootstrap tokens, join approvals, cluster health."
+)]
+struct Cli {
+    /// tetherctl.yaml written by `tether-hub init` (admin API address, CA and admin credential).
+    #[arg(long, env = "TETHER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bootstrap tokens that let agents request to join.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Registered clusters and join requests.
+    #[command(subcommand)]
+    Clusters(ClustersCmd),
+    /// Security audit events, newest last.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token. It is printed once; the hub stores only its hash.
+    Create {
+        /// How long the token can be used.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// How many clusters may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Approve join requests made with this token without a human step.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Label given to every cluster joining with this token (repeatable, k=v).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// List tokens (ids only; secrets are never shown again).
+    List,
+}
+
+#[derive(Subcommand)]
+enum ClustersCmd {
+    /// List registered clusters with their health.
+    List,
+    /// Show one cluster.
+    Get { name: String },
+    /// List join requests waiting for a decision.
+    Pending,
+    /// Approve a pending join request: the hub signs the agent's CSR.
+    Approve { name: String },
+    /// Deny a pending join request, or cut off a registered cluster (revokes its certificates
+    /// and closes its live session).
+    Deny {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Remove a cluster: revoke its certificates, close its session, free its name.
+    Detach { name: String },
+}
+
+fn print<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce(),
+) -> anyhow::Result<()> {
+    match output {
+        Output::Table => table(),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
+    }
+    Ok(())
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let secs = now_ms().saturating_sub(t) / 1000;
+            match secs {
+                0..=119 => format!("{secs}s ago"),
+                120..=7199 => format!("{}m ago", secs / 60),
+                _ => format!("{}h ago", secs / 3600),
+            }
+        }
+    }
+}
+
+fn labels_str(l: &Labels) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn clusters_table(rows: &[ClusterView]) {
+    println!(
+        "{:<24} {:<8} {:<10} {:<8} {:<10} {:<22} {}",
+        "NAME", "STATE", "LAST SEEN", "ARCH", "AGENT", "CERT EXPIRES", "LABELS"
+    );
+    for c in rows {
+        println!(
+            "{:<24} {:<8} {:<10} {:<8} {:<10} {:<22} {}",
+            c.name,
+            c.state,
+            ago(c.last_seen_ms),
+            c.facts.arch,
+            c.facts.agent_version,
+            rfc3339(c.cert_not_after_ms),
+            labels_str(&c.labels)
+        );
+    }
+}
+
+fn pending_table(rows: &[JoinRequestView]) {
+    println!(
+        "{:<24} {:<14} {:<8} {:<22} {:<22} {}",
+        "NAME", "TOKEN", "ARCH", "FROM", "REQUESTED", "LABELS"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<14} {:<8} {:<22} {:<22} {}",
+            r.name,
+            r.token_id,
+            r.facts.arch,
+            r.peer_addr,
+            rfc3339(r.created_at_ms),
+            labels_str(&r.labels)
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Some(path) = cli.config.clone() else {
+        bail!("no tetherctl config: pass --config DATA_DIR/tetherctl.yaml or set TETHER_CONFIG (it is written by `tether-hub init`)");
+    };
+    let cfg = CtlConfig::load(&path)?;
+    let client = AdminClient::new(&cfg).with_context(|| format!("using {}", path.display()))?;
+    let out = cli.output;
+    match cli.cmd {
+        Cmd::Token(TokenCmd::Create {
+            ttl,
+            uses,
+            auto_approve,
+            labels,
+        }) => {
+            let created = client
+                .create_token(&CreateTokenRequest {
+                    ttl_secs: ttl.as_secs().max(1),
+                    uses,
+                    auto_approve,
+                    labels: labels.into_iter().collect(),
+                })
+                .await?;
+            print(out, &created, || {
+                println!("{}", created.token);
+                eprintln!(
+                    "token {} valid until {} for {uses} join(s){}. It is shown only once.",
+                    created.id,
+                    rfc3339(created.expires_at_ms),
+                    if auto_approve { ", auto-approved" } else { "" }
+                );
+            })?;
+        }
+        Cmd::Token(TokenCmd::List) => {
+            let rows = client.tokens().await?;
+            print(out, &rows, || {
+                println!(
+                    "{:<14} {:<22} {:<6} {:<6} {}",
+                    "ID", "EXPIRES", "USED", "USES", "AUTO-APPROVE"
+                );
+                for t in &rows {
+                    println!(
+                        "{:<14} {:<22} {:<6} {:<6} {}",
+                        t.id,
+                        rfc3339(t.expires_at_ms),
+                        t.used,
+                        t.max_uses,
+                        t.auto_approve
+                    );
+                }
+            })?;
+        }
+        Cmd::Clusters(ClustersCmd::List) => {
+            let rows = client.clusters().await?;
+            print(out, &rows, || clusters_table(&rows))?;
+        }
+        Cmd::Clusters(ClustersCmd::Get { name }) => {
+            let c = client.cluster(&name).await?;
+            print(out, &c, || {
+                clusters_table(std::slice::from_ref(&c));
+                println!();
+                println!(
+                    "facts: os={} cpus={} memory={}MiB hostname={} kubernetes={}",
+                    c.facts.os,
+                    c.facts.cpus,
+                    c.facts.memory_bytes >> 20,
+                    c.facts.hostname,
+                    c.facts.kubernetes_version.as_deref().unwrap_or("-")
+                );
+                println!("certificate serial: {}", c.cert_serial);
+                for cond in &c.conditions {
+                    println!(
+                        "condition {}={} ({}): {}",
+                        cond.kind, cond.status, cond.reason, cond.message
+                    );
+                }
+            })?;
+        }
+        Cmd::Clusters(ClustersCmd::Pending) => {
+            let rows: Vec<_> = client
+                .join_requests()
+                .await?
+                .into_iter()
+                .filter(|r| r.state == "Pending")
+                .collect();
+            print(out, &rows, || {
+                if rows.is_empty() {
+                    println!("No pending join requests.");
+                } else {
+                    pending_table(&rows);
+                }
+            })?;
+        }
+        Cmd::Clusters(ClustersCmd::Approve { name }) => {
+            let r = client.approve(&name).await?;
+            print(out, &r, || {
+                println!(
+                    "cluster {name} approved; its agent receives its certificate on its next poll"
+                )
+            })?;
+        }
+        Cmd::Clusters(ClustersCmd::Deny { name, reason }) => {
+            let r = client.deny(&name, &reason).await?;
+            print(out, &r, || {
+                println!(
+                    "cluster {name} denied{}",
+                    if r.session_closed {
+                        "; live session closed"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
+        }
+        Cmd::Clusters(ClustersCmd::Detach { name }) => {
+            let r = client.detach(&name).await?;
+            print(out, &r, || {
+                println!(
+                    "cluster {name} detached{}",
+                    if r.session_closed {
+                        "; live session closed"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
+        }
+        Cmd::Audit { limit } => {
+            let rows = client.audit(limit).await?;
+            print(out, &rows, || {
+                for e in &rows {
+                    println!(
+                        "{:>6} {} {:<20} {:<16} {:<20} {}",
+                        e.seq,
+                        rfc3339(e.at_ms),
+                        e.kind,
+                        e.cluster.as_deref().unwrap_or("-"),
+                        e.actor,
+                        e.detail
+                    );
+                }
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! JSON shapes of the admin API, shared by the server and `tetherctl`.
+
+use serde::{Deserialize, Serialize};
+use tether_protocol::{Condition, Facts, Labels};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterView {
+    pub name: String,
+    pub state: String,
+    pub connected: bool,
+    pub labels: Labels,
+    pub facts: Facts,
+    pub conditions: Vec<Condition>,
+    pub last_seen_ms: Option<u64>,
+    pub joined_at_ms: u64,
+    pub cert_serial: String,
+    pub cert_not_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JoinRequestView {
+    pub name: String,
+    /// `Pending`, `Approved` or `Denied`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub token_id: String,
+    pub labels: Labels,
+    pub facts: Facts,
+    pub peer_addr: String,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenView {
+    pub id: String,
+    pub expires_at_ms: u64,
+    pub max_uses: u32,
+    pub used: u32,
+    pub auto_approve: bool,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTokenRequest {
+    pub ttl_secs: u64,
+    pub uses: u32,
+    pub auto_approve: bool,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DenyRequest {
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub cluster: String,
+    pub action: String,
+    /// Whether a live session was closed by this action.
+    pub session_closed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditView {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub cluster: Option<String>,
+    pub actor: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,93 @@
+//! On-disk layout of a hub data directory and the `tetherctl.yaml` credential file.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Files of a hub data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    /// Hub serving certificate followed by the CA (the chain the hub presents).
+    pub fn hub_cert(&self) -> PathBuf {
+        self.root.join("hub.pem")
+    }
+    pub fn hub_key(&self) -> PathBuf {
+        self.root.join("hub.key")
+    }
+    pub fn admin_cert(&self) -> PathBuf {
+        self.root.join("admin.pem")
+    }
+    pub fn admin_key(&self) -> PathBuf {
+        self.root.join("admin.key")
+    }
+    pub fn ctl_config(&self) -> PathBuf {
+        self.root.join("tetherctl.yaml")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("hub.redb")
+    }
+}
+
+/// Everything `tetherctl` needs to reach and authenticate to the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CtlConfig {
+    /// `host:port` of the admin API.
+    pub admin_address: String,
+    /// Name to verify in the hub's certificate.
+    pub server_name: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Config files are small; anything bigger is a mistake (or an attack) and is refused.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path} is not a valid tetherctl config: {detail}")]
+    Parse { path: PathBuf, detail: String },
+}
+
+impl CtlConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,182 @@
+//! Client for the admin API (used by `tetherctl`, tests and the demo).
+
+use crate::api::*;
+use crate::config::CtlConfig;
+use anyhow::{anyhow, bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_transport::tls;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AdminClient {
+    address: String,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl AdminClient {
+    pub fn new(cfg: &CtlConfig) -> anyhow::Result<Self> {
+        let cert = Arc::new(
+            tls::SwappableClientCert::new(&cfg.cert_pem, &cfg.key_pem)
+                .context("admin credential in the config file")?,
+        );
+        let tls = tls::session_client_config(&cfg.ca_pem, cert, b"http/1.1")
+            .context("CA in the config file")?;
+        let server_name = ServerName::try_from(cfg.server_name.clone())
+            .map_err(|_| anyhow!("invalid server_name {:?} in config", cfg.server_name))?;
+        Ok(Self {
+            address: cfg.admin_address.clone(),
+            server_name,
+            tls: Arc::new(tls),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Bytes> {
+        tokio::time::timeout(TIMEOUT, self.call_inner(method, path, body))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "admin API at {} did not answer within {TIMEOUT:?}",
+                    self.address
+                )
+            })?
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Bytes> {
+        let tcp = tokio::net::TcpStream::connect(&self.address)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the admin API at {} (is `tether-hub serve` running?)",
+                    self.address
+                )
+            })?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let stream = connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .with_context(|| format!("TLS with the admin API at {}", self.address))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(conn);
+        let payload = match &body {
+            Some(v) => serde_json::to_vec(v)?,
+            None => Vec::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.address.as_str())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(payload)))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the admin API response: {e}"))?
+            .to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ApiError>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            if status == StatusCode::NOT_FOUND
+                || status == StatusCode::CONFLICT
+                || status == StatusCode::BAD_REQUEST
+            {
+                bail!("{msg}");
+            }
+            bail!("admin API answered {status}: {msg}");
+        }
+        Ok(bytes)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let bytes = self.call(Method::GET, path, None).await?;
+        serde_json::from_slice(&bytes).context("decoding the admin API response")
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let bytes = self.call(Method::POST, path, Some(body)).await?;
+        serde_json::from_slice(&bytes).context("decoding the admin API response")
+    }
+
+    pub async fn clusters(&self) -> anyhow::Result<Vec<ClusterView>> {
+        self.get("/v1/clusters").await
+    }
+
+    pub async fn cluster(&self, name: &str) -> anyhow::Result<ClusterView> {
+        self.get(&format!("/v1/clusters/{name}")).await
+    }
+
+    pub async fn join_requests(&self) -> anyhow::Result<Vec<JoinRequestView>> {
+        self.get("/v1/join-requests").await
+    }
+
+    pub async fn approve(&self, name: &str) -> anyhow::Result<ActionResult> {
+        self.post(
+            &format!("/v1/clusters/{name}/approve"),
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn deny(&self, name: &str, reason: &str) -> anyhow::Result<ActionResult> {
+        self.post(
+            &format!("/v1/clusters/{name}/deny"),
+            serde_json::json!({ "reason": reason }),
+        )
+        .await
+    }
+
+    pub async fn detach(&self, name: &str) -> anyhow::Result<ActionResult> {
+        self.post(
+            &format!("/v1/clusters/{name}/detach"),
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn create_token(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> anyhow::Result<crate::registry::CreatedToken> {
+        self.post("/v1/tokens", serde_json::to_value(req)?).await
+    }
+
+    pub async fn tokens(&self) -> anyhow::Result<Vec<TokenView>> {
+        self.get("/v1/tokens").await
+    }
+
+    pub async fn audit(&self, limit: usize) -> anyhow::Result<Vec<AuditView>> {
+        self.get(&format!("/v1/audit?limit={limit}")).await
+    }
+
+    /// Raw GET for endpoints that are not JSON (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let bytes = self.call(Method::GET, path, None).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}

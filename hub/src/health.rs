@@ -1,0 +1,300 @@
+//! Cluster health as a pure state machine: events and the current time go in, state
+//! transitions come out. The hub feeds it from sessions and a periodic tick; the simulator can
+//! drive it directly.
+//!
+//! Rules (per cluster):
+//! - `Ready`: a session is up and the last heartbeat is at most `missed_heartbeats` intervals old.
+//! - `Offline`: no session for at least `offline_grace`.
+//! - `Unknown`: everything in between (heartbeats stopped, or disconnected within the grace,
+//!   or the hub restarted and has not heard from the cluster yet).
+
+use std::collections::HashMap;
+use std::time::Duration;
+use tether_store::hub::ClusterState;
+
+#[derive(Debug, Clone, Copy)]
+pub struct HealthConfig {
+    pub heartbeat_interval: Duration,
+    pub missed_heartbeats: u32,
+    pub offline_grace: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            missed_heartbeats: 3,
+            offline_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+impl HealthConfig {
+    fn stale_after_ms(&self) -> u64 {
+        self.heartbeat_interval.as_millis() as u64 * u64::from(self.missed_heartbeats)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub cluster: String,
+    pub from: ClusterState,
+    pub to: ClusterState,
+    pub at_ms: u64,
+    /// Last heartbeat seen, for persisting `last_seen`.
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    sessions: u32,
+    /// Last heartbeat received by this hub process.
+    last_heartbeat_ms: Option<u64>,
+    /// Last contact as persisted before this process started (display only).
+    last_seen_ms: Option<u64>,
+    /// When the last session ended (or when the hub started tracking a disconnected cluster).
+    disconnected_since_ms: u64,
+    state: ClusterState,
+}
+
+#[derive(Debug)]
+pub struct HealthTracker {
+    cfg: HealthConfig,
+    clusters: HashMap<String, Track>,
+}
+
+impl HealthTracker {
+    pub fn new(cfg: HealthConfig) -> Self {
+        Self {
+            cfg,
+            clusters: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> HealthConfig {
+        self.cfg
+    }
+
+    /// Start tracking a known cluster with no session (hub start, or a new registration). Its
+    /// offline grace counts from `now`, since the hub cannot know how long it really was away;
+    /// a cluster already Offline stays Offline until it connects again. Heartbeats from before
+    /// the restart never make a cluster Ready.
+    pub fn track(
+        &mut self,
+        cluster: &str,
+        persisted: ClusterState,
+        last_seen_ms: Option<u64>,
+        now_ms: u64,
+    ) {
+        let (state, disconnected_since_ms) = match persisted {
+            ClusterState::Offline => (
+                ClusterState::Offline,
+                now_ms.saturating_sub(self.cfg.offline_grace.as_millis() as u64),
+            ),
+            _ => (ClusterState::Unknown, now_ms),
+        };
+        self.clusters.insert(
+            cluster.to_string(),
+            Track {
+                sessions: 0,
+                last_heartbeat_ms: None,
+                last_seen_ms,
+                disconnected_since_ms,
+                state,
+            },
+        );
+    }
+
+    pub fn forget(&mut self, cluster: &str) {
+        self.clusters.remove(cluster);
+    }
+
+    pub fn session_opened(&mut self, cluster: &str, now_ms: u64) -> Option<Transition> {
+        let t = self.entry(cluster, now_ms);
+        t.sessions += 1;
+        self.reevaluate(cluster, now_ms)
+    }
+
+    pub fn session_closed(&mut self, cluster: &str, now_ms: u64) -> Option<Transition> {
+        let t = self.clusters.get_mut(cluster)?;
+        if t.sessions == 0 {
+            return None;
+        }
+        t.sessions -= 1;
+        if t.sessions == 0 {
+            t.disconnected_since_ms = now_ms;
+        }
+        self.reevaluate(cluster, now_ms)
+    }
+
+    pub fn heartbeat(&mut self, cluster: &str, now_ms: u64) -> Option<Transition> {
+        let t = self.entry(cluster, now_ms);
+        t.last_heartbeat_ms = Some(now_ms);
+        self.reevaluate(cluster, now_ms)
+    }
+
+    /// Re-evaluate every cluster; call periodically (at least once per second).
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Transition> {
+        let names: Vec<String> = self.clusters.keys().cloned().collect();
+        let mut out: Vec<Transition> = names
+            .iter()
+            .filter_map(|n| self.reevaluate(n, now_ms))
+            .collect();
+        out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        out
+    }
+
+    pub fn state(&self, cluster: &str) -> Option<ClusterState> {
+        self.clusters.get(cluster).map(|t| t.state)
+    }
+
+    /// Last contact: a heartbeat in this process, else what was persisted before it started.
+    pub fn last_heartbeat(&self, cluster: &str) -> Option<u64> {
+        self.clusters
+            .get(cluster)
+            .and_then(|t| t.last_heartbeat_ms.or(t.last_seen_ms))
+    }
+
+    pub fn is_connected(&self, cluster: &str) -> bool {
+        self.clusters.get(cluster).is_some_and(|t| t.sessions > 0)
+    }
+
+    pub fn count_by_state(&self) -> HashMap<ClusterState, usize> {
+        let mut m = HashMap::new();
+        for t in self.clusters.values() {
+            *m.entry(t.state).or_insert(0) += 1;
+        }
+        m
+    }
+
+    fn entry(&mut self, cluster: &str, now_ms: u64) -> &mut Track {
+        self.clusters.entry(cluster.to_string()).or_insert(Track {
+            sessions: 0,
+            last_heartbeat_ms: None,
+            last_seen_ms: None,
+            disconnected_since_ms: now_ms,
+            state: ClusterState::Unknown,
+        })
+    }
+
+    fn reevaluate(&mut self, cluster: &str, now_ms: u64) -> Option<Transition> {
+        let cfg = self.cfg;
+        let t = self.clusters.get_mut(cluster)?;
+        let fresh = t
+            .last_heartbeat_ms
+            .is_some_and(|hb| now_ms.saturating_sub(hb) <= cfg.stale_after_ms());
+        let next = if t.sessions > 0 && fresh {
+            ClusterState::Ready
+        } else if t.sessions == 0
+            && now_ms.saturating_sub(t.disconnected_since_ms)
+                >= cfg.offline_grace.as_millis() as u64
+        {
+            ClusterState::Offline
+        } else {
+            ClusterState::Unknown
+        };
+        (next != t.state).then(|| {
+            let from = std::mem::replace(&mut t.state, next);
+            Transition {
+                cluster: cluster.to_string(),
+                from,
+                to: next,
+                at_ms: now_ms,
+                last_heartbeat_ms: t.last_heartbeat_ms,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use ClusterState::*;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            missed_heartbeats: 3,
+            offline_grace: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn lifecycle() {
+        let mut h = HealthTracker::new(cfg());
+        h.track("a", Ready, Some(0), 1_000);
+        assert_eq!(
+            h.state("a"),
+            Some(Unknown),
+            "after a hub restart nothing is Ready"
+        );
+        assert_eq!(h.session_opened("a", 2_000), None, "no heartbeat yet");
+        let t = h.heartbeat("a", 2_100).unwrap();
+        assert_eq!((t.from, t.to), (Unknown, Ready));
+        assert!(
+            h.tick(32_100).is_empty(),
+            "exactly 3 intervals is still Ready"
+        );
+        assert_eq!(h.tick(32_101)[0].to, Unknown);
+        assert_eq!(h.heartbeat("a", 33_000).unwrap().to, Ready);
+        assert_eq!(h.session_closed("a", 40_000).unwrap().to, Unknown);
+        assert!(h.tick(339_999).is_empty());
+        assert_eq!(h.tick(340_000)[0].to, Offline);
+        h.session_opened("a", 400_000);
+        assert_eq!(h.heartbeat("a", 400_001).unwrap().to, Ready);
+    }
+
+    #[test]
+    fn persisted_offline_stays_offline_until_heard() {
+        let mut h = HealthTracker::new(cfg());
+        h.track("a", Offline, None, 1_000_000);
+        assert!(h.tick(1_000_001).is_empty());
+        assert_eq!(h.state("a"), Some(Offline));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        Open,
+        Close,
+        Beat,
+        Tick,
+    }
+
+    proptest! {
+        /// Whatever the event order, the state always agrees with the rules in the module docs.
+        #[test]
+        fn state_always_matches_the_rules(
+            evs in proptest::collection::vec((prop_oneof![Just(Ev::Open), Just(Ev::Close), Just(Ev::Beat), Just(Ev::Tick)], 0u64..200_000), 1..60)
+        ) {
+            let mut h = HealthTracker::new(cfg());
+            let mut now = 0u64;
+            let (mut sessions, mut last_hb, mut disc_since) = (0u32, None::<u64>, 0u64);
+            h.track("c", Unknown, None, 0);
+            for (ev, dt) in evs {
+                now += dt;
+                match ev {
+                    Ev::Open => { h.session_opened("c", now); sessions += 1; }
+                    Ev::Close => {
+                        if sessions > 0 {
+                            sessions -= 1;
+                            if sessions == 0 { disc_since = now; }
+                        }
+                        h.session_closed("c", now);
+                    }
+                    Ev::Beat => { h.heartbeat("c", now); last_hb = Some(now); }
+                    Ev::Tick => { h.tick(now); }
+                }
+                h.tick(now);
+                let expect = if sessions > 0 && last_hb.is_some_and(|hb| now - hb <= 30_000) {
+                    Ready
+                } else if sessions == 0 && now - disc_since >= 300_000 {
+                    Offline
+                } else {
+                    Unknown
+                };
+                prop_assert_eq!(h.state("c"), Some(expect));
+            }
+        }
+    }
+}

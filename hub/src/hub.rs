@@ -1,0 +1,378 @@
+//! Assembles a running hub: store, registry, health, QUIC listener, admin API, background tick.
+
+use crate::config::DataDir;
+use crate::health::{HealthConfig, HealthTracker, Transition};
+use crate::metrics::{Metrics, StateLabel};
+use crate::pki::CertificateAuthority;
+use crate::registry::{Registry, Revocation};
+use crate::sessions::Sessions;
+use crate::util::now_ms;
+use anyhow::Context;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tether_protocol::{close_code, ALPN_JOIN, ALPN_SESSION};
+use tether_store::hub::{AuditEvent, ClusterState, ADMINS, AUDIT, CLUSTERS, REVOKED};
+use tether_store::{Store, StoreError};
+use tether_transport::tls::{HubClientVerifier, RevocationList};
+use tether_transport::{certs, Limits};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub data_dir: DataDir,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub health: HealthConfig,
+    /// Lifetime of certificates issued to clusters.
+    pub cert_validity: Duration,
+    pub limits: Limits,
+    /// Concurrent unauthenticated join connections; more are refused as busy.
+    pub max_join_connections: usize,
+    /// A join connection is closed after this long; the agent reconnects and polls again.
+    pub join_connection_lifetime: Duration,
+}
+
+impl HubConfig {
+    pub fn new(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            data_dir: DataDir::new(data_dir),
+            listen: "0.0.0.0:7443"
+                .parse()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7443))),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            health: HealthConfig::default(),
+            cert_validity: Duration::from_secs(30 * 86_400),
+            limits: Limits::default(),
+            max_join_connections: 256,
+            join_connection_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared state of a running hub.
+pub struct HubState {
+    pub cfg: HubConfig,
+    pub registry: Registry,
+    pub store: Arc<Store>,
+    pub health: Mutex<HealthTracker>,
+    pub sessions: Sessions,
+    pub metrics: Arc<Metrics>,
+    pub admin_fingerprints: HashSet<String>,
+    pub join_slots: Arc<Semaphore>,
+    /// Best-effort audit events from hot paths (handshake rejections); bounded, batched.
+    audit_queue: mpsc::Sender<AuditEvent>,
+}
+
+impl HubState {
+    /// Persist health transitions in one transaction and log them.
+    pub fn apply_transitions(&self, transitions: Vec<Transition>) {
+        if transitions.is_empty() {
+            return;
+        }
+        for t in &transitions {
+            tracing::info!(cluster = %t.cluster, from = t.from.as_str(), to = t.to.as_str(), "cluster health changed");
+        }
+        let result = self.store.write(|tx| {
+            for t in &transitions {
+                if let Some(mut rec) = tx.get(&CLUSTERS, &t.cluster)? {
+                    if rec.state == ClusterState::Denied {
+                        continue;
+                    }
+                    rec.state = t.to;
+                    rec.state_since_ms = t.at_ms;
+                    if t.last_heartbeat_ms.is_some() {
+                        rec.last_seen_ms = t.last_heartbeat_ms;
+                    }
+                    tx.put(&CLUSTERS, &t.cluster, &rec)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not persist cluster health");
+        }
+        self.refresh_state_gauges();
+    }
+
+    fn refresh_state_gauges(&self) {
+        let counts = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count_by_state();
+        for s in [
+            ClusterState::Ready,
+            ClusterState::Unknown,
+            ClusterState::Offline,
+        ] {
+            self.metrics
+                .clusters
+                .get_or_create(&StateLabel {
+                    state: s.as_str().to_string(),
+                })
+                .set(counts.get(&s).copied().unwrap_or(0) as i64);
+        }
+    }
+
+    pub fn health_event(&self, f: impl FnOnce(&mut HealthTracker) -> Option<Transition>) {
+        let t = f(&mut self.health.lock().unwrap_or_else(|p| p.into_inner()));
+        self.apply_transitions(t.into_iter().collect());
+    }
+
+    /// Queue a security event that is not part of a state change (rate-limited by the queue).
+    pub fn audit_async(&self, kind: &str, cluster: Option<String>, actor: &str, detail: String) {
+        let ev = AuditEvent {
+            at_ms: now_ms(),
+            kind: kind.to_string(),
+            cluster,
+            actor: actor.to_string(),
+            detail,
+        };
+        if self.audit_queue.try_send(ev).is_err() {
+            self.metrics.audit_dropped.inc();
+        }
+    }
+
+    /// After an admin revoked a cluster: cut its live session and stop tracking its health.
+    pub fn enforce_revocation(&self, revocation: &Revocation, code: u32, why: &str) -> bool {
+        let closed = self.sessions.close(&revocation.cluster, code, why);
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(&revocation.cluster);
+        self.refresh_state_gauges();
+        if closed {
+            tracing::warn!(cluster = %revocation.cluster, reason = why, "closed live session");
+        }
+        closed
+    }
+}
+
+/// A hub running in this process (used by `tether-hub serve`, tests and the simulator).
+pub struct RunningHub {
+    pub quic_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<HubState>,
+    endpoint: quinn::Endpoint,
+    tasks: JoinSet<()>,
+}
+
+fn read(path: std::path::PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (did you run `tether-hub init --data-dir {}`?)",
+            path.display(),
+            path.parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    })
+}
+
+pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
+    let dir = cfg.data_dir.clone();
+    let ca_pem = read(dir.ca_cert())?;
+    let ca =
+        CertificateAuthority::load(&ca_pem, &read(dir.ca_key())?).context("loading the hub CA")?;
+    let chain = certs::certs_from_pem(&read(dir.hub_cert())?, "hub certificate")?;
+    let key = certs::key_from_pem(&read(dir.hub_key())?, "hub key")?;
+    let store = Arc::new(Store::open(dir.database())?);
+
+    let now = now_ms();
+    let (revoked, clusters, admins) = store.read(|tx| {
+        Ok::<_, StoreError>((tx.list(&REVOKED)?, tx.list(&CLUSTERS)?, tx.list(&ADMINS)?))
+    })?;
+    let revoked = Arc::new(RevocationList::new(revoked.into_iter().map(|(k, _)| k)));
+    let mut health = HealthTracker::new(cfg.health);
+    for (name, c) in &clusters {
+        if c.state != ClusterState::Denied {
+            health.track(name, c.state, c.last_seen_ms, now);
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (audit_tx, audit_rx) = mpsc::channel(1024);
+
+    let reject_metrics = metrics.clone();
+    let reject_audit = audit_tx.clone();
+    let on_reject: tether_transport::tls::RejectHook = Arc::new(move |reason| {
+        reject_metrics.reject(reason);
+        tracing::warn!(reason, "TLS handshake rejected: client certificate refused");
+        let _ = reject_audit.try_send(AuditEvent {
+            at_ms: now_ms(),
+            kind: "handshake_rejected".into(),
+            cluster: None,
+            actor: "hub".into(),
+            detail: format!("client certificate refused: {reason}"),
+        });
+    });
+    let ca_der = certs::certs_from_pem(&ca_pem, "CA certificate")?
+        .into_iter()
+        .next()
+        .context("CA certificate file is empty")?;
+    let verifier = Arc::new(HubClientVerifier::new(ca_der, revoked.clone(), on_reject)?);
+    let quic_tls = tether_transport::tls::server_config(
+        chain.clone(),
+        key.clone_key(),
+        verifier.clone(),
+        &[ALPN_SESSION, ALPN_JOIN],
+    )?;
+    let admin_tls = tether_transport::tls::server_config(chain, key, verifier, &[b"http/1.1"])?;
+    let endpoint = tether_transport::quic::server_endpoint(cfg.listen, quic_tls)?;
+    let quic_addr = endpoint.local_addr()?;
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin API on {}", cfg.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let state = Arc::new(HubState {
+        registry: Registry::new(store.clone(), ca, revoked, cfg.cert_validity),
+        store,
+        health: Mutex::new(health),
+        sessions: Sessions::new(),
+        metrics,
+        admin_fingerprints: admins.into_iter().map(|(k, _)| k).collect(),
+        join_slots: Arc::new(Semaphore::new(cfg.max_join_connections)),
+        audit_queue: audit_tx,
+        cfg,
+    });
+    state.refresh_state_gauges();
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(crate::server::accept_loop(endpoint.clone(), state.clone()));
+    tasks.spawn(crate::admin::serve(
+        admin_listener,
+        Arc::new(admin_tls),
+        state.clone(),
+    ));
+    tasks.spawn(tick_loop(state.clone()));
+    tasks.spawn(audit_writer(state.store.clone(), audit_rx));
+    tracing::info!(%quic_addr, %admin_addr, clusters = clusters.len(), "hub started");
+    Ok(RunningHub {
+        quic_addr,
+        admin_addr,
+        state,
+        endpoint,
+        tasks,
+    })
+}
+
+impl RunningHub {
+    /// Stop accepting, close every session, and release the database.
+    pub async fn shutdown(mut self) {
+        self.state
+            .sessions
+            .close_all(close_code::SHUTDOWN, "hub shutting down");
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"hub shutting down");
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("hub stopped");
+    }
+
+    /// Run until the process receives Ctrl-C / SIGTERM.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Re-evaluate health often enough that state changes show within a second, and persist
+/// `last_seen` of live clusters now and then (not on every heartbeat: that would be one fsync
+/// per heartbeat per cluster).
+async fn tick_loop(state: Arc<HubState>) {
+    let period = (state.cfg.health.heartbeat_interval / 2)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let flush_every = Duration::from_secs(30);
+    let mut last_flush = std::time::Instant::now();
+    loop {
+        interval.tick().await;
+        let now = now_ms();
+        let transitions = state
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tick(now);
+        state.apply_transitions(transitions);
+        if last_flush.elapsed() >= flush_every {
+            last_flush = std::time::Instant::now();
+            flush_last_seen(&state);
+        }
+    }
+}
+
+fn flush_last_seen(state: &HubState) {
+    let seen: Vec<(String, u64)> = {
+        let h = state.health.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .sessions
+            .names()
+            .into_iter()
+            .filter_map(|n| h.last_heartbeat(&n).map(|t| (n, t)))
+            .collect()
+    };
+    if seen.is_empty() {
+        return;
+    }
+    let r = state.store.write(|tx| {
+        for (name, at) in &seen {
+            if let Some(mut rec) = tx.get(&CLUSTERS, name)? {
+                rec.last_seen_ms = Some(*at);
+                tx.put(&CLUSTERS, name, &rec)?;
+            }
+        }
+        Ok::<_, StoreError>(())
+    });
+    if let Err(e) = r {
+        tracing::error!(error = %e, "could not persist last-seen times");
+    }
+}
+
+/// Writes queued audit events in batches: one fsync for many events.
+async fn audit_writer(store: Arc<Store>, mut rx: mpsc::Receiver<AuditEvent>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let events = std::mem::take(&mut batch);
+        let store = store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            store.write(|tx| {
+                for ev in &events {
+                    tx.append(&AUDIT, ev)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+        .await;
+        if !matches!(r, Ok(Ok(()))) {
+            tracing::error!("could not write audit events");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics served on the admin listener at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlpnLabel {
+    pub alpn: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub live_sessions: Gauge,
+    pub handshakes_accepted: Family<AlpnLabel, Counter>,
+    pub handshakes_rejected: Family<ReasonLabel, Counter>,
+    pub heartbeats: Counter,
+    pub clusters: Family<StateLabel, Gauge>,
+    pub join_requests: Family<ReasonLabel, Counter>,
+    pub audit_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tether_hub");
+        let live_sessions = Gauge::default();
+        let handshakes_accepted = Family::<AlpnLabel, Counter>::default();
+        let handshakes_rejected = Family::<ReasonLabel, Counter>::default();
+        let heartbeats = Counter::default();
+        let clusters = Family::<StateLabel, Gauge>::default();
+        let join_requests = Family::<ReasonLabel, Counter>::default();
+        let audit_dropped = Counter::default();
+        registry.register(
+            "live_sessions",
+            "Authenticated agent sessions currently open",
+            live_sessions.clone(),
+        );
+        registry.register(
+            "handshakes_accepted",
+            "Connections accepted, by ALPN",
+            handshakes_accepted.clone(),
+        );
+        registry.register(
+            "handshakes_rejected",
+            "Connections rejected, by reason",
+            handshakes_rejected.clone(),
+        );
+        registry.register("heartbeats", "Heartbeats received", heartbeats.clone());
+        registry.register(
+            "clusters",
+            "Registered clusters by health state",
+            clusters.clone(),
+        );
+        registry.register(
+            "join_requests",
+            "Join requests by outcome",
+            join_requests.clone(),
+        );
+        registry.register(
+            "audit_events_dropped",
+            "Rate-limited audit events (handshake rejections) dropped because the queue was full",
+            audit_dropped.clone(),
+        );
+        Self {
+            registry,
+            live_sessions,
+            handshakes_accepted,
+            handshakes_rejected,
+            heartbeats,
+            clusters,
+            join_requests,
+            audit_dropped,
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.handshakes_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,258 @@
+//! The hub's certificate authority: creation at `init`, and signing of cluster CSRs.
+//!
+//! When signing, the hub keeps only the public key from a CSR and sets every security-relevant
+//! field itself: subject and SAN (the cluster name), client-auth EKU, not a CA, validity.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
+};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate signing request is malformed or its signature does not verify: {0}")]
+    CsrInvalid(String),
+    #[error("certificate signing request is too large ({0} bytes, limit {MAX_CSR_PEM})")]
+    CsrTooLarge(usize),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("invalid name {0:?} for a certificate")]
+    BadName(String),
+}
+
+pub const MAX_CSR_PEM: usize = 16 * 1024;
+/// Issued certificates start a little in the past so that agents with slightly slow clocks
+/// accept them immediately.
+const BACKDATE: Duration = Duration::from_secs(300);
+
+/// A freshly issued certificate and the facts the hub records about it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub serial_hex: String,
+    pub not_after_ms: u64,
+}
+
+/// Material produced by `tether-hub init`.
+pub struct InitMaterial {
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+    pub hub_cert_pem: String,
+    pub hub_key_pem: String,
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
+}
+
+fn at(ms: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Positive INTEGER with no leading zero byte ambiguity.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn leaf_params(cn: &str, org: &str, now_ms: u64, validity: Duration) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, org);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.not_before = at(now_ms.saturating_sub(BACKDATE.as_millis() as u64));
+    p.not_after = at(now_ms.saturating_add(validity.as_millis() as u64));
+    p.serial_number = Some(random_serial());
+    p.use_authority_key_identifier_extension = true;
+    p
+}
+
+/// Create the CA, the hub serving certificate and the first admin credential.
+pub fn generate(hub_name: &str, sans: &[String], now_ms: u64) -> Result<InitMaterial, PkiError> {
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("Tether hub CA ({hub_name})"));
+    dn.push(DnType::OrganizationName, "tether");
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = at(now_ms.saturating_sub(BACKDATE.as_millis() as u64));
+    ca.not_after = at(now_ms + 10 * 365 * 86_400_000);
+    ca.serial_number = Some(random_serial());
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, &ca_key);
+
+    let hub_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut hub = leaf_params(
+        hub_name,
+        "tether",
+        now_ms,
+        Duration::from_secs(365 * 86_400),
+    );
+    let mut names: Vec<String> = vec![hub_name.to_string()];
+    names.extend(sans.iter().cloned());
+    // Loopback names, so the admin API and local agents work out of the box.
+    names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+    names.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names {
+        if !seen.insert(n.clone()) {
+            continue;
+        }
+        let san = match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(n.clone().try_into().map_err(|_| PkiError::BadName(n))?),
+        };
+        hub.subject_alt_names.push(san);
+    }
+    hub.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let hub_cert = hub.signed_by(&hub_key, &issuer)?;
+
+    let admin_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut admin = leaf_params(
+        "tether-admin",
+        "tether:admins",
+        now_ms,
+        Duration::from_secs(365 * 86_400),
+    );
+    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+
+    Ok(InitMaterial {
+        ca_pem: ca_cert.pem(),
+        ca_key_pem: ca_key.serialize_pem(),
+        hub_cert_pem: hub_cert.pem(),
+        hub_key_pem: hub_key.serialize_pem(),
+        admin_cert_pem: admin_cert.pem(),
+        admin_key_pem: admin_key.serialize_pem(),
+    })
+}
+
+/// The CA as loaded by a running hub.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    pub ca_pem: String,
+}
+
+impl CertificateAuthority {
+    pub fn load(ca_pem: &str, ca_key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(ca_pem, key)?;
+        Ok(Self {
+            issuer,
+            ca_pem: ca_pem.to_string(),
+        })
+    }
+
+    /// Check a CSR's syntax and self-signature without signing it.
+    pub fn check_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, PkiError> {
+        if csr_pem.len() > MAX_CSR_PEM {
+            return Err(PkiError::CsrTooLarge(csr_pem.len()));
+        }
+        CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::CsrInvalid(e.to_string()))
+    }
+
+    /// Sign a cluster's CSR. Only the public key is taken from the request.
+    pub fn sign_cluster(
+        &self,
+        csr_pem: &str,
+        cluster: &str,
+        validity: Duration,
+        now_ms: u64,
+    ) -> Result<Issued, PkiError> {
+        let csr = Self::check_csr(csr_pem)?;
+        let mut p = leaf_params(cluster, "tether:clusters", now_ms, validity);
+        p.subject_alt_names = vec![SanType::DnsName(
+            cluster
+                .to_string()
+                .try_into()
+                .map_err(|_| PkiError::BadName(cluster.to_string()))?,
+        )];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial_hex = p
+            .serial_number
+            .as_ref()
+            .map(|s| hex::encode(s.to_bytes()))
+            .unwrap_or_default();
+        let cert = p.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            serial_hex,
+            not_after_ms: now_ms.saturating_add(validity.as_millis() as u64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::CertificateParams;
+    use tether_transport::certs;
+
+    #[test]
+    fn signing_overrides_every_security_field_of_the_csr() {
+        let m = generate("hub.example", &[], 1_700_000_000_000).unwrap();
+        let ca = CertificateAuthority::load(&m.ca_pem, &m.ca_key_pem).unwrap();
+        // A hostile CSR asking to be a CA, for another name, for server auth.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut evil = CertificateParams::new(vec!["victim".to_string()]).unwrap();
+        evil.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        evil.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        evil.distinguished_name.push(DnType::CommonName, "victim");
+        let csr = evil.serialize_request(&key).unwrap().pem().unwrap();
+        let now = 1_700_000_000_000;
+        let issued = ca
+            .sign_cluster(&csr, "store-1", Duration::from_secs(86_400), now)
+            .unwrap();
+        let info = certs::inspect_pem(&issued.cert_pem).unwrap();
+        assert_eq!(info.common_name, "store-1");
+        assert_eq!(info.serial_hex, issued.serial_hex);
+        assert_eq!(info.not_after * 1000, (now + 86_400_000) as i64);
+        let der = certs::certs_from_pem(&issued.cert_pem, "t").unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
+        let bc = x.basic_constraints().unwrap().unwrap().value;
+        assert!(!bc.ca);
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let san = x.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(san.general_names.len(), 1);
+        assert_eq!(
+            format!("{:?}", san.general_names[0]),
+            format!(
+                "{:?}",
+                x509_parser::extensions::GeneralName::DNSName("store-1")
+            )
+        );
+    }
+
+    #[test]
+    fn malformed_csrs_are_refused() {
+        for bad in [
+            "",
+            "garbage",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        ] {
+            assert!(matches!(
+                CertificateAuthority::check_csr(bad),
+                Err(PkiError::CsrInvalid(_))
+            ));
+        }
+        let huge = "A".repeat(MAX_CSR_PEM + 1);
+        assert!(matches!(
+            CertificateAuthority::check_csr(&huge),
+            Err(PkiError::CsrTooLarge(_))
+        ));
+    }
+}

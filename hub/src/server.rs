@@ -1,0 +1,433 @@
+//! The QUIC listener: the join channel (`tether-join/1`) and authenticated sessions
+//! (`tether/1`). Every stream carries one request frame and one response frame.
+
+use crate::hub::HubState;
+use crate::registry::RegistryError;
+use crate::util::now_ms;
+use quinn::{Connection, SendStream};
+use rustls::pki_types::CertificateDer;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_protocol::frame::FrameError;
+use tether_protocol::{
+    close_code, CodecError, ErrorCode, HeartbeatAck, HelloAck, JoinStatus, Message, RenewResponse,
+    ALPN_JOIN, ALPN_SESSION, PROTOCOL_VERSION,
+};
+use tether_store::hub::{ClusterState, CLUSTERS};
+use tether_store::StoreError;
+use tether_transport::framed::{read_frame, send_last};
+use tether_transport::{certs, TransportError};
+use tokio::task::JoinSet;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HUB_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<HubState>) {
+    // Connection tasks live in this set, so aborting the loop aborts them all.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    conns.spawn(handle_incoming(incoming, state.clone()));
+                }
+                None => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// TLS alerts our verifier produces; those rejections were already counted with a reason.
+fn counted_by_verifier(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            let code = u64::from(t.code);
+            (0x100..0x200).contains(&code) && [42, 44, 45, 48, 50].contains(&(code - 0x100))
+        }
+        _ => false,
+    }
+}
+
+async fn handle_incoming(incoming: quinn::Incoming, state: Arc<HubState>) {
+    let peer = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            if !counted_by_verifier(&e) {
+                state.metrics.reject("tls_handshake_failed");
+            }
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.reject("handshake_timeout");
+            return;
+        }
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    match alpn.as_deref() {
+        Some(p) if p == ALPN_SESSION => serve_session(conn, state).await,
+        Some(p) if p == ALPN_JOIN => serve_join(conn, state).await,
+        _ => {
+            state.metrics.reject("unknown_alpn");
+            conn.close(close_code::PROTOCOL_ERROR.into(), b"unsupported ALPN");
+        }
+    }
+}
+
+/// Reply with an error on this stream, and close the connection on protocol violations.
+async fn refuse(conn: &Connection, send: &mut SendStream, err: &TransportError, state: &HubState) {
+    let (code, text, fatal) = match err {
+        TransportError::Frame(FrameError::TooLarge { .. }) => {
+            (ErrorCode::TooLarge, err.to_string(), true)
+        }
+        TransportError::Frame(FrameError::Codec(CodecError::UnknownMessageType(k))) => (
+            ErrorCode::UnexpectedMessage,
+            format!("unknown message type {k:?} (hub protocol version {PROTOCOL_VERSION})"),
+            false,
+        ),
+        TransportError::Timeout(_) => (ErrorCode::BadRequest, err.to_string(), true),
+        _ => (ErrorCode::BadRequest, err.to_string(), true),
+    };
+    let _ = send_last(send, &Message::error(code, text.clone()), state.cfg.limits).await;
+    if fatal {
+        tracing::warn!(peer = %conn.remote_address(), error = %text, "protocol violation, closing connection");
+        conn.close(close_code::PROTOCOL_ERROR.into(), text.as_bytes());
+    }
+}
+
+/// First stream of every connection: `Hello` with a compatible version, or a clear refusal.
+async fn expect_hello(conn: &Connection, state: &HubState) -> Option<()> {
+    let (mut send, mut recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(close_code::PROTOCOL_ERROR.into(), b"no Hello within 10s");
+            return None;
+        }
+    };
+    let limits = state.cfg.limits;
+    match read_frame(&mut recv, limits).await {
+        Ok(Message::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => {
+            let ack = Message::HelloAck(HelloAck {
+                protocol_version: PROTOCOL_VERSION,
+                hub_version: HUB_VERSION.to_string(),
+                heartbeat_interval_ms: state.cfg.health.heartbeat_interval.as_millis() as u64,
+            });
+            send_last(&mut send, &ack, limits).await.ok()
+        }
+        Ok(Message::Hello(h)) => {
+            let why = format!(
+                "incompatible protocol version: agent {} speaks {}, hub {HUB_VERSION} speaks {PROTOCOL_VERSION}",
+                h.agent_version, h.protocol_version
+            );
+            let _ = send_last(
+                &mut send,
+                &Message::error(ErrorCode::VersionMismatch, why.clone()),
+                limits,
+            )
+            .await;
+            state.metrics.reject("version_mismatch");
+            tracing::warn!(peer = %conn.remote_address(), "{why}");
+            // Give the error frame a moment to leave before the close discards stream data.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.close(close_code::VERSION_MISMATCH.into(), why.as_bytes());
+            None
+        }
+        Ok(other) => {
+            let why = format!("expected Hello, got {}", other.kind());
+            let _ = send_last(
+                &mut send,
+                &Message::error(ErrorCode::UnexpectedMessage, why.clone()),
+                limits,
+            )
+            .await;
+            conn.close(close_code::PROTOCOL_ERROR.into(), why.as_bytes());
+            None
+        }
+        Err(e) => {
+            refuse(conn, &mut send, &e, state).await;
+            conn.close(close_code::PROTOCOL_ERROR.into(), b"bad Hello");
+            None
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    state: &Arc<HubState>,
+    f: impl FnOnce(&HubState) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .unwrap_or_else(|e| {
+            Err(RegistryError::BadRequest(format!(
+                "internal task failed: {e}"
+            )))
+        })
+}
+
+fn registry_error(e: &RegistryError) -> Message {
+    Message::error(e.wire_code(), e.to_string())
+}
+
+// ---------------------------------------------------------------- join channel
+
+async fn serve_join(conn: Connection, state: Arc<HubState>) {
+    let Ok(_permit) = state.join_slots.clone().try_acquire_owned() else {
+        state.metrics.reject("join_busy");
+        conn.close(
+            close_code::SHUTDOWN.into(),
+            b"hub busy: too many concurrent joins, retry later",
+        );
+        return;
+    };
+    state
+        .metrics
+        .handshakes_accepted
+        .get_or_create(&crate::metrics::AlpnLabel {
+            alpn: "tether-join/1".into(),
+        })
+        .inc();
+    let lifetime = state.cfg.join_connection_lifetime;
+    let served = tokio::time::timeout(lifetime, async {
+        expect_hello(&conn, &state).await?;
+        loop {
+            let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+            let msg = match read_frame(&mut recv, state.cfg.limits).await {
+                Ok(m) => m,
+                Err(e) => {
+                    refuse(&conn, &mut send, &e, &state).await;
+                    continue;
+                }
+            };
+            let peer = conn.remote_address().to_string();
+            let reply = match msg {
+                Message::JoinRequest(req) => {
+                    let name = req.name.clone();
+                    let r = blocking(&state, move |s| {
+                        s.registry.submit_join(&req, &peer, now_ms())
+                    })
+                    .await;
+                    let outcome = match &r {
+                        Ok(JoinStatus::Approved { .. }) => "auto_approved",
+                        Ok(JoinStatus::Pending) => "pending",
+                        Ok(JoinStatus::Denied { .. }) => "denied",
+                        Err(_) => "refused",
+                    };
+                    state
+                        .metrics
+                        .join_requests
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: outcome.into(),
+                        })
+                        .inc();
+                    match r {
+                        Ok(status) => {
+                            tracing::info!(cluster = %name, outcome, "join request");
+                            if matches!(status, JoinStatus::Approved { .. }) {
+                                state.health_event(|h| {
+                                    h.track(&name, ClusterState::Unknown, None, now_ms());
+                                    None
+                                });
+                            }
+                            Message::JoinStatus(status)
+                        }
+                        Err(e) => {
+                            tracing::warn!(cluster = %name, error = %e, "join request refused");
+                            registry_error(&e)
+                        }
+                    }
+                }
+                Message::JoinPoll(poll) => {
+                    match blocking(&state, move |s| s.registry.poll_join(&poll)).await {
+                        Ok(status) => Message::JoinStatus(status),
+                        Err(e) => registry_error(&e),
+                    }
+                }
+                other => Message::error(
+                    ErrorCode::UnexpectedMessage,
+                    format!("{} is not allowed on the join channel", other.kind()),
+                ),
+            };
+            let _ = send_last(&mut send, &reply, state.cfg.limits).await;
+        }
+        #[allow(unreachable_code)]
+        Some(())
+    })
+    .await;
+    if served.is_err() {
+        conn.close(
+            close_code::NORMAL.into(),
+            b"join connection lifetime reached, reconnect to keep polling",
+        );
+    }
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// Who the peer is, from the verified certificate only.
+fn authorize(conn: &Connection, state: &HubState) -> Result<String, (u32, &'static str, String)> {
+    let unauthorized = |reason: &'static str, msg: String| (close_code::UNAUTHORIZED, reason, msg);
+    let chain = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            unauthorized(
+                "no_client_certificate",
+                "a client certificate is required on tether/1".into(),
+            )
+        })?;
+    let info = certs::inspect_der(&chain[0])
+        .map_err(|e| unauthorized("invalid_certificate", format!("client certificate: {e}")))?;
+    let record = state
+        .store
+        .read(|tx| tx.get(&CLUSTERS, &info.common_name))
+        .map_err(|e: StoreError| unauthorized("internal", e.to_string()))?
+        .ok_or_else(|| {
+            unauthorized(
+                "unknown_cluster",
+                format!("{:?} is not a registered cluster", info.common_name),
+            )
+        })?;
+    if record.state == ClusterState::Denied {
+        return Err((
+            close_code::DENIED,
+            "denied",
+            format!("cluster {:?} has been denied", record.name),
+        ));
+    }
+    if !record.serials.contains(&info.serial_hex) {
+        return Err(unauthorized(
+            "serial_not_issued",
+            format!(
+                "certificate serial {} was not issued to cluster {:?} (or has been superseded)",
+                info.serial_hex, record.name
+            ),
+        ));
+    }
+    Ok(record.name)
+}
+
+async fn serve_session(conn: Connection, state: Arc<HubState>) {
+    let cluster = match authorize(&conn, &state) {
+        Ok(name) => name,
+        Err((code, reason, msg)) => {
+            state.metrics.reject(reason);
+            tracing::warn!(peer = %conn.remote_address(), reason, "session refused: {msg}");
+            state.audit_async(
+                "handshake_rejected",
+                None,
+                "hub",
+                format!("{} from {}: {msg}", reason, conn.remote_address()),
+            );
+            conn.close(code.into(), msg.as_bytes());
+            return;
+        }
+    };
+    if expect_hello(&conn, &state).await.is_none() {
+        return;
+    }
+    state
+        .metrics
+        .handshakes_accepted
+        .get_or_create(&crate::metrics::AlpnLabel {
+            alpn: "tether/1".into(),
+        })
+        .inc();
+    state.sessions.insert(&cluster, conn.clone());
+    state.metrics.live_sessions.inc();
+    state.health_event(|h| h.session_opened(&cluster, now_ms()));
+    tracing::info!(%cluster, peer = %conn.remote_address(), "session opened");
+
+    let mut last_reported = None;
+    let end = loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => break e,
+        };
+        match read_frame(&mut recv, state.cfg.limits).await {
+            Ok(msg) => {
+                let reply = handle_session_message(&state, &cluster, msg, &mut last_reported).await;
+                let _ = send_last(&mut send, &reply, state.cfg.limits).await;
+            }
+            Err(e) => refuse(&conn, &mut send, &e, &state).await,
+        }
+    };
+    state.sessions.remove(&cluster, conn.stable_id());
+    state.metrics.live_sessions.dec();
+    state.health_event(|h| h.session_closed(&cluster, now_ms()));
+    tracing::info!(%cluster, reason = %end, "session closed");
+}
+
+type Reported = Option<(tether_protocol::Facts, Vec<tether_protocol::Condition>)>;
+
+async fn handle_session_message(
+    state: &Arc<HubState>,
+    cluster: &str,
+    msg: Message,
+    last: &mut Reported,
+) -> Message {
+    match msg {
+        Message::Heartbeat(hb) => {
+            state.metrics.heartbeats.inc();
+            // `hb.cluster` is informational; identity is the certificate's, already in `cluster`.
+            if hb.cluster.as_deref().is_some_and(|c| c != cluster) {
+                tracing::warn!(%cluster, claimed = ?hb.cluster, "heartbeat names another cluster; ignoring the field");
+            }
+            state.health_event(|h| h.heartbeat(cluster, now_ms()));
+            let report = (hb.facts, hb.conditions);
+            if last.as_ref() != Some(&report) {
+                let name = cluster.to_string();
+                let to_store = report.clone();
+                let r = blocking(state, move |s| {
+                    s.store.write(|tx| {
+                        if let Some(mut rec) = tx.get(&CLUSTERS, &name)? {
+                            rec.facts = to_store.0;
+                            rec.conditions = to_store.1;
+                            rec.last_seen_ms = Some(now_ms());
+                            tx.put(&CLUSTERS, &name, &rec)?;
+                        }
+                        Ok::<_, RegistryError>(())
+                    })
+                })
+                .await;
+                match r {
+                    Ok(()) => *last = Some(report),
+                    Err(e) => {
+                        tracing::error!(%cluster, error = %e, "could not store reported facts")
+                    }
+                }
+            }
+            Message::HeartbeatAck(HeartbeatAck {
+                hub_time_ms: now_ms(),
+            })
+        }
+        Message::RenewRequest(req) => {
+            let name = cluster.to_string();
+            match blocking(state, move |s| {
+                s.registry.renew(&name, &req.csr_pem, now_ms())
+            })
+            .await
+            {
+                Ok(cert_pem) => {
+                    tracing::info!(%cluster, "certificate renewed");
+                    Message::RenewResponse(RenewResponse { cert_pem })
+                }
+                Err(e) => {
+                    tracing::warn!(%cluster, error = %e, "renewal refused");
+                    registry_error(&e)
+                }
+            }
+        }
+        other => Message::error(
+            ErrorCode::UnexpectedMessage,
+            format!("{} is not a request a hub accepts", other.kind()),
+        ),
+    }
+}
