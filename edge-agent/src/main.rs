@@ -1,1 +1,232 @@
-fn main() {}
+//! `tether-agent`: the edge side of a Tether fleet. Dials out only.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tether_agent::{AgentError, JoinOptions, RunOptions, Shutdown};
+use tether_protocol::names::parse_label;
+use tether_store::agent::{CURRENT, IDENTITY, PENDING_JOIN};
+use tether_store::StoreError;
+
+#[derive(Parser)]
+#[command(
+    name = "tether-agent",
+    version,
+    about = "Tether edge agent: joins a hub and keeps one outbound QUIC session with mutual TLS.",
+    long_about = "Tether edge agent: joins a hub and keeps one outbound QUIC session with mutual TLS.\n\nThe agent only dials out; the hub never connects to it. First `join` (or `run` with join flags),\nthen `run`. Exit code 3 means the hub cut this cluster off on purpose (denied, detached,\nrevoked): do not restart blindly."
+)]
+struct Cli {
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Clone)]
+struct JoinFlags {
+    /// Hub address HOST:PORT (repeatable; tried in turn).
+    #[arg(long = "hub")]
+    hubs: Vec<String>,
+    /// Bootstrap token from `tetherctl token create`.
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// SHA-256 fingerprint of the hub CA, as printed by `tether-hub init`.
+    #[arg(long)]
+    ca_sha256: Option<String>,
+    /// Cluster name (lowercase letters, digits and '-').
+    #[arg(long)]
+    name: Option<String>,
+    /// Label to request for this cluster (repeatable, k=v).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Request to join a hub and wait until an administrator (or an auto-approve token) decides.
+    Join {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        join: JoinFlags,
+    },
+    /// Keep a session with the hub (joining first if join flags are given and not yet joined).
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        join: JoinFlags,
+        /// Longest wait between reconnect attempts (exponential backoff with full jitter).
+        #[arg(long, default_value = "60s", value_parser = parse_secs)]
+        backoff_cap: Duration,
+    },
+    /// Wipe this agent's identity (key, certificate, pending join). The hub keeps its record
+    /// until an administrator detaches the cluster.
+    Leave {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Show this agent's identity.
+    Status {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1000)
+    };
+    num.parse::<u64>()
+        .map(|n| Duration::from_millis(n * mult))
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 30s, 5m"))
+}
+
+fn join_options(
+    data_dir: &PathBuf,
+    f: &JoinFlags,
+    backoff_cap: Duration,
+) -> Result<JoinOptions, AgentError> {
+    let missing = |flag: &str| AgentError::Config(format!("{flag} is required to join"));
+    if f.hubs.is_empty() {
+        return Err(missing("--hub"));
+    }
+    Ok(JoinOptions {
+        hubs: f.hubs.clone(),
+        token: f.token.clone().ok_or_else(|| missing("--token"))?,
+        ca_sha256: f.ca_sha256.clone().ok_or_else(|| missing("--ca-sha256"))?,
+        name: f.name.clone().ok_or_else(|| missing("--name"))?,
+        labels: f.labels.iter().cloned().collect(),
+        data_dir: data_dir.clone(),
+        poll_interval: Duration::from_secs(2),
+        backoff_cap,
+    })
+}
+
+fn has_join_flags(f: &JoinFlags) -> bool {
+    !f.hubs.is_empty() || f.token.is_some() || f.ca_sha256.is_some() || f.name.is_some()
+}
+
+fn shutdown_on_signal() -> Shutdown {
+    let (tx, rx) = Shutdown::new();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received, shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn real_main(cli: Cli) -> Result<(), AgentError> {
+    match cli.cmd {
+        Cmd::Join { data_dir, join } => {
+            let opts = join_options(&data_dir, &join, Duration::from_secs(60))?;
+            let id = tether_agent::join(&opts, shutdown_on_signal()).await?;
+            println!(
+                "joined as cluster {}; start the session with `tether-agent run --data-dir {}`",
+                id.name,
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Run {
+            data_dir,
+            join,
+            backoff_cap,
+        } => {
+            let shutdown = shutdown_on_signal();
+            let store = tether_agent::open_store(&data_dir)?;
+            let joined = store.read(|tx| tx.get(&IDENTITY, CURRENT))?.is_some();
+            drop(store);
+            if !joined && has_join_flags(&join) {
+                tether_agent::join(
+                    &join_options(&data_dir, &join, backoff_cap)?,
+                    shutdown.clone(),
+                )
+                .await?;
+            }
+            let mut opts = RunOptions::new(&data_dir);
+            opts.backoff_cap = backoff_cap;
+            if joined {
+                opts.hubs_override = join.hubs.clone();
+            }
+            tether_agent::run(&opts, shutdown).await
+        }
+        Cmd::Leave { data_dir } => {
+            let store = tether_agent::open_store(&data_dir)?;
+            let name = store.write(|tx| {
+                let name = tx.get(&IDENTITY, CURRENT)?.map(|i| i.name);
+                tx.remove(&IDENTITY, CURRENT)?;
+                tx.remove(&PENDING_JOIN, CURRENT)?;
+                Ok::<_, StoreError>(name)
+            })?;
+            match name {
+                Some(n) => println!("identity of cluster {n} wiped; ask a hub administrator to run `tetherctl clusters detach {n}`"),
+                None => println!("no identity stored in {}", data_dir.display()),
+            }
+            Ok(())
+        }
+        Cmd::Status { data_dir } => {
+            let store = tether_agent::open_store(&data_dir)?;
+            match store.read(|tx| tx.get(&IDENTITY, CURRENT))? {
+                Some(id) => {
+                    let info = tether_transport::certs::inspect_pem(&id.cert_pem).map_err(|e| AgentError::Protocol(e.to_string()))?;
+                    println!("cluster: {}\nhubs: {}\ncertificate serial: {}\ncertificate not after (unix): {}", id.name, id.hubs.join(", "), info.serial_hex, info.not_after);
+                }
+                None => match store.read(|tx| tx.get(&PENDING_JOIN, CURRENT))? {
+                    Some(p) => println!("join pending for cluster {} (run `tether-agent join` again to keep waiting)", p.name),
+                    None => println!("not joined"),
+                },
+            }
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match real_main(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-agent: {e}");
+            ExitCode::from(e.exit_code().clamp(1, 255) as u8)
+        }
+    }
+}

@@ -32,5 +32,4 @@ pub struct PendingJoin {
     pub ca_sha256: String,
     pub hubs: Vec<String>,
     pub labels: Labels,
-    pub submitted: bool,
 }
