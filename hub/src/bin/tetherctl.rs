@@ -131,8 +131,8 @@ fn labels_str(l: &Labels) -> String {
 
 fn clusters_table(rows: &[ClusterView]) {
     println!(
-        "{:<24} {:<8} {:<10} {:<8} {:<10} {:<22} {}",
-        "NAME", "STATE", "LAST SEEN", "ARCH", "AGENT", "CERT EXPIRES", "LABELS"
+        "{:<24} {:<8} {:<10} {:<8} {:<10} {:<22} LABELS",
+        "NAME", "STATE", "LAST SEEN", "ARCH", "AGENT", "CERT EXPIRES"
     );
     for c in rows {
         println!(
@@ -150,8 +150,8 @@ fn clusters_table(rows: &[ClusterView]) {
 
 fn pending_table(rows: &[JoinRequestView]) {
     println!(
-        "{:<24} {:<14} {:<8} {:<22} {:<22} {}",
-        "NAME", "TOKEN", "ARCH", "FROM", "REQUESTED", "LABELS"
+        "{:<24} {:<14} {:<8} {:<22} {:<22} LABELS",
+        "NAME", "TOKEN", "ARCH", "FROM", "REQUESTED"
     );
     for r in rows {
         println!(
@@ -204,8 +204,8 @@ async fn main() -> anyhow::Result<()> {
             let rows = client.tokens().await?;
             print(out, &rows, || {
                 println!(
-                    "{:<14} {:<22} {:<6} {:<6} {}",
-                    "ID", "EXPIRES", "USED", "USES", "AUTO-APPROVE"
+                    "{:<14} {:<22} {:<6} {:<6} AUTO-APPROVE",
+                    "ID", "EXPIRES", "USED", "USES"
                 );
                 for t in &rows {
                     println!(
