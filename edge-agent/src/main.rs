@@ -97,7 +97,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn join_options(
-    data_dir: &PathBuf,
+    data_dir: &std::path::Path,
     f: &JoinFlags,
     backoff_cap: Duration,
 ) -> Result<JoinOptions, AgentError> {
@@ -111,7 +111,7 @@ fn join_options(
         ca_sha256: f.ca_sha256.clone().ok_or_else(|| missing("--ca-sha256"))?,
         name: f.name.clone().ok_or_else(|| missing("--name"))?,
         labels: f.labels.iter().cloned().collect(),
-        data_dir: data_dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         poll_interval: Duration::from_secs(2),
         backoff_cap,
     })
