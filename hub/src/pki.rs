@@ -25,8 +25,11 @@ pub enum PkiError {
 
 pub const MAX_CSR_PEM: usize = 16 * 1024;
 /// Issued certificates start a little in the past so that agents with slightly slow clocks
-/// accept them immediately.
-const BACKDATE: Duration = Duration::from_secs(300);
+/// accept them immediately: 5 minutes, or a tenth of the validity if that is shorter (so that
+/// renewal at 70-90% of the lifetime stays in the future for short-lived certificates).
+fn backdate(validity: Duration) -> Duration {
+    Duration::from_secs(300).min(validity / 10)
+}
 
 /// A freshly issued certificate and the facts the hub records about it.
 #[derive(Debug, Clone)]
@@ -66,7 +69,7 @@ fn leaf_params(cn: &str, org: &str, now_ms: u64, validity: Duration) -> Certific
     p.distinguished_name = dn;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.not_before = at(now_ms.saturating_sub(BACKDATE.as_millis() as u64));
+    p.not_before = at(now_ms.saturating_sub(backdate(validity).as_millis() as u64));
     p.not_after = at(now_ms.saturating_add(validity.as_millis() as u64));
     p.serial_number = Some(random_serial());
     p.use_authority_key_identifier_extension = true;
@@ -87,7 +90,7 @@ pub fn generate(hub_name: &str, sans: &[String], now_ms: u64) -> Result<InitMate
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca.not_before = at(now_ms.saturating_sub(BACKDATE.as_millis() as u64));
+    ca.not_before = at(now_ms.saturating_sub(300_000));
     ca.not_after = at(now_ms + 10 * 365 * 86_400_000);
     ca.serial_number = Some(random_serial());
     let ca_cert = ca.self_signed(&ca_key)?;
