@@ -15,7 +15,7 @@ use tether_protocol::{
 };
 use tether_store::hub::{ClusterState, CLUSTERS};
 use tether_store::StoreError;
-use tether_transport::framed::{read_frame, send_last};
+use tether_transport::framed::{read_frame, send_last, send_last_and_close};
 use tether_transport::{certs, TransportError};
 use tokio::task::JoinSet;
 
@@ -93,10 +93,20 @@ async fn refuse(conn: &Connection, send: &mut SendStream, err: &TransportError, 
         TransportError::Timeout(_) => (ErrorCode::BadRequest, err.to_string(), true),
         _ => (ErrorCode::BadRequest, err.to_string(), true),
     };
-    let _ = send_last(send, &Message::error(code, text.clone()), state.cfg.limits).await;
+    let msg = Message::error(code, text.clone());
     if fatal {
         tracing::warn!(peer = %conn.remote_address(), error = %text, "protocol violation, closing connection");
-        conn.close(close_code::PROTOCOL_ERROR.into(), text.as_bytes());
+        send_last_and_close(
+            conn,
+            send,
+            &msg,
+            state.cfg.limits,
+            close_code::PROTOCOL_ERROR,
+            &text,
+        )
+        .await;
+    } else {
+        let _ = send_last(send, &msg, state.cfg.limits).await;
     }
 }
 
@@ -125,33 +135,39 @@ async fn expect_hello(conn: &Connection, state: &HubState) -> Option<()> {
                 "incompatible protocol version: agent {} speaks {}, hub {HUB_VERSION} speaks {PROTOCOL_VERSION}",
                 h.agent_version, h.protocol_version
             );
-            let _ = send_last(
-                &mut send,
-                &Message::error(ErrorCode::VersionMismatch, why.clone()),
-                limits,
-            )
-            .await;
             state.metrics.reject("version_mismatch");
             tracing::warn!(peer = %conn.remote_address(), "{why}");
-            // Give the error frame a moment to leave before the close discards stream data.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            conn.close(close_code::VERSION_MISMATCH.into(), why.as_bytes());
+            let msg = Message::error(ErrorCode::VersionMismatch, why.clone());
+            send_last_and_close(
+                conn,
+                &mut send,
+                &msg,
+                limits,
+                close_code::VERSION_MISMATCH,
+                &why,
+            )
+            .await;
             None
         }
         Ok(other) => {
             let why = format!("expected Hello, got {}", other.kind());
-            let _ = send_last(
+            let msg = Message::error(ErrorCode::UnexpectedMessage, why.clone());
+            send_last_and_close(
+                conn,
                 &mut send,
-                &Message::error(ErrorCode::UnexpectedMessage, why.clone()),
+                &msg,
                 limits,
+                close_code::PROTOCOL_ERROR,
+                &why,
             )
             .await;
-            conn.close(close_code::PROTOCOL_ERROR.into(), why.as_bytes());
             None
         }
         Err(e) => {
             refuse(conn, &mut send, &e, state).await;
-            conn.close(close_code::PROTOCOL_ERROR.into(), b"bad Hello");
+            if conn.close_reason().is_none() {
+                conn.close(close_code::PROTOCOL_ERROR.into(), b"bad Hello");
+            }
             None
         }
     }

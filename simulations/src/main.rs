@@ -119,8 +119,8 @@ async fn demo(
         started.elapsed()
     );
     println!(
-        "{:<12} {:<8} {:<8} {:<10} {}",
-        "NAME", "STATE", "ARCH", "CONNECTED", "LABELS"
+        "{:<12} {:<8} {:<8} {:<10} LABELS",
+        "NAME", "STATE", "ARCH", "CONNECTED"
     );
     for c in clusters.iter().filter(|c| names.contains(&c.name)) {
         let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -61,6 +61,27 @@ pub async fn send_last(
     Ok(())
 }
 
+/// Send a final message, wait (bounded) until the peer has it, then close the connection.
+///
+/// Closing right after writing would let QUIC discard the unacknowledged stream data, and
+/// the peer would see a bare close instead of the explanation.
+pub async fn send_last_and_close(
+    conn: &Connection,
+    send: &mut SendStream,
+    msg: &Message,
+    limits: Limits,
+    close_code: u32,
+    reason: &str,
+) {
+    if send_last(send, msg, limits).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+    }
+    conn.close(close_code.into(), reason.as_bytes());
+}
+
+/// Upper bound on how long a refusal waits for its explanation to be acknowledged.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 pub async fn read_frame(recv: &mut RecvStream, limits: Limits) -> Result<Message, TransportError> {
     match tokio::time::timeout(
         limits.read_timeout,
