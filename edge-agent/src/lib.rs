@@ -1,10 +1,14 @@
 //! Tether edge agent: joins a hub (double opt-in) and keeps one outbound mutual-TLS QUIC
 //! session, with heartbeats and certificate renewal.
 
+pub mod desired;
 pub mod dial;
 pub mod error;
+pub mod executor;
 pub mod facts;
 pub mod join;
+pub mod outbox;
+pub mod reconcile;
 pub mod renewal;
 pub mod session;
 

@@ -3,7 +3,11 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+use tether_agent::executor::dir::DirExecutor;
+use tether_agent::executor::memory::MemoryExecutor;
+use tether_agent::executor::AnyExecutor;
 use tether_agent::{AgentError, JoinOptions, RunOptions, Shutdown};
 use tether_protocol::names::parse_label;
 use tether_store::agent::{CURRENT, IDENTITY, PENDING_JOIN};
@@ -66,6 +70,14 @@ enum Cmd {
         /// Longest wait between reconnect attempts (exponential backoff with full jitter).
         #[arg(long, default_value = "60s", value_parser = parse_secs)]
         backoff_cap: Duration,
+        /// How works are applied: `kube` (server-side apply to the cluster from the in-cluster
+        /// config or KUBECONFIG), `dir:PATH` (write each work as PATH/tether-<work>.yaml, e.g. k3s's
+        /// auto-deploy folder /var/lib/rancher/k3s/server/manifests) or `memory` (testing).
+        #[arg(long, default_value = "kube", value_parser = parse_executor)]
+        executor: ExecutorChoice,
+        /// Enforce the desired state this often even when nothing changed (repairs drift).
+        #[arg(long, default_value = "30s", value_parser = parse_secs)]
+        reconcile_interval: Duration,
     },
     /// Wipe this agent's identity (key, certificate, pending join). The hub keeps its record
     /// until an administrator detaches the cluster.
@@ -78,6 +90,40 @@ enum Cmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Clone, Debug)]
+enum ExecutorChoice {
+    Kube,
+    Dir(PathBuf),
+    Memory,
+}
+
+fn parse_executor(s: &str) -> Result<ExecutorChoice, String> {
+    match s {
+        "kube" => Ok(ExecutorChoice::Kube),
+        "memory" => Ok(ExecutorChoice::Memory),
+        _ => match s.strip_prefix("dir:") {
+            Some(p) if !p.is_empty() => Ok(ExecutorChoice::Dir(PathBuf::from(p))),
+            _ => Err(format!(
+                "unknown executor {s:?}: use `kube`, `dir:PATH` or `memory`"
+            )),
+        },
+    }
+}
+
+async fn build_executor(choice: &ExecutorChoice) -> Result<AnyExecutor, AgentError> {
+    Ok(match choice {
+        ExecutorChoice::Memory => AnyExecutor::Memory(MemoryExecutor::new()),
+        ExecutorChoice::Dir(p) => {
+            AnyExecutor::Dir(DirExecutor::new(p).map_err(|e| AgentError::Config(e.to_string()))?)
+        }
+        ExecutorChoice::Kube => {
+            return Err(AgentError::Config(
+                "the kube executor is not available in this build; use --executor dir:PATH".into(),
+            ))
+        }
+    })
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -160,8 +206,11 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             data_dir,
             join,
             backoff_cap,
+            executor,
+            reconcile_interval,
         } => {
             let shutdown = shutdown_on_signal();
+            let executor = Arc::new(build_executor(&executor).await?);
             let store = tether_agent::open_store(&data_dir)?;
             let joined = store.read(|tx| tx.get(&IDENTITY, CURRENT))?.is_some();
             drop(store);
@@ -174,10 +223,11 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             }
             let mut opts = RunOptions::new(&data_dir);
             opts.backoff_cap = backoff_cap;
+            opts.reconcile_interval = reconcile_interval;
             if joined {
                 opts.hubs_override = join.hubs.clone();
             }
-            tether_agent::run(&opts, shutdown).await
+            tether_agent::run(&opts, executor, shutdown).await
         }
         Cmd::Leave { data_dir } => {
             let store = tether_agent::open_store(&data_dir)?;

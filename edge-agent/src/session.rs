@@ -2,17 +2,21 @@
 //! reconnect with backoff and jitter, and stop for good when the hub cuts this cluster off.
 
 use crate::dial::{classify_connection_error, connect, hello, transport_error};
-use crate::{facts, open_store, renewal, AgentError, Shutdown};
+use crate::executor::Executor;
+use crate::reconcile::{Reconciler, Signals};
+use crate::{desired, facts, open_store, outbox, renewal, AgentError, Shutdown};
 use quinn::Connection;
 use rand::Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether_protocol::{close_code, Condition, Heartbeat, Message, RenewRequest, ALPN_SESSION};
+use tether_protocol::{
+    close_code, Condition, ErrorCode, Heartbeat, Message, RenewRequest, ALPN_SESSION,
+};
 use tether_store::agent::{Identity, CURRENT, IDENTITY};
 use tether_store::Store;
 use tether_transport::backoff::{AddressRing, Backoff};
-use tether_transport::framed::request;
+use tether_transport::framed::{read_frame, request, send_last};
 use tether_transport::tls::{session_client_config, SwappableClientCert};
 use tether_transport::{certs, Limits};
 
@@ -23,6 +27,8 @@ pub struct RunOptions {
     pub hubs_override: Vec<String>,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// How often the desired state is enforced even when nothing was delivered (drift repair).
+    pub reconcile_interval: Duration,
 }
 
 impl RunOptions {
@@ -32,6 +38,7 @@ impl RunOptions {
             hubs_override: Vec::new(),
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
+            reconcile_interval: Duration::from_secs(30),
         }
     }
 }
@@ -76,7 +83,8 @@ impl Current {
 }
 
 struct Agent {
-    store: Store,
+    store: Arc<Store>,
+    signals: Signals,
     cert: Arc<SwappableClientCert>,
     quic: quinn::ClientConfig,
     current: Current,
@@ -88,8 +96,14 @@ enum End {
     Lost(AgentError),
 }
 
-pub async fn run(opts: &RunOptions, mut shutdown: Shutdown) -> Result<(), AgentError> {
-    let store = open_store(&opts.data_dir)?;
+/// Enforce the stored desired state and keep a session with the hub until shutdown or until the
+/// hub cuts this cluster off. The reconciler starts first and never waits for the network.
+pub async fn run<E: Executor>(
+    opts: &RunOptions,
+    executor: Arc<E>,
+    mut shutdown: Shutdown,
+) -> Result<(), AgentError> {
+    let store = Arc::new(open_store(&opts.data_dir)?);
     let identity = store
         .read(|tx| tx.get(&IDENTITY, CURRENT))?
         .ok_or(AgentError::NotJoined)?;
@@ -107,8 +121,21 @@ pub async fn run(opts: &RunOptions, mut shutdown: Shutdown) -> Result<(), AgentE
     let tls = session_client_config(&identity.ca_pem, cert.clone(), ALPN_SESSION)?;
     let quic = tether_transport::quic::client_config(tls)
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    let signals = Signals::default();
+    tracing::info!(executor = %executor.describe(), interval = ?opts.reconcile_interval, "reconciler starting");
+    let reconciler = tokio::spawn(
+        Reconciler::new(
+            store.clone(),
+            executor,
+            signals.clone(),
+            opts.reconcile_interval,
+        )
+        .run(shutdown.clone()),
+    );
+    let _stop_reconciler = AbortOnDrop(reconciler);
     let mut agent = Agent {
         store,
+        signals,
         cert,
         quic,
         current: Current::new(identity)?,
@@ -155,6 +182,20 @@ async fn session(
     backoff.reset();
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
+    send_inventory(agent, &conn).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve_deliveries(
+        conn.clone(),
+        agent.store.clone(),
+        agent.signals.clone(),
+        agent.limits,
+    ));
+    tasks.spawn(pump_status(
+        conn.clone(),
+        agent.store.clone(),
+        agent.signals.clone(),
+        agent.limits,
+    ));
     let mut heartbeat =
         tokio::time::interval(Duration::from_millis(ack.heartbeat_interval_ms.max(100)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,9 +203,21 @@ async fn session(
         let renew_in = Duration::from_millis(agent.current.renew_at_ms.saturating_sub(now_ms()));
         tokio::select! {
             _ = heartbeat.tick() => {
-                if let Err(e) = send_heartbeat(&conn, &name, agent.limits).await {
+                let depth = agent.store.read(outbox::depth).unwrap_or(0);
+                if let Err(e) = send_heartbeat(&conn, &name, depth, agent.limits).await {
                     return Ok(End::Lost(e));
                 }
+            }
+            Some(ended) = tasks.join_next() => {
+                let e = match ended {
+                    Ok(e) => e,
+                    Err(join) => AgentError::Io(format!("session task failed: {join}")),
+                };
+                if e.is_fatal() {
+                    return Err(e);
+                }
+                conn.close(close_code::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                return Ok(End::Lost(e));
             }
             _ = tokio::time::sleep(renew_in) => {
                 if let Err(e) = renew(agent, &conn).await {
@@ -191,7 +244,12 @@ async fn session(
     }
 }
 
-async fn send_heartbeat(conn: &Connection, name: &str, limits: Limits) -> Result<(), AgentError> {
+async fn send_heartbeat(
+    conn: &Connection,
+    name: &str,
+    outbox_depth: u64,
+    limits: Limits,
+) -> Result<(), AgentError> {
     let hb = Message::Heartbeat(Heartbeat {
         facts: facts::collect(),
         conditions: vec![Condition {
@@ -202,6 +260,7 @@ async fn send_heartbeat(conn: &Connection, name: &str, limits: Limits) -> Result
         }],
         sent_at_ms: now_ms(),
         cluster: Some(name.to_string()),
+        outbox_depth,
     });
     match request(conn, &hb, limits).await {
         Ok(Message::HeartbeatAck(_)) => Ok(()),
@@ -251,4 +310,140 @@ async fn renew(agent: &mut Agent, conn: &Connection) -> Result<(), AgentError> {
     agent.current = Current::new(identity)?;
     tracing::info!(serial = %info.serial_hex, valid_until = %rfc3339(agent.current.not_after_ms), next_renewal = %rfc3339(agent.current.renew_at_ms), "certificate renewed");
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::Io(format!("store task failed: {e}")))
+}
+
+/// Tell the hub what we hold so it sends only the difference.
+async fn send_inventory(agent: &Agent, conn: &Connection) -> Result<(), AgentError> {
+    let store = agent.store.clone();
+    let inventory = blocking(move || store.read(desired::inventory)).await??;
+    let held = inventory.works.len();
+    match request(conn, &Message::Inventory(inventory), agent.limits).await {
+        Ok(Message::InventoryAck(ack)) => {
+            tracing::info!(
+                held,
+                pending_changes = ack.pending_changes,
+                "inventory sent"
+            );
+            Ok(())
+        }
+        Ok(other) => Err(AgentError::Protocol(format!(
+            "expected InventoryAck, got {}",
+            other.kind()
+        ))),
+        Err(e) => Err(transport_error(conn, e)),
+    }
+}
+
+/// Accept work updates and removals the hub pushes; acknowledge each after committing it.
+async fn serve_deliveries(
+    conn: Connection,
+    store: Arc<Store>,
+    signals: Signals,
+    limits: Limits,
+) -> AgentError {
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                return classify_connection_error(&e)
+                    .unwrap_or_else(|| AgentError::Io(format!("session lost: {e}")))
+            }
+        };
+        let msg = match read_frame(&mut recv, limits).await {
+            Ok(m) => m,
+            Err(e) => return transport_error(&conn, e),
+        };
+        let kind = msg.kind();
+        let store = store.clone();
+        let outcome = match msg {
+            Message::WorkUpdate(u) => {
+                tracing::debug!(work = %u.name, generation = u.generation, full = u.bundle.is_some(), "work update");
+                blocking(move || desired::accept_update(&store, u)).await
+            }
+            Message::WorkRemove(r) => {
+                tracing::debug!(work = %r.name, orphan = r.orphan, "work removal");
+                blocking(move || desired::accept_removal(&store, r)).await
+            }
+            other => {
+                let reply = Message::error(
+                    ErrorCode::UnexpectedMessage,
+                    format!("an agent does not accept {} from the hub", other.kind()),
+                );
+                let _ = send_last(&mut send, &reply, limits).await;
+                continue;
+            }
+        };
+        let reply = match outcome {
+            Ok(Ok(ack)) => {
+                signals.desired_changed.notify_one();
+                Message::WorkAck(ack)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "refused a {kind} from the hub");
+                Message::error(ErrorCode::BadRequest, e.to_string())
+            }
+            Err(e) => return e,
+        };
+        let _ = send_last(&mut send, &reply, limits).await;
+    }
+}
+
+/// Send outbox batches while connected; forget entries only once the hub acknowledged them.
+async fn pump_status(
+    conn: Connection,
+    store: Arc<Store>,
+    signals: Signals,
+    limits: Limits,
+) -> AgentError {
+    loop {
+        let reader = store.clone();
+        let batch = match blocking(move || reader.read(outbox::next_batch)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return e.into(),
+            Err(e) => return e,
+        };
+        let Some(batch) = batch else {
+            // Nothing to send: wait for news (or re-check now and then, in case a wake-up raced).
+            tokio::select! {
+                _ = signals.outbox_changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            continue;
+        };
+        let (from, to, n) = (batch.from_seq, batch.to_seq, batch.entries.len());
+        let through = match request(&conn, &Message::StatusBatch(batch), limits).await {
+            Ok(Message::StatusAck(ack)) => ack.through_seq,
+            Ok(other) => {
+                return AgentError::Protocol(format!("expected StatusAck, got {}", other.kind()))
+            }
+            Err(e) => return transport_error(&conn, e),
+        };
+        tracing::debug!(from, to, entries = n, through, "status batch acknowledged");
+        let writer = store.clone();
+        match blocking(move || writer.write(|tx| outbox::acknowledge(tx, through))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return e.into(),
+            Err(e) => return e,
+        }
+        if through < to {
+            // The hub stored less than we sent (it should not): back off instead of spinning.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }

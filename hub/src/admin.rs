@@ -20,7 +20,8 @@ use tether_store::hub::{ClusterRecord, JoinDecision, AUDIT, CLUSTERS, JOIN_REQUE
 use tether_transport::certs;
 use tokio::task::JoinSet;
 
-const MAX_BODY: usize = 1024 * 1024;
+/// Works carry manifests; the frame limit (4 MiB compressed) is enforced separately.
+const MAX_BODY: usize = 32 * 1024 * 1024;
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod bytes_body {
@@ -125,6 +126,32 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn work_error(e: &crate::works::WorkError) -> Response<Body> {
+    use crate::works::WorkError;
+    let status = match e {
+        WorkError::NotFound(_) => StatusCode::NOT_FOUND,
+        WorkError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        WorkError::Invalid(_) | WorkError::Bundle(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        WorkError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    })
+}
+
+fn query_flag(req: &Request<Incoming>, key: &str) -> bool {
+    matches!(query_param(req, key), Some("true" | "1"))
+}
+
+fn query_usize(req: &Request<Incoming>, key: &str) -> Option<usize> {
+    query_param(req, key).and_then(|v| v.parse().ok())
 }
 
 async fn in_blocking<T: Send + 'static>(
@@ -347,6 +374,97 @@ async fn route(
                 })
                 .collect();
             Ok(json(StatusCode::OK, &views))
+        }
+        (&Method::PUT, ["v1", "works"]) => {
+            let doc: tether_protocol::work::WorkDocument = read_json(req).await?;
+            let name = doc.metadata.name.clone();
+            let st = state.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                crate::works::apply(&st.store, &st.works, doc, st.cfg.limits.max_frame, "admin")
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let (outcome, generation) = applied.map_err(|e| work_error(&e))?;
+            let status = if outcome == crate::works::ApplyOutcome::Created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json(
+                status,
+                &ApplyResult {
+                    name,
+                    generation,
+                    outcome: format!("{outcome:?}"),
+                },
+            ))
+        }
+        (&Method::GET, ["v1", "works"]) => {
+            let views = in_blocking(state, |s| {
+                Ok(s.store.read(crate::work_views::summaries)?)
+            })
+            .await?;
+            Ok(json(StatusCode::OK, &views))
+        }
+        (&Method::GET, ["v1", "works", name]) => {
+            let n = name.to_string();
+            let detail = in_blocking(state, move |s| {
+                Ok(s.store.read(|tx| crate::work_views::detail(tx, &n))?)
+            })
+            .await?;
+            match detail {
+                Some(d) => Ok(json(StatusCode::OK, &d)),
+                None => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("work {name:?} not found"),
+                )),
+            }
+        }
+        (&Method::DELETE, ["v1", "works", name]) => {
+            let orphan = query_flag(&req, "orphan");
+            let n = name.to_string();
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::works::delete(&st.store, &st.works, &n, orphan, "admin")
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| work_error(&e))?;
+            Ok(json(
+                StatusCode::OK,
+                &DeleteResult {
+                    name: name.to_string(),
+                    orphan,
+                },
+            ))
+        }
+        (&Method::GET, ["v1", "clusters", name, "status-log"]) => {
+            let limit = query_usize(&req, "limit").unwrap_or(1000).min(100_000);
+            let n = name.to_string();
+            let rows = in_blocking(state, move |s| {
+                Ok(s.store
+                    .read(|tx| tx.tail(&tether_store::hub::STATUS_LOG, usize::MAX))?)
+                .map(|rows| {
+                    let mut mine: Vec<StatusLogView> = rows
+                        .into_iter()
+                        .filter(|(_, e)| e.cluster == n)
+                        .map(|(log_seq, e)| StatusLogView {
+                            log_seq,
+                            cluster: e.cluster,
+                            seq: e.seq,
+                            work: e.status.work,
+                            generation: e.status.generation,
+                            phase: e.status.phase.as_str().to_string(),
+                            received_at_ms: e.received_at_ms,
+                        })
+                        .collect();
+                    let skip = mine.len().saturating_sub(limit);
+                    mine.drain(..skip);
+                    mine
+                })
+            })
+            .await?;
+            Ok(json(StatusCode::OK, &rows))
         }
         _ => Err(error(
             StatusCode::NOT_FOUND,

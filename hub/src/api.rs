@@ -77,3 +77,69 @@ pub struct AuditView {
 pub struct ApiError {
     pub error: String,
 }
+
+// ---------------------------------------------------------------- works
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApplyResult {
+    pub name: String,
+    pub generation: u64,
+    /// `Created`, `Updated` or `Unchanged`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeleteResult {
+    pub name: String,
+    pub orphan: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkSummary {
+    pub name: String,
+    pub generation: u64,
+    /// Set once deleted; clusters are still being cleaned up while they hold it.
+    pub deleted: bool,
+    pub targeted: usize,
+    /// Clusters that acknowledged the current generation.
+    pub delivered: usize,
+    /// Clusters reporting the current generation Applied or Available.
+    pub applied: usize,
+    pub available: usize,
+    pub failed: usize,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterWorkView {
+    pub cluster: String,
+    /// The work currently targets this cluster (false while a removal is pending).
+    pub targeted: bool,
+    pub delivered_generation: Option<u64>,
+    pub applied_generation: Option<u64>,
+    pub phase: Option<String>,
+    pub conditions: Vec<tether_protocol::Condition>,
+    pub resources: Vec<tether_protocol::ResourceStatus>,
+    pub message: String,
+    pub observed_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkDetail {
+    pub summary: WorkSummary,
+    pub document: tether_protocol::work::WorkDocument,
+    pub clusters: Vec<ClusterWorkView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusLogView {
+    /// Position in the hub's log.
+    pub log_seq: u64,
+    pub cluster: String,
+    /// The agent's outbox sequence number.
+    pub seq: u64,
+    pub work: String,
+    pub generation: u64,
+    pub phase: String,
+    pub received_at_ms: u64,
+}

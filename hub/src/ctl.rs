@@ -101,6 +101,8 @@ impl AdminClient {
             if status == StatusCode::NOT_FOUND
                 || status == StatusCode::CONFLICT
                 || status == StatusCode::BAD_REQUEST
+                || status == StatusCode::UNPROCESSABLE_ENTITY
+                || status == StatusCode::PAYLOAD_TOO_LARGE
             {
                 bail!("{msg}");
             }
@@ -174,9 +176,80 @@ impl AdminClient {
         self.get(&format!("/v1/audit?limit={limit}")).await
     }
 
+    pub async fn apply_work(
+        &self,
+        doc: &tether_protocol::work::WorkDocument,
+    ) -> anyhow::Result<ApplyResult> {
+        let bytes = self
+            .call(Method::PUT, "/v1/works", Some(serde_json::to_value(doc)?))
+            .await?;
+        serde_json::from_slice(&bytes).context("decoding the admin API response")
+    }
+
+    pub async fn works(&self) -> anyhow::Result<Vec<WorkSummary>> {
+        self.get("/v1/works").await
+    }
+
+    pub async fn work(&self, name: &str) -> anyhow::Result<WorkDetail> {
+        self.get(&format!("/v1/works/{name}")).await
+    }
+
+    pub async fn delete_work(&self, name: &str, orphan: bool) -> anyhow::Result<DeleteResult> {
+        let bytes = self
+            .call(
+                Method::DELETE,
+                &format!("/v1/works/{name}?orphan={orphan}"),
+                None,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).context("decoding the admin API response")
+    }
+
+    pub async fn status_log(&self, cluster: &str) -> anyhow::Result<Vec<StatusLogView>> {
+        self.get(&format!("/v1/clusters/{cluster}/status-log?limit=100000"))
+            .await
+    }
+
     /// Raw GET for endpoints that are not JSON (`/metrics`).
     pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let bytes = self.call(Method::GET, path, None).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
+}
+
+/// Parse a (multi-document) YAML file of Works. Every problem names its document.
+pub fn parse_work_documents(
+    text: &str,
+) -> anyhow::Result<Vec<tether_protocol::work::WorkDocument>> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(de)
+            .with_context(|| format!("document {}: not valid YAML", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind != tether_protocol::work::WORK_KIND {
+            bail!(
+                "document {}: kind {kind:?} is not a Work; put Kubernetes objects under spec.manifests of a `kind: Work` document",
+                i + 1
+            );
+        }
+        let doc: tether_protocol::work::WorkDocument = serde_yaml_ng::from_value(value)
+            .with_context(|| format!("document {}: not a valid Work", i + 1))?;
+        if let Err(errors) = tether_protocol::work::validate(&doc) {
+            bail!(
+                "document {} (work {:?}): {}",
+                i + 1,
+                doc.metadata.name,
+                errors.join("; ")
+            );
+        }
+        docs.push(doc);
+    }
+    if docs.is_empty() {
+        bail!("no Work documents found");
+    }
+    Ok(docs)
 }

@@ -62,6 +62,9 @@ pub struct HubState {
     pub metrics: Arc<Metrics>,
     pub admin_fingerprints: HashSet<String>,
     pub join_slots: Arc<Semaphore>,
+    pub works: crate::works::WorkIndex,
+    /// Group commit for hot-path durable writes (delivery acks, status).
+    pub committer: crate::committer::Committer,
     /// Best-effort audit events from hot paths (handshake rejections); bounded, batched.
     audit_queue: mpsc::Sender<AuditEvent>,
 }
@@ -227,6 +230,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         .with_context(|| format!("binding the admin API on {}", cfg.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let works = crate::works::WorkIndex::load(&store).context("loading works")?;
+    let committer = crate::committer::Committer::start(store.clone());
     let state = Arc::new(HubState {
         registry: Registry::new(store.clone(), ca, revoked, cfg.cert_validity),
         store,
@@ -235,6 +240,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         metrics,
         admin_fingerprints: admins.into_iter().map(|(k, _)| k).collect(),
         join_slots: Arc::new(Semaphore::new(cfg.max_join_connections)),
+        works,
+        committer,
         audit_queue: audit_tx,
         cfg,
     });
@@ -270,6 +277,20 @@ impl RunningHub {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // Release the database before returning, so the same process can start a hub on it
+        // again: wait for session tasks to drop their references, then for the writer thread.
+        let mut writer_stopped = self.state.committer.stopped();
+        let released = tokio::time::timeout(Duration::from_secs(5), async {
+            while Arc::strong_count(&self.state) > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        if released.is_err() {
+            tracing::warn!("hub state still referenced 5s after shutdown");
+        }
+        drop(self.state);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer_stopped.wait_for(|s| *s)).await;
         tracing::info!("hub stopped");
     }
 

@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod api;
+pub mod committer;
 pub mod config;
 pub mod ctl;
+pub mod delivery;
 pub mod health;
 pub mod hub;
 pub mod init;
@@ -13,6 +15,9 @@ pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod sessions;
+pub mod status;
 pub mod util;
+pub mod work_views;
+pub mod works;
 
 pub use hub::{start, HubConfig, RunningHub};

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub clusters: Family<StateLabel, Gauge>,
     pub join_requests: Family<ReasonLabel, Counter>,
     pub audit_dropped: Counter,
+    pub deliveries: Counter,
+    pub deliveries_refused: Counter,
+    pub delivered_bytes: Counter,
+    pub status_entries: Counter,
+    pub status_duplicates: Counter,
+    pub status_gaps: Counter,
 }
 
 impl Metrics {
@@ -73,6 +79,42 @@ impl Metrics {
             "Rate-limited audit events (handshake rejections) dropped because the queue was full",
             audit_dropped.clone(),
         );
+        let deliveries = Counter::default();
+        registry.register(
+            "deliveries",
+            "Work updates and removals acknowledged by agents",
+            deliveries.clone(),
+        );
+        let deliveries_refused = Counter::default();
+        registry.register(
+            "deliveries_refused",
+            "Work deliveries an agent refused",
+            deliveries_refused.clone(),
+        );
+        let delivered_bytes = Counter::default();
+        registry.register(
+            "delivered_bytes",
+            "Compressed bundle bytes sent to agents",
+            delivered_bytes.clone(),
+        );
+        let status_entries = Counter::default();
+        registry.register(
+            "status_entries",
+            "Status entries stored",
+            status_entries.clone(),
+        );
+        let status_duplicates = Counter::default();
+        registry.register(
+            "status_duplicates",
+            "Status entries dropped because they were already stored (resends)",
+            status_duplicates.clone(),
+        );
+        let status_gaps = Counter::default();
+        registry.register(
+            "status_gaps",
+            "Status batches that skipped sequence numbers (lost entries; should stay 0)",
+            status_gaps.clone(),
+        );
         Self {
             registry,
             live_sessions,
@@ -82,6 +124,12 @@ impl Metrics {
             clusters,
             join_requests,
             audit_dropped,
+            deliveries,
+            deliveries_refused,
+            delivered_bytes,
+            status_entries,
+            status_duplicates,
+            status_gaps,
         }
     }
 

@@ -6,7 +6,7 @@ use crate::registry::RegistryError;
 use crate::util::now_ms;
 use quinn::{Connection, SendStream};
 use rustls::pki_types::CertificateDer;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_protocol::frame::FrameError;
 use tether_protocol::{
@@ -361,20 +361,44 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
     state.health_event(|h| h.session_opened(&cluster, now_ms()));
     tracing::info!(%cluster, peer = %conn.remote_address(), "session opened");
 
-    let mut last_reported = None;
+    let session = Arc::new(SessionCtx {
+        cluster: cluster.clone(),
+        conn: conn.clone(),
+        last_reported: Mutex::new(None),
+        delivery: Mutex::new(None),
+    });
+    let mut streams = JoinSet::new();
     let end = loop {
-        let (mut send, mut recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(e) => break e,
+        let (mut send, mut recv) = tokio::select! {
+            r = conn.accept_bi() => match r {
+                Ok(s) => s,
+                Err(e) => break e,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
         };
-        match read_frame(&mut recv, state.cfg.limits).await {
-            Ok(msg) => {
-                let reply = handle_session_message(&state, &cluster, msg, &mut last_reported).await;
-                let _ = send_last(&mut send, &reply, state.cfg.limits).await;
+        // Streams are served concurrently (a slow status commit must not delay heartbeats);
+        // QUIC's stream limit bounds how many at once.
+        let state = state.clone();
+        let session = session.clone();
+        streams.spawn(async move {
+            match read_frame(&mut recv, state.cfg.limits).await {
+                Ok(msg) => {
+                    let reply = handle_session_message(&state, &session, msg).await;
+                    let _ = send_last(&mut send, &reply, state.cfg.limits).await;
+                }
+                Err(e) => refuse(&session.conn, &mut send, &e, &state).await,
             }
-            Err(e) => refuse(&conn, &mut send, &e, &state).await,
-        }
+        });
     };
+    streams.abort_all();
+    if let Some(d) = session
+        .delivery
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        d.abort();
+    }
     state.sessions.remove(&cluster, conn.stable_id());
     state.metrics.live_sessions.dec();
     state.health_event(|h| h.session_closed(&cluster, now_ms()));
@@ -383,13 +407,69 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
 
 type Reported = Option<(tether_protocol::Facts, Vec<tether_protocol::Condition>)>;
 
+/// What a live session's stream handlers share.
+struct SessionCtx {
+    cluster: String,
+    conn: Connection,
+    last_reported: Mutex<Reported>,
+    delivery: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
 async fn handle_session_message(
     state: &Arc<HubState>,
-    cluster: &str,
+    session: &SessionCtx,
     msg: Message,
-    last: &mut Reported,
 ) -> Message {
+    let cluster = session.cluster.as_str();
     match msg {
+        Message::Inventory(inv) => {
+            if let Err(e) = crate::delivery::record_inventory(state, cluster, &inv.works).await {
+                tracing::error!(%cluster, error = %e, "could not record the agent's inventory");
+            }
+            let pending = crate::delivery::pending_changes(state, cluster, &inv.works);
+            tracing::info!(%cluster, held = inv.works.len(), pending, "inventory received");
+            let task = tokio::spawn(crate::delivery::run(
+                session.conn.clone(),
+                state.clone(),
+                cluster.to_string(),
+                inv.works,
+            ));
+            let previous = session
+                .delivery
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(task.abort_handle());
+            if let Some(p) = previous {
+                p.abort();
+            }
+            Message::InventoryAck(tether_protocol::InventoryAck {
+                pending_changes: u32::try_from(pending).unwrap_or(u32::MAX),
+            })
+        }
+        Message::StatusBatch(batch) => {
+            let name = cluster.to_string();
+            let ingested = state
+                .committer
+                .write(move |tx| crate::status::ingest(tx, &name, &batch, now_ms()))
+                .await;
+            match ingested {
+                Ok(i) => {
+                    state.metrics.status_entries.inc_by(i.stored as u64);
+                    state.metrics.status_duplicates.inc_by(i.duplicates as u64);
+                    if let Some((expected, got)) = i.gap {
+                        state.metrics.status_gaps.inc();
+                        tracing::error!(%cluster, expected, got, "status sequence gap: entries were lost before reaching the hub");
+                    }
+                    Message::StatusAck(tether_protocol::StatusAck {
+                        through_seq: i.through,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(%cluster, error = %e, "could not store status");
+                    Message::error(ErrorCode::Internal, format!("status not stored: {e}"))
+                }
+            }
+        }
         Message::Heartbeat(hb) => {
             state.metrics.heartbeats.inc();
             // `hb.cluster` is informational; identity is the certificate's, already in `cluster`.
@@ -398,7 +478,13 @@ async fn handle_session_message(
             }
             state.health_event(|h| h.heartbeat(cluster, now_ms()));
             let report = (hb.facts, hb.conditions);
-            if last.as_ref() != Some(&report) {
+            let seen = session
+                .last_reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                == Some(&report);
+            if !seen {
                 let name = cluster.to_string();
                 let to_store = report.clone();
                 let r = blocking(state, move |s| {
@@ -414,7 +500,12 @@ async fn handle_session_message(
                 })
                 .await;
                 match r {
-                    Ok(()) => *last = Some(report),
+                    Ok(()) => {
+                        *session
+                            .last_reported
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(report)
+                    }
                     Err(e) => {
                         tracing::error!(%cluster, error = %e, "could not store reported facts")
                     }

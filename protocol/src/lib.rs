@@ -3,10 +3,12 @@
 //! Pure data and pure functions: nothing here performs I/O, so the same code runs in the hub,
 //! the agent, tests and the simulator.
 
+pub mod bundle;
 pub mod codec;
 pub mod frame;
 pub mod message;
 pub mod names;
+pub mod work;
 
 pub use codec::{decode, encode, CodecError};
 pub use frame::{FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};

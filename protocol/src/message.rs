@@ -1,6 +1,7 @@
 //! Every message exchanged between hub and agent. Each QUIC stream carries one request frame
 //! and one response frame; the first stream of a connection carries `Hello`/`HelloAck`.
 
+use crate::work::ObjectRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -19,6 +20,13 @@ pub enum Message {
     HeartbeatAck(HeartbeatAck),
     RenewRequest(RenewRequest),
     RenewResponse(RenewResponse),
+    Inventory(Inventory),
+    InventoryAck(InventoryAck),
+    WorkUpdate(WorkUpdate),
+    WorkRemove(WorkRemove),
+    WorkAck(WorkAck),
+    StatusBatch(StatusBatch),
+    StatusAck(StatusAck),
     Error(ErrorMsg),
 }
 
@@ -33,6 +41,13 @@ pub const MESSAGE_KINDS: &[&str] = &[
     "HeartbeatAck",
     "RenewRequest",
     "RenewResponse",
+    "Inventory",
+    "InventoryAck",
+    "WorkUpdate",
+    "WorkRemove",
+    "WorkAck",
+    "StatusBatch",
+    "StatusAck",
     "Error",
 ];
 
@@ -49,6 +64,13 @@ impl Message {
             Message::HeartbeatAck(_) => "HeartbeatAck",
             Message::RenewRequest(_) => "RenewRequest",
             Message::RenewResponse(_) => "RenewResponse",
+            Message::Inventory(_) => "Inventory",
+            Message::InventoryAck(_) => "InventoryAck",
+            Message::WorkUpdate(_) => "WorkUpdate",
+            Message::WorkRemove(_) => "WorkRemove",
+            Message::WorkAck(_) => "WorkAck",
+            Message::StatusBatch(_) => "StatusBatch",
+            Message::StatusAck(_) => "StatusAck",
             Message::Error(_) => "Error",
         }
     }
@@ -141,6 +163,9 @@ pub struct Heartbeat {
     pub sent_at_ms: u64,
     /// Informational only. The hub identifies the sender by its certificate and ignores this.
     pub cluster: Option<String>,
+    /// Status entries waiting in the agent's outbox (not yet acknowledged by the hub).
+    #[serde(default)]
+    pub outbox_depth: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,4 +212,124 @@ impl std::fmt::Display for ErrorMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}: {}", self.code, self.message)
     }
+}
+
+// ---------------------------------------------------------------- works and status
+
+/// What the agent holds (committed desired state), sent right after `Hello` on every session,
+/// so the hub sends only the difference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub works: BTreeMap<String, HeldWork>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldWork {
+    pub generation: u64,
+    /// Content hash of the bundle as this cluster received it (`bundle::content_hash`).
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryAck {
+    /// How many works the hub is about to send or remove.
+    pub pending_changes: u32,
+}
+
+/// Hub -> agent: the desired state of one work on this cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUpdate {
+    pub name: String,
+    pub generation: u64,
+    pub hash: String,
+    pub force_conflicts: bool,
+    /// zstd-compressed CBOR list of manifests. `None` when the agent already holds content with
+    /// this hash and only the generation moves (nothing re-sent over a metered link).
+    #[serde(with = "serde_bytes", default)]
+    pub bundle: Option<Vec<u8>>,
+}
+
+/// Hub -> agent: stop managing a work. `orphan` leaves its objects in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkRemove {
+    pub name: String,
+    pub orphan: bool,
+}
+
+/// Agent -> hub reply, sent only after the agent committed the change to its store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkAck {
+    pub name: String,
+    /// What the agent now holds; `None` after a removal.
+    pub held: Option<HeldWork>,
+}
+
+/// Agent -> hub: outbox entries `from_seq..=to_seq`. Sequence numbers in the range that are not
+/// in `entries` were superseded by a newer status of the same work before being sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusBatch {
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub entries: Vec<StatusEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEntry {
+    pub seq: u64,
+    pub status: WorkStatus,
+}
+
+/// Hub -> agent: everything through `through_seq` is durably stored; the agent may forget it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusAck {
+    pub through_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkPhase {
+    /// Applied and every tracked workload is ready.
+    Available,
+    /// Applied; some workload is not ready yet (or readiness is unknown).
+    Applied,
+    /// The last apply failed; see `message` and conditions.
+    Failed,
+    /// Removed from the cluster after the hub withdrew it.
+    Removed,
+    /// Withdrawn with `--orphan`: the objects were left in place.
+    Orphaned,
+}
+
+impl WorkPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkPhase::Available => "Available",
+            WorkPhase::Applied => "Applied",
+            WorkPhase::Failed => "Failed",
+            WorkPhase::Removed => "Removed",
+            WorkPhase::Orphaned => "Orphaned",
+        }
+    }
+}
+
+/// One work's state on one cluster, as the agent observed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkStatus {
+    pub work: String,
+    pub generation: u64,
+    pub hash: String,
+    pub phase: WorkPhase,
+    pub conditions: Vec<Condition>,
+    pub resources: Vec<ResourceStatus>,
+    /// Last error, empty when healthy.
+    pub message: String,
+    pub observed_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub object: ObjectRef,
+    /// `None` for kinds without a readiness notion (ConfigMap, Service, ...).
+    pub ready: Option<bool>,
+    /// e.g. `replicas=3 ready=2 updated=3`.
+    pub detail: String,
 }

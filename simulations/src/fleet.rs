@@ -3,7 +3,9 @@
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tether_agent::executor::AnyExecutor;
 use tether_agent::{AgentError, JoinOptions, RunOptions, Shutdown};
 use tether_hub::api::{ClusterView, CreateTokenRequest};
 use tether_hub::config::{CtlConfig, DataDir};
@@ -119,6 +121,8 @@ pub struct AgentSpec {
     pub token: String,
     pub ca_sha256: String,
     pub labels: Labels,
+    pub executor: Arc<AnyExecutor>,
+    pub reconcile_interval: Duration,
 }
 
 impl LocalAgent {
@@ -163,7 +167,8 @@ async fn run_agent(spec: AgentSpec, shutdown: Shutdown) -> Result<(), AgentError
     run.hubs_override = vec![spec.hub];
     run.backoff_base = Duration::from_millis(100);
     run.backoff_cap = Duration::from_secs(1);
-    tether_agent::run(&run, shutdown).await
+    run.reconcile_interval = spec.reconcile_interval;
+    tether_agent::run(&run, spec.executor, shutdown).await
 }
 
 /// Poll the admin API until `pred` holds for the cluster list, or time out.

@@ -4,7 +4,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tether_agent::executor::dir::DirExecutor;
+use tether_agent::executor::AnyExecutor;
 use tether_hub::HubConfig;
 use tether_protocol::Labels;
 use tether_sim::fleet::{all_in_state, wait_for, AgentSpec, LocalAgent, LocalHub};
@@ -95,16 +98,21 @@ async fn demo(
     let fleet: Vec<LocalAgent> = names
         .iter()
         .map(|name| {
-            LocalAgent::spawn(AgentSpec {
+            let manifests = dir.join("agents").join(name).join("manifests");
+            let executor = DirExecutor::new(&manifests)
+                .with_context(|| format!("preparing {}", manifests.display()))?;
+            Ok(LocalAgent::spawn(AgentSpec {
                 name: name.clone(),
                 data_dir: dir.join("agents").join(name),
                 hub: format!("localhost:{}", hub.quic_addr().port()),
                 token: token.clone(),
                 ca_sha256: hub.ca_sha256.clone(),
                 labels: Labels::new(),
-            })
+                executor: Arc::new(AnyExecutor::Dir(executor)),
+                reconcile_interval: Duration::from_secs(10),
+            }))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let admin = hub.admin()?;
     let clusters = wait_for(
         &admin,

@@ -138,6 +138,7 @@ fn heartbeat(claimed: Option<&str>, hostname: &str) -> Message {
         conditions: vec![],
         sent_at_ms: 0,
         cluster: claimed.map(str::to_string),
+        outbox_depth: 0,
     })
 }
 

@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use tether_agent::executor::dir::DirExecutor;
+use tether_agent::executor::AnyExecutor;
 use tether_hub::HubConfig;
 use tether_protocol::Labels;
 use tether_sim::fleet::{AgentSpec, LocalAgent, LocalHub};
@@ -41,7 +44,16 @@ pub fn spec(hub: &LocalHub, dir: &Path, name: &str, token: &str) -> AgentSpec {
         token: token.to_string(),
         ca_sha256: hub.ca_sha256.clone(),
         labels: Labels::from([("site".to_string(), name.to_string())]),
+        executor: Arc::new(AnyExecutor::Dir(
+            DirExecutor::new(manifests_dir(dir, name)).unwrap(),
+        )),
+        reconcile_interval: Duration::from_millis(500),
     }
+}
+
+/// Where the dir executor of agent `name` writes its manifests.
+pub fn manifests_dir(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join("manifests").join(name)
 }
 
 pub fn agent(hub: &LocalHub, dir: &Path, name: &str, token: &str) -> LocalAgent {
@@ -59,4 +71,202 @@ pub fn init_logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A `kind: Work` of ConfigMaps (one per `keys` entry) for `targets`.
+pub fn config_work(
+    name: &str,
+    targets: tether_protocol::work::Targets,
+    keys: &[&str],
+    value: &str,
+) -> tether_protocol::work::WorkDocument {
+    use tether_protocol::work::*;
+    WorkDocument {
+        api_version: WORK_API_VERSION.into(),
+        kind: WORK_KIND.into(),
+        metadata: WorkMetadata {
+            name: name.into(),
+            labels: Labels::new(),
+        },
+        spec: WorkSpec {
+            targets,
+            manifests: keys
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": format!("{name}-{k}"), "namespace": "default"},
+                        "data": {"value": value},
+                    })
+                })
+                .collect(),
+            force_conflicts: false,
+        },
+    }
+}
+
+pub fn everywhere() -> tether_protocol::work::Targets {
+    tether_protocol::work::Targets {
+        clusters: vec![],
+        selector: Some(Default::default()),
+    }
+}
+
+pub fn only(clusters: &[&str]) -> tether_protocol::work::Targets {
+    tether_protocol::work::Targets {
+        clusters: names(clusters),
+        selector: None,
+    }
+}
+
+/// Wait until every targeted cluster reports `generation` applied (and `expect` clusters are
+/// targeted).
+pub async fn wait_applied(
+    admin: &tether_hub::ctl::AdminClient,
+    work: &str,
+    generation: u64,
+    expect: usize,
+) -> tether_hub::api::WorkDetail {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(d) = admin.work(work).await {
+            let s = &d.summary;
+            if s.generation == generation && s.targeted == expect && s.applied == expect {
+                return d;
+            }
+            if start.elapsed() > WAIT {
+                panic!("work {work} did not reach generation {generation} on {expect} clusters: {d:#?}");
+            }
+        } else if start.elapsed() > WAIT {
+            panic!("work {work} not found");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Poll until `f` holds or panic after `WAIT`.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        if start.elapsed() > WAIT {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The hub's status history of one cluster has no duplicates and no gaps: sequence numbers
+/// strictly increase, and (after the agent stopped) they end at what the agent had acknowledged
+/// with nothing left in its outbox.
+pub async fn assert_status_history_exact(
+    admin: &tether_hub::ctl::AdminClient,
+    cluster: &str,
+    agent_data_dir: &Path,
+) {
+    let log = admin.status_log(cluster).await.unwrap();
+    assert!(!log.is_empty(), "{cluster}: no status history");
+    for pair in log.windows(2) {
+        assert!(
+            pair[1].seq > pair[0].seq,
+            "{cluster}: status seq {} after {} (duplicate or reordering)",
+            pair[1].seq,
+            pair[0].seq
+        );
+    }
+    let store = tether_store::Store::open(agent_data_dir.join("agent.redb")).unwrap();
+    let (meta, depth) = store
+        .read(|tx| {
+            Ok::<_, tether_store::StoreError>((
+                tx.get(
+                    &tether_store::agent::OUTBOX_META,
+                    tether_store::agent::CURRENT,
+                )?
+                .unwrap_or_default(),
+                tx.seq_len(&tether_store::agent::OUTBOX)?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(depth, 0, "{cluster}: outbox not drained");
+    assert_eq!(
+        meta.acked_through,
+        meta.next_seq - 1,
+        "{cluster}: not everything acknowledged"
+    );
+    // Every sequence number the agent ever assigned was either stored by the hub or superseded
+    // by a newer status of the same work before it was sent; the last one is always stored.
+    assert_eq!(
+        log.last().unwrap().seq,
+        meta.acked_through,
+        "{cluster}: newest status missing"
+    );
+}
+
+/// A real `tether-agent` process (so it can be killed with SIGKILL).
+pub struct AgentProcess {
+    pub child: std::process::Child,
+}
+
+pub fn agent_binary() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-q", "-p", "tether-agent", "--bin", "tether-agent"])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building tether-agent");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("tether-agent")
+}
+
+impl AgentProcess {
+    pub fn spawn(bin: &Path, hub: &LocalHub, dir: &Path, name: &str, token: &str) -> Self {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["run", "--data-dir"])
+            .arg(dir.join("agents").join(name))
+            .args(["--hub", &format!("localhost:{}", hub.quic_addr().port())])
+            .args([
+                "--token",
+                token,
+                "--ca-sha256",
+                &hub.ca_sha256,
+                "--name",
+                name,
+            ])
+            .arg(format!(
+                "--executor=dir:{}",
+                manifests_dir(dir, name).display()
+            ))
+            .args(["--reconcile-interval", "500ms", "--backoff-cap", "1s"])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning tether-agent");
+        Self { child }
+    }
+
+    /// SIGKILL: no cleanup, no flush, exactly like a power cut of the process.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

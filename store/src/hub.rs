@@ -2,7 +2,8 @@
 
 use crate::{SeqTable, StrTable};
 use serde::{Deserialize, Serialize};
-use tether_protocol::{Condition, Facts, Labels};
+use tether_protocol::work::WorkDocument;
+use tether_protocol::{Condition, Facts, HeldWork, Labels, WorkStatus};
 
 /// Registered clusters by name.
 pub const CLUSTERS: StrTable<ClusterRecord> = StrTable::new("clusters");
@@ -14,6 +15,15 @@ pub const TOKENS: StrTable<TokenRecord> = StrTable::new("bootstrap_tokens");
 pub const REVOKED: StrTable<RevokedRecord> = StrTable::new("revoked_serials");
 /// Append-only security audit log.
 pub const AUDIT: SeqTable<AuditEvent> = SeqTable::new("audit_events");
+/// Works by name. Deleted works stay as tombstones so generations never go backwards and
+/// clusters that were offline during the delete still get the removal.
+pub const WORKS: StrTable<WorkRecord> = StrTable::new("works");
+/// Per cluster and work (`cluster/work`): what was delivered (acknowledged) and the last status.
+pub const CLUSTER_WORKS: StrTable<ClusterWorkRecord> = StrTable::new("cluster_works");
+/// Per cluster: the highest status sequence number durably stored.
+pub const STATUS_CURSORS: StrTable<u64> = StrTable::new("status_cursors");
+/// Every status entry accepted from every cluster, in arrival order.
+pub const STATUS_LOG: SeqTable<StatusLogEntry> = SeqTable::new("status_log");
 /// SHA-256 fingerprints (hex) of admin client certificates allowed on the admin API.
 pub const ADMINS: StrTable<AdminRecord> = StrTable::new("admins");
 
@@ -117,4 +127,45 @@ pub struct AuditEvent {
 pub struct AdminRecord {
     pub name: String,
     pub created_at_ms: u64,
+}
+
+/// Key of a `CLUSTER_WORKS` row. Both names are DNS-1123 labels, so '/' cannot be ambiguous.
+pub fn cluster_work_key(cluster: &str, work: &str) -> String {
+    format!("{cluster}/{work}")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkRecord {
+    pub document: WorkDocument,
+    /// Bumped on every change of the spec; never reused, even across delete and re-create.
+    pub generation: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub deleted: Option<Deletion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub at_ms: u64,
+    /// Leave the objects in the clusters; only stop managing them.
+    pub orphan: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterWorkRecord {
+    /// What the agent acknowledged holding (committed in its store).
+    pub delivered: Option<HeldWork>,
+    pub delivered_at_ms: Option<u64>,
+    /// The newest status the agent reported.
+    pub status: Option<WorkStatus>,
+    pub status_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusLogEntry {
+    pub cluster: String,
+    /// The agent's outbox sequence number.
+    pub seq: u64,
+    pub received_at_ms: u64,
+    pub status: WorkStatus,
 }

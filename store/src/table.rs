@@ -1,7 +1,9 @@
 //! Typed table handles over redb tables of `key -> CBOR bytes`.
 
 use crate::StoreError;
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 
@@ -111,6 +113,86 @@ impl WriteTx {
         Ok(out)
     }
 
+    pub fn count<V>(&self, t: &StrTable<V>) -> Result<u64, StoreError> {
+        let table = self.txn.open_table(t.def())?;
+        Ok(table.len()?)
+    }
+
+    /// Rows whose key starts with `prefix`, in key order.
+    pub fn list_prefix<V: DeserializeOwned>(
+        &self,
+        t: &StrTable<V>,
+        prefix: &str,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        let table = self.txn.open_table(t.def())?;
+        let mut out = Vec::new();
+        for row in table.range(prefix..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), dec(t.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` entries with sequence number `>= from`, in order.
+    pub fn range<V: DeserializeOwned>(
+        &self,
+        t: &SeqTable<V>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, V)>, StoreError> {
+        let table = self.txn.open_table(t.def())?;
+        let mut out = Vec::new();
+        for row in table.range(from..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), dec(t.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Insert at an explicit sequence number (the caller owns the counter).
+    pub fn insert_at<V: Serialize>(
+        &self,
+        t: &SeqTable<V>,
+        seq: u64,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = enc(t.name, value)?;
+        let mut table = self.txn.open_table(t.def())?;
+        table.insert(seq, bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn remove_seq<V>(&self, t: &SeqTable<V>, seq: u64) -> Result<bool, StoreError> {
+        let mut table = self.txn.open_table(t.def())?;
+        let existed = table.remove(seq)?.is_some();
+        Ok(existed)
+    }
+
+    /// Remove every entry with a sequence number `<= seq`; returns how many.
+    pub fn remove_through<V>(&self, t: &SeqTable<V>, seq: u64) -> Result<u64, StoreError> {
+        let mut table = self.txn.open_table(t.def())?;
+        let mut removed = 0;
+        loop {
+            let first = table.first()?.map(|(k, _)| k.value());
+            match first {
+                Some(k) if k <= seq => {
+                    table.remove(k)?;
+                    removed += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn seq_len<V>(&self, t: &SeqTable<V>) -> Result<u64, StoreError> {
+        let table = self.txn.open_table(t.def())?;
+        Ok(table.len()?)
+    }
+
     /// Append at the next sequence number (1-based) and return it.
     pub fn append<V: Serialize>(&self, t: &SeqTable<V>, value: &V) -> Result<u64, StoreError> {
         let bytes = enc(t.name, value)?;
@@ -159,6 +241,57 @@ impl ReadTx {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
+            out.push((k.value().to_string(), dec(t.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` entries with sequence number `>= from`, in order.
+    pub fn range<V: DeserializeOwned>(
+        &self,
+        t: &SeqTable<V>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, V)>, StoreError> {
+        let table = match self.txn.open_table(t.def()) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.range(from..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), dec(t.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn seq_len<V>(&self, t: &SeqTable<V>) -> Result<u64, StoreError> {
+        let table = match self.txn.open_table(t.def()) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.len()?)
+    }
+
+    /// Rows whose key starts with `prefix`, in key order.
+    pub fn list_prefix<V: DeserializeOwned>(
+        &self,
+        t: &StrTable<V>,
+        prefix: &str,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        let table = match self.txn.open_table(t.def()) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.range(prefix..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
             out.push((k.value().to_string(), dec(t.name, v.value())?));
         }
         Ok(out)

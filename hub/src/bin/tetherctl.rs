@@ -15,7 +15,7 @@ use tether_protocol::Labels;
 #[command(
     name = "tetherctl",
     version,
-    about = "Administer a Tether hub: bootstrap tokens, join approvals, cluster health."
+    about = "Administer a Tether hub: bootstrap tokens, join approvals, cluster health, works."
 )]
 struct Cli {
     /// tetherctl.yaml written by `tether-hub init` (admin API address, CA and admin credential).
@@ -47,6 +47,43 @@ enum Cmd {
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Create or update Works from a YAML file (multi-document; `-` reads stdin). Idempotent.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List resources.
+    #[command(subcommand)]
+    Get(GetCmd),
+    /// Show one resource in detail.
+    #[command(subcommand)]
+    Describe(DescribeCmd),
+    /// Delete resources.
+    #[command(subcommand)]
+    Delete(DeleteCmd),
+}
+
+#[derive(Subcommand)]
+enum GetCmd {
+    /// Works with their delivery and apply progress.
+    Works,
+}
+
+#[derive(Subcommand)]
+enum DescribeCmd {
+    /// A work with one row per cluster: delivered and applied generation, phase, last error.
+    Work { name: String },
+}
+
+#[derive(Subcommand)]
+enum DeleteCmd {
+    /// Delete a work: its objects are removed from every cluster (as each is reached), unless
+    /// --orphan, which leaves them in place and only stops managing them.
+    Work {
+        name: String,
+        #[arg(long)]
+        orphan: bool,
     },
 }
 
@@ -290,6 +327,111 @@ async fn main() -> anyhow::Result<()> {
                         "; live session closed"
                     } else {
                         ""
+                    }
+                )
+            })?;
+        }
+        Cmd::Apply { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let docs = tether_hub::ctl::parse_work_documents(&text)
+                .with_context(|| format!("in {}", file.display()))?;
+            let mut results = Vec::new();
+            for doc in &docs {
+                results.push(client.apply_work(doc).await?);
+            }
+            print(out, &results, || {
+                for r in &results {
+                    let verb = match r.outcome.as_str() {
+                        "Created" => "created",
+                        "Updated" => "updated",
+                        _ => "unchanged",
+                    };
+                    println!("work/{} {verb} (generation {})", r.name, r.generation);
+                }
+            })?;
+        }
+        Cmd::Get(GetCmd::Works) => {
+            let rows = client.works().await?;
+            print(out, &rows, || {
+                println!(
+                    "{:<24} {:>4} {:>8} {:>9} {:>7} {:>9} {:>6}  UPDATED",
+                    "NAME", "GEN", "TARGETED", "DELIVERED", "APPLIED", "AVAILABLE", "FAILED"
+                );
+                for w in &rows {
+                    println!(
+                        "{:<24} {:>4} {:>8} {:>9} {:>7} {:>9} {:>6}  {}{}",
+                        w.name,
+                        w.generation,
+                        w.targeted,
+                        w.delivered,
+                        w.applied,
+                        w.available,
+                        w.failed,
+                        ago(Some(w.updated_at_ms)),
+                        if w.deleted { " (deleting)" } else { "" }
+                    );
+                }
+            })?;
+        }
+        Cmd::Describe(DescribeCmd::Work { name }) => {
+            let d = client.work(&name).await?;
+            print(out, &d, || {
+                let s = &d.summary;
+                println!(
+                    "work {} generation {}{}: {} targeted, {} delivered, {} applied, {} available, {} failed",
+                    s.name,
+                    s.generation,
+                    if s.deleted { " (deleted; cleaning up)" } else { "" },
+                    s.targeted,
+                    s.delivered,
+                    s.applied,
+                    s.available,
+                    s.failed
+                );
+                println!();
+                println!(
+                    "{:<24} {:<8} {:>9} {:>7} {:<10} {:<10} CONDITIONS / LAST ERROR",
+                    "CLUSTER", "TARGETED", "DELIVERED", "APPLIED", "PHASE", "OBSERVED"
+                );
+                let g = |g: Option<u64>| g.map_or("-".to_string(), |g| g.to_string());
+                for c in &d.clusters {
+                    let conds: Vec<String> = c
+                        .conditions
+                        .iter()
+                        .map(|k| format!("{}={}", k.kind, k.status))
+                        .collect();
+                    let tail = if c.message.is_empty() {
+                        conds.join(",")
+                    } else {
+                        format!("{} {}", conds.join(","), c.message)
+                    };
+                    println!(
+                        "{:<24} {:<8} {:>9} {:>7} {:<10} {:<10} {}",
+                        c.cluster,
+                        if c.targeted { "yes" } else { "removing" },
+                        g(c.delivered_generation),
+                        g(c.applied_generation),
+                        c.phase.as_deref().unwrap_or("-"),
+                        ago(c.observed_at_ms),
+                        tail
+                    );
+                }
+            })?;
+        }
+        Cmd::Delete(DeleteCmd::Work { name, orphan }) => {
+            let r = client.delete_work(&name, orphan).await?;
+            print(out, &r, || {
+                println!(
+                    "work/{name} deleted; clusters {} as they are reached",
+                    if orphan {
+                        "stop managing its objects (left in place)"
+                    } else {
+                        "remove its objects"
                     }
                 )
             })?;

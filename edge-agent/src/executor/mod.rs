@@ -1,0 +1,146 @@
+//! Executors turn a work's desired manifests into objects in the cluster.
+//!
+//! The reconciler calls them on every pass, whether or not the hub is reachable, so `apply`
+//! must be idempotent and must correct drift. Each reports the objects it manages (the
+//! inventory) so that removal and pruning act only on what Tether created.
+
+pub mod dir;
+pub mod memory;
+
+use std::future::Future;
+use tether_protocol::work::ObjectRef;
+use tether_protocol::{Condition, ResourceStatus};
+use tether_store::agent::DesiredWork;
+
+/// Outcome of a successful apply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyReport {
+    /// Every object the work now manages in the cluster.
+    pub inventory: Vec<ObjectRef>,
+    pub resources: Vec<ResourceStatus>,
+    pub conditions: Vec<Condition>,
+    /// Whether the executor can observe readiness at all (a directory cannot).
+    pub readiness_known: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecErrorKind {
+    /// Another field manager owns a field; the work may set `forceConflicts`.
+    Conflict,
+    /// The manifests themselves are wrong (unknown kind, schema error): retrying will not help.
+    Invalid,
+    /// The cluster or the disk failed; the next pass retries.
+    Transient,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExecError {
+    pub kind: ExecErrorKind,
+    pub message: String,
+}
+
+impl ExecError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            kind: ExecErrorKind::Transient,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            kind: ExecErrorKind::Invalid,
+            message: message.into(),
+        }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            kind: ExecErrorKind::Conflict,
+            message: message.into(),
+        }
+    }
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            ExecErrorKind::Conflict => "ApplyConflict",
+            ExecErrorKind::Invalid => "InvalidManifest",
+            ExecErrorKind::Transient => "ApplyFailed",
+        }
+    }
+}
+
+pub trait Executor: Send + Sync + 'static {
+    /// Make the cluster match `work`, pruning objects of `previous` that left the work.
+    fn apply(
+        &self,
+        work: &DesiredWork,
+        previous: &[ObjectRef],
+    ) -> impl Future<Output = Result<ApplyReport, ExecError>> + Send;
+
+    /// Stop managing a work: delete its objects, or leave them (`orphan`).
+    fn remove(
+        &self,
+        work: &str,
+        inventory: &[ObjectRef],
+        orphan: bool,
+    ) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    fn describe(&self) -> String;
+}
+
+/// The executor chosen on the command line.
+pub enum AnyExecutor {
+    Memory(memory::MemoryExecutor),
+    Dir(dir::DirExecutor),
+}
+
+impl Executor for AnyExecutor {
+    async fn apply(
+        &self,
+        work: &DesiredWork,
+        previous: &[ObjectRef],
+    ) -> Result<ApplyReport, ExecError> {
+        match self {
+            AnyExecutor::Memory(e) => e.apply(work, previous).await,
+            AnyExecutor::Dir(e) => e.apply(work, previous).await,
+        }
+    }
+
+    async fn remove(
+        &self,
+        work: &str,
+        inventory: &[ObjectRef],
+        orphan: bool,
+    ) -> Result<(), ExecError> {
+        match self {
+            AnyExecutor::Memory(e) => e.remove(work, inventory, orphan).await,
+            AnyExecutor::Dir(e) => e.remove(work, inventory, orphan).await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            AnyExecutor::Memory(e) => e.describe(),
+            AnyExecutor::Dir(e) => e.describe(),
+        }
+    }
+}
+
+/// Object identities of a bundle, in manifest order.
+pub fn refs_of(work: &DesiredWork) -> Result<Vec<ObjectRef>, ExecError> {
+    work.manifests
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            ObjectRef::of(m).map_err(|e| ExecError::invalid(format!("manifest {i}: {e}")))
+        })
+        .collect()
+}
+
+pub fn condition(kind: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
+    Condition {
+        kind: kind.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: message.into(),
+    }
+}

@@ -1,0 +1,269 @@
+//! The reconcile loop: enforce the desired state in the store, on start, on every delivery and
+//! on an interval, whether or not the hub is reachable.
+//!
+//! Each pass applies every work (executors are idempotent and correct drift) and records a
+//! status in the outbox when it changed, in the same transaction as the applied state.
+
+use crate::executor::{ApplyReport, ExecError, Executor};
+use crate::outbox;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tether_protocol::{WorkPhase, WorkStatus};
+use tether_store::agent::{AppliedWork, DesiredWork, APPLIED, DESIRED};
+use tether_store::{Store, StoreError};
+use tokio::sync::Notify;
+
+/// Longest a single apply may take before the pass moves on (and retries next pass).
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Signals shared between the session and the reconciler.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// New desired state was committed: reconcile now.
+    pub desired_changed: Arc<Notify>,
+    /// A status was queued: the session should send it.
+    pub outbox_changed: Arc<Notify>,
+}
+
+/// Status to report for an apply outcome (pure).
+pub fn status_for(
+    work: &DesiredWork,
+    outcome: &Result<ApplyReport, ExecError>,
+    at_ms: u64,
+) -> WorkStatus {
+    let (phase, conditions, resources, message) = match outcome {
+        Ok(r) => {
+            let all_ready = r.resources.iter().all(|s| s.ready != Some(false));
+            let phase = if r.readiness_known && all_ready {
+                WorkPhase::Available
+            } else {
+                WorkPhase::Applied
+            };
+            (
+                phase,
+                r.conditions.clone(),
+                r.resources.clone(),
+                String::new(),
+            )
+        }
+        Err(e) => (
+            WorkPhase::Failed,
+            vec![crate::executor::condition(
+                "Applied",
+                false,
+                e.reason(),
+                e.message.clone(),
+            )],
+            Vec::new(),
+            e.message.clone(),
+        ),
+    };
+    WorkStatus {
+        work: work.name.clone(),
+        generation: work.generation,
+        hash: work.hash.clone(),
+        phase,
+        conditions,
+        resources,
+        message,
+        observed_at_ms: at_ms,
+    }
+}
+
+/// Two statuses that differ only in observation time are the same news.
+fn same_news(a: &WorkStatus, b: &WorkStatus) -> bool {
+    WorkStatus {
+        observed_at_ms: 0,
+        ..a.clone()
+    } == WorkStatus {
+        observed_at_ms: 0,
+        ..b.clone()
+    }
+}
+
+pub struct Reconciler<E> {
+    store: Arc<Store>,
+    executor: Arc<E>,
+    signals: Signals,
+    interval: Duration,
+}
+
+impl<E: Executor> Reconciler<E> {
+    pub fn new(store: Arc<Store>, executor: Arc<E>, signals: Signals, interval: Duration) -> Self {
+        Self {
+            store,
+            executor,
+            signals,
+            interval,
+        }
+    }
+
+    /// Run until `shutdown` fires. A failing store is logged and retried next interval: the
+    /// cluster keeps whatever was last applied.
+    pub async fn run(self, mut shutdown: crate::Shutdown) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::error!(error = %e, "reconcile pass failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.signals.desired_changed.notified() => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// One pass over every work. Returns how many statuses were queued.
+    pub async fn pass(&self) -> Result<usize, StoreError> {
+        let desired = self.store.read(|tx| tx.list(&DESIRED))?;
+        let mut queued = 0;
+        for (_, work) in desired {
+            let previous = self.store.read(|tx| tx.get(&APPLIED, &work.name))?;
+            let inventory = previous
+                .as_ref()
+                .map(|p| p.inventory.clone())
+                .unwrap_or_default();
+            queued += match work.removal {
+                Some(removal) => self.remove(&work, &inventory, removal.orphan).await?,
+                None => self.apply(&work, previous, &inventory).await?,
+            };
+        }
+        if queued > 0 {
+            self.signals.outbox_changed.notify_one();
+        }
+        Ok(queued)
+    }
+
+    async fn apply(
+        &self,
+        work: &DesiredWork,
+        previous: Option<AppliedWork>,
+        inventory: &[tether_protocol::work::ObjectRef],
+    ) -> Result<usize, StoreError> {
+        let outcome =
+            match tokio::time::timeout(APPLY_TIMEOUT, self.executor.apply(work, inventory)).await {
+                Ok(r) => r,
+                Err(_) => Err(ExecError::transient(format!(
+                    "apply did not finish within {APPLY_TIMEOUT:?}"
+                ))),
+            };
+        if let Err(e) = &outcome {
+            tracing::warn!(work = %work.name, generation = work.generation, error = %e, "apply failed");
+        }
+        let status = status_for(work, &outcome, now_ms());
+        // A failed apply may have changed nothing or something: keep pruning what we knew.
+        let new_inventory = match &outcome {
+            Ok(r) => r.inventory.clone(),
+            Err(_) => inventory.to_vec(),
+        };
+        let news = previous
+            .as_ref()
+            .is_none_or(|p| !same_news(&p.last_status, &status));
+        let inventory_moved = previous
+            .as_ref()
+            .is_none_or(|p| p.inventory != new_inventory);
+        if !news && !inventory_moved {
+            return Ok(0);
+        }
+        if news {
+            tracing::info!(work = %work.name, generation = work.generation, phase = status.phase.as_str(), "work status changed");
+        }
+        let name = work.name.clone();
+        let generation = work.generation;
+        self.store.write(|tx| {
+            // The hub may have withdrawn the work while we applied; its removal wins.
+            let still = tx.get(&DESIRED, &name)?;
+            if still.as_ref().is_none_or(|d| d.removal.is_some()) {
+                return Ok(0);
+            }
+            tx.put(
+                &APPLIED,
+                &name,
+                &AppliedWork {
+                    generation,
+                    hash: status.hash.clone(),
+                    inventory: new_inventory,
+                    last_status: status.clone(),
+                },
+            )?;
+            if news {
+                outbox::record(tx, &status)?;
+                Ok(1)
+            } else {
+                Ok(0)
+            }
+        })
+    }
+
+    async fn remove(
+        &self,
+        work: &DesiredWork,
+        inventory: &[tether_protocol::work::ObjectRef],
+        orphan: bool,
+    ) -> Result<usize, StoreError> {
+        let outcome = match tokio::time::timeout(
+            APPLY_TIMEOUT,
+            self.executor.remove(&work.name, inventory, orphan),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ExecError::transient(format!(
+                "removal did not finish within {APPLY_TIMEOUT:?}"
+            ))),
+        };
+        let at = now_ms();
+        let name = work.name.clone();
+        match outcome {
+            Ok(()) => {
+                let mut status = status_for(work, &Ok(ApplyReport::default()), at);
+                status.phase = if orphan {
+                    WorkPhase::Orphaned
+                } else {
+                    WorkPhase::Removed
+                };
+                status.conditions.clear();
+                tracing::info!(work = %name, orphan, "work removed");
+                self.store.write(|tx| {
+                    // Re-delivered in the meantime: keep it.
+                    if tx
+                        .get(&DESIRED, &name)?
+                        .is_some_and(|d| d.removal.is_none())
+                    {
+                        return Ok(0);
+                    }
+                    tx.remove(&DESIRED, &name)?;
+                    tx.remove(&APPLIED, &name)?;
+                    outbox::record(tx, &status)?;
+                    Ok(1)
+                })
+            }
+            Err(e) => {
+                tracing::warn!(work = %name, error = %e, "removal failed; will retry");
+                let status = status_for(work, &Err(e), at);
+                self.store.write(|tx| {
+                    let last = tx.get(&APPLIED, &name)?;
+                    if last
+                        .as_ref()
+                        .is_some_and(|l| same_news(&l.last_status, &status))
+                    {
+                        return Ok(0);
+                    }
+                    if let Some(mut l) = last {
+                        l.last_status = status.clone();
+                        tx.put(&APPLIED, &name, &l)?;
+                    }
+                    outbox::record(tx, &status)?;
+                    Ok(1)
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Per-session delivery: bring one connected agent in line with the hub's works, then follow
+//! every change. The planner is pure (`works::plan`); this module is its I/O.
+//!
+//! The hub records a work as delivered only after the agent's `WorkAck`, which the agent sends
+//! only after committing. A lost ack means a resend, which the agent treats idempotently.
+
+use crate::hub::HubState;
+use crate::util::now_ms;
+use crate::works::{plan, Action};
+use quinn::Connection;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tether_protocol::{HeldWork, Message, WorkRemove, WorkUpdate};
+use tether_store::hub::{cluster_work_key, ClusterWorkRecord, CLUSTERS, CLUSTER_WORKS};
+use tether_transport::framed::request;
+
+/// Record what the agent says it holds, so `describe work` is right even before any delivery.
+pub async fn record_inventory(
+    state: &HubState,
+    cluster: &str,
+    held: &BTreeMap<String, HeldWork>,
+) -> Result<(), crate::committer::CommitError> {
+    let cluster = cluster.to_string();
+    let held = held.clone();
+    let now = now_ms();
+    state
+        .committer
+        .write(move |tx| {
+            for (work, h) in &held {
+                let key = cluster_work_key(&cluster, work);
+                let mut row = tx.get(&CLUSTER_WORKS, &key)?.unwrap_or(ClusterWorkRecord {
+                    delivered: None,
+                    delivered_at_ms: None,
+                    status: None,
+                    status_seq: 0,
+                });
+                if row.delivered.as_ref() != Some(h) {
+                    row.delivered = Some(h.clone());
+                    row.delivered_at_ms = Some(now);
+                    tx.put(&CLUSTER_WORKS, &key, &row)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// How many changes an agent holding `held` is about to receive.
+pub fn pending_changes(
+    state: &HubState,
+    cluster: &str,
+    held: &BTreeMap<String, HeldWork>,
+) -> usize {
+    let labels = cluster_labels(state, cluster);
+    plan(cluster, &labels, held, &state.works.snapshot())
+        .0
+        .len()
+}
+
+fn cluster_labels(state: &HubState, cluster: &str) -> tether_protocol::Labels {
+    state
+        .store
+        .read(|tx| tx.get(&CLUSTERS, cluster))
+        .ok()
+        .flatten()
+        .map(|c| c.labels)
+        .unwrap_or_default()
+}
+
+/// Runs for the life of the session.
+pub async fn run(
+    conn: Connection,
+    state: Arc<HubState>,
+    cluster: String,
+    mut held: BTreeMap<String, HeldWork>,
+) {
+    let mut changes = state.works.subscribe();
+    // Works the agent refused at a given content: not retried until the content changes.
+    let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
+    loop {
+        changes.borrow_and_update();
+        let labels = cluster_labels(&state, &cluster);
+        let works = state.works.snapshot();
+        let (actions, unknown) = plan(&cluster, &labels, &held, &works);
+        for u in unknown {
+            tracing::warn!(%cluster, work = %u, "agent holds a work this hub has no record of; leaving it alone");
+        }
+        for action in actions {
+            if let Action::Send { work, hash, .. } = &action {
+                if refused.contains(&(work.clone(), hash.clone())) {
+                    continue;
+                }
+            }
+            match send(&conn, &state, &cluster, &works, &action).await {
+                Ok(Some(now_held)) => {
+                    held.insert(action.work().to_string(), now_held);
+                }
+                Ok(None) => {
+                    held.remove(action.work());
+                }
+                Err(Failure::Refused(msg)) => {
+                    tracing::warn!(%cluster, work = %action.work(), error = %msg, "agent refused a delivery");
+                    state.metrics.deliveries_refused.inc();
+                    if let Action::Send { work, hash, .. } = &action {
+                        refused.insert((work.clone(), hash.clone()));
+                    }
+                }
+                Err(Failure::Connection(msg)) => {
+                    tracing::debug!(%cluster, error = %msg, "delivery stopped: session lost");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = conn.closed() => return,
+        }
+    }
+}
+
+enum Failure {
+    Refused(String),
+    Connection(String),
+}
+
+async fn send(
+    conn: &Connection,
+    state: &HubState,
+    cluster: &str,
+    works: &crate::works::WorkMap,
+    action: &Action,
+) -> Result<Option<HeldWork>, Failure> {
+    let limits = state.cfg.limits;
+    let msg = match action {
+        Action::Send {
+            work,
+            generation,
+            hash,
+            full,
+        } => {
+            let entry = works
+                .get(work)
+                .ok_or_else(|| Failure::Refused(format!("work {work} vanished")))?;
+            let force_conflicts = entry.record.document.spec.force_conflicts;
+            let bundle = if *full {
+                entry.packed.as_ref().map(|p| p.compressed.clone())
+            } else {
+                None
+            };
+            Message::WorkUpdate(WorkUpdate {
+                name: work.clone(),
+                generation: *generation,
+                hash: hash.clone(),
+                force_conflicts,
+                bundle,
+            })
+        }
+        Action::Remove { work, orphan } => Message::WorkRemove(WorkRemove {
+            name: work.clone(),
+            orphan: *orphan,
+        }),
+    };
+    let bytes = match &msg {
+        Message::WorkUpdate(u) => u.bundle.as_ref().map_or(0, Vec::len),
+        _ => 0,
+    };
+    let reply = match request(conn, &msg, limits).await {
+        Ok(r) => r,
+        Err(e) if conn.close_reason().is_some() => return Err(Failure::Connection(e.to_string())),
+        Err(e) => return Err(Failure::Refused(e.to_string())),
+    };
+    let ack = match reply {
+        Message::WorkAck(ack) if ack.name == action.work() => ack,
+        Message::Error(e) => {
+            // The agent lost the content a bump refers to: send it in full once.
+            if let Action::Send {
+                work,
+                generation,
+                hash,
+                full: false,
+            } = action
+            {
+                if e.message.contains("send the bundle") {
+                    let full = Action::Send {
+                        work: work.clone(),
+                        generation: *generation,
+                        hash: hash.clone(),
+                        full: true,
+                    };
+                    return Box::pin(send(conn, state, cluster, works, &full)).await;
+                }
+            }
+            return Err(Failure::Refused(e.to_string()));
+        }
+        other => {
+            return Err(Failure::Refused(format!(
+                "unexpected reply {}",
+                other.kind()
+            )))
+        }
+    };
+    state.metrics.deliveries.inc();
+    state.metrics.delivered_bytes.inc_by(bytes as u64);
+    let key = cluster_work_key(cluster, &ack.name);
+    let held = ack.held.clone();
+    let now = now_ms();
+    let committed = state
+        .committer
+        .write(move |tx| {
+            match &held {
+                Some(h) => {
+                    let mut row = tx.get(&CLUSTER_WORKS, &key)?.unwrap_or(ClusterWorkRecord {
+                        delivered: None,
+                        delivered_at_ms: None,
+                        status: None,
+                        status_seq: 0,
+                    });
+                    row.delivered = Some(h.clone());
+                    row.delivered_at_ms = Some(now);
+                    tx.put(&CLUSTER_WORKS, &key, &row)?;
+                }
+                None => {
+                    tx.remove(&CLUSTER_WORKS, &key)?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = committed {
+        // The agent holds it either way; the next session's inventory will set this right.
+        tracing::error!(%cluster, work = %ack.name, error = %e, "could not record a delivery");
+    }
+    tracing::debug!(%cluster, work = %ack.name, held = ?ack.held, "delivered");
+    Ok(ack.held)
+}

@@ -1,0 +1,87 @@
+//! Status ingest: exactly-once application of agent outbox batches.
+//!
+//! The hub keeps, per cluster, the highest sequence number it stored (the cursor). A batch
+//! covers `from_seq..=to_seq`; entries at or below the cursor were stored before (a resend after
+//! a lost ack) and are dropped. A batch that starts past `cursor + 1` means entries were lost on
+//! the agent side: impossible by design, so it is logged and counted, never hidden.
+
+use tether_protocol::{StatusBatch, WorkPhase};
+use tether_store::hub::{
+    cluster_work_key, ClusterWorkRecord, StatusLogEntry, CLUSTER_WORKS, STATUS_CURSORS, STATUS_LOG,
+};
+use tether_store::{StoreError, WriteTx};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Acknowledge through this sequence number.
+    pub through: u64,
+    pub stored: usize,
+    pub duplicates: usize,
+    /// `(expected_from, got_from)` when the batch skipped sequence numbers.
+    pub gap: Option<(u64, u64)>,
+}
+
+pub fn ingest(
+    tx: &WriteTx,
+    cluster: &str,
+    batch: &StatusBatch,
+    now_ms: u64,
+) -> Result<Ingested, StoreError> {
+    let cursor = tx.get(&STATUS_CURSORS, cluster)?.unwrap_or(0);
+    let mut out = Ingested {
+        through: cursor.max(batch.to_seq),
+        ..Ingested::default()
+    };
+    if batch.from_seq > cursor + 1 {
+        out.gap = Some((cursor + 1, batch.from_seq));
+    }
+    for entry in &batch.entries {
+        if entry.seq <= cursor {
+            out.duplicates += 1;
+            continue;
+        }
+        if entry.seq < batch.from_seq || entry.seq > batch.to_seq {
+            // Outside the range the batch claims: refuse to store it rather than guess.
+            tracing::warn!(%cluster, seq = entry.seq, "status entry outside its batch range; dropped");
+            continue;
+        }
+        let key = cluster_work_key(cluster, &entry.status.work);
+        let row = tx.get(&CLUSTER_WORKS, &key)?;
+        let withdrawn = matches!(entry.status.phase, WorkPhase::Removed | WorkPhase::Orphaned);
+        match row {
+            Some(mut r) if r.status_seq < entry.seq => {
+                r.status = Some(entry.status.clone());
+                r.status_seq = entry.seq;
+                tx.put(&CLUSTER_WORKS, &key, &r)?;
+            }
+            Some(_) => {}
+            // The row goes away when the removal is acknowledged; a late status must not
+            // bring it back.
+            None if withdrawn => {}
+            None => tx.put(
+                &CLUSTER_WORKS,
+                &key,
+                &ClusterWorkRecord {
+                    delivered: None,
+                    delivered_at_ms: None,
+                    status: Some(entry.status.clone()),
+                    status_seq: entry.seq,
+                },
+            )?,
+        }
+        tx.append(
+            &STATUS_LOG,
+            &StatusLogEntry {
+                cluster: cluster.to_string(),
+                seq: entry.seq,
+                received_at_ms: now_ms,
+                status: entry.status.clone(),
+            },
+        )?;
+        out.stored += 1;
+    }
+    if out.through > cursor {
+        tx.put(&STATUS_CURSORS, cluster, &out.through)?;
+    }
+    Ok(out)
+}

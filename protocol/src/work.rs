@@ -1,0 +1,288 @@
+//! The user-facing `Work` document: a named bundle of Kubernetes manifests and where it goes.
+//!
+//! Users write it as YAML (`apiVersion: tether.dev/v1alpha1`, `kind: Work`); the hub stores it,
+//! assigns generations and delivers the manifests. Unknown fields are refused rather than
+//! silently ignored, so a typo (or a feature this hub does not have yet) is a clear error.
+
+use crate::names::{validate_cluster_name, validate_labels};
+use crate::Labels;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+pub const WORK_API_VERSION: &str = "tether.dev/v1alpha1";
+pub const WORK_KIND: &str = "Work";
+/// Manifests per Work. A bundle is one unit of delivery; thousands of objects belong in several.
+pub const MAX_MANIFESTS: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkDocument {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: WorkMetadata,
+    pub spec: WorkSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkMetadata {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkSpec {
+    pub targets: Targets,
+    /// Kubernetes objects, applied in order (namespaces and CRDs first is the user's job).
+    pub manifests: Vec<Value>,
+    /// Take ownership of fields another manager owns (server-side apply `force=true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_conflicts: bool,
+}
+
+/// Which clusters receive the Work: the union of the named clusters and the selector's matches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Targets {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// A Kubernetes-style label selector. An empty selector matches every cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub match_labels: Labels,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SelectorRequirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let v = labels.get(&r.key);
+                match r.operator {
+                    SelectorOperator::In => v.is_some_and(|v| r.values.contains(v)),
+                    SelectorOperator::NotIn => !v.is_some_and(|v| r.values.contains(v)),
+                    SelectorOperator::Exists => v.is_some(),
+                    SelectorOperator::DoesNotExist => v.is_none(),
+                }
+            })
+    }
+}
+
+impl Targets {
+    pub fn matches(&self, cluster: &str, labels: &Labels) -> bool {
+        self.clusters.iter().any(|c| c == cluster)
+            || self.selector.as_ref().is_some_and(|s| s.matches(labels))
+    }
+}
+
+/// Identity of one Kubernetes object in a bundle; what pruning and status talk about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{} {ns}/{}", self.api_version, self.kind, self.name),
+            None => write!(f, "{}/{} {}", self.api_version, self.kind, self.name),
+        }
+    }
+}
+
+impl ObjectRef {
+    /// Read the identity fields of a manifest, or say which one is missing.
+    pub fn of(manifest: &Value) -> Result<ObjectRef, String> {
+        let field = |path: &[&str]| -> Option<String> {
+            let mut v = manifest;
+            for p in path {
+                v = v.get(p)?;
+            }
+            v.as_str().map(str::to_string)
+        };
+        let api_version = field(&["apiVersion"]).ok_or("missing apiVersion")?;
+        let kind = field(&["kind"]).ok_or("missing kind")?;
+        let name = field(&["metadata", "name"]).ok_or("missing metadata.name")?;
+        if name.is_empty() || name.len() > 253 {
+            return Err(format!("metadata.name {name:?} must be 1-253 characters"));
+        }
+        Ok(ObjectRef {
+            api_version,
+            kind,
+            namespace: field(&["metadata", "namespace"]),
+            name,
+        })
+    }
+}
+
+/// Everything wrong with a document, so the user can fix it in one go.
+pub fn validate(doc: &WorkDocument) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    if doc.api_version != WORK_API_VERSION {
+        errors.push(format!(
+            "apiVersion must be {WORK_API_VERSION:?}, got {:?}",
+            doc.api_version
+        ));
+    }
+    if doc.kind != WORK_KIND {
+        errors.push(format!("kind must be {WORK_KIND:?}, got {:?}", doc.kind));
+    }
+    if let Err(e) = validate_cluster_name(&doc.metadata.name) {
+        errors.push(format!(
+            "metadata.name: {}",
+            e.to_string().replace("cluster name", "work name")
+        ));
+    }
+    if let Err(e) = validate_labels(&doc.metadata.labels) {
+        errors.push(format!("metadata.labels: {e}"));
+    }
+    let targets = &doc.spec.targets;
+    if targets.clusters.is_empty() && targets.selector.is_none() {
+        errors.push(
+            "spec.targets needs `clusters` (names) or `selector` (an empty selector {} means every cluster)"
+                .into(),
+        );
+    }
+    for c in &targets.clusters {
+        if let Err(e) = validate_cluster_name(c) {
+            errors.push(format!("spec.targets.clusters: {e}"));
+        }
+    }
+    if let Some(sel) = &targets.selector {
+        for r in &sel.match_expressions {
+            let needs_values = matches!(r.operator, SelectorOperator::In | SelectorOperator::NotIn);
+            if needs_values == r.values.is_empty() {
+                errors.push(format!(
+                    "spec.targets.selector: operator {:?} on key {:?} {}",
+                    r.operator,
+                    r.key,
+                    if needs_values {
+                        "needs values"
+                    } else {
+                        "takes no values"
+                    }
+                ));
+            }
+        }
+    }
+    if doc.spec.manifests.len() > MAX_MANIFESTS {
+        errors.push(format!(
+            "spec.manifests has {} objects; the limit is {MAX_MANIFESTS} per Work",
+            doc.spec.manifests.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, m) in doc.spec.manifests.iter().enumerate() {
+        match ObjectRef::of(m) {
+            Ok(r) => {
+                if !seen.insert(r.clone()) {
+                    errors.push(format!("spec.manifests[{i}]: {r} appears twice"));
+                }
+            }
+            Err(e) => errors.push(format!("spec.manifests[{i}]: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(manifests: Vec<Value>) -> WorkDocument {
+        WorkDocument {
+            api_version: WORK_API_VERSION.into(),
+            kind: WORK_KIND.into(),
+            metadata: WorkMetadata {
+                name: "web".into(),
+                labels: Labels::new(),
+            },
+            spec: WorkSpec {
+                targets: Targets {
+                    clusters: vec!["a".into()],
+                    selector: None,
+                },
+                manifests,
+                force_conflicts: false,
+            },
+        }
+    }
+
+    #[test]
+    fn valid_document_passes_and_problems_are_all_reported() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "d"}});
+        assert!(validate(&doc(vec![cm.clone()])).is_ok());
+        let mut bad = doc(vec![cm.clone(), cm, json!({"kind": "Pod"})]);
+        bad.kind = "Wrok".into();
+        bad.spec.targets.clusters = vec!["Bad_Name".into()];
+        let errors = validate(&bad).unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("appears twice")));
+        assert!(errors.iter().any(|e| e.contains("missing apiVersion")));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let yaml = r#"{"apiVersion":"tether.dev/v1alpha1","kind":"Work","metadata":{"name":"w"},
+            "spec":{"targets":{"clusters":["a"]},"manifests":[],"placment":{}}}"#;
+        let err = serde_json::from_str::<WorkDocument>(yaml).unwrap_err();
+        assert!(err.to_string().contains("placment"), "{err}");
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes_semantics() {
+        let labels: Labels = [("region".to_string(), "eu".to_string())].into();
+        let req = |op, values: &[&str]| LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![SelectorRequirement {
+                key: "region".into(),
+                operator: op,
+                values: values.iter().map(|s| s.to_string()).collect(),
+            }],
+        };
+        assert!(LabelSelector::default().matches(&labels));
+        assert!(req(SelectorOperator::In, &["eu", "us"]).matches(&labels));
+        assert!(!req(SelectorOperator::NotIn, &["eu"]).matches(&labels));
+        assert!(req(SelectorOperator::NotIn, &["eu"]).matches(&Labels::new()));
+        assert!(req(SelectorOperator::Exists, &[]).matches(&labels));
+        assert!(!req(SelectorOperator::DoesNotExist, &[]).matches(&labels));
+    }
+}

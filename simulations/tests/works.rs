@@ -1,0 +1,283 @@
+//! End-to-end work propagation: a real hub and real agents (dir executor) over loopback QUIC.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use tether_sim::fleet::{all_in_state, wait_for};
+
+fn file(dir: &Path, cluster: &str, work: &str) -> std::path::PathBuf {
+    manifests_dir(dir, cluster).join(format!("tether-{work}.yaml"))
+}
+
+fn read(dir: &Path, cluster: &str, work: &str) -> Option<String> {
+    std::fs::read_to_string(file(dir, cluster, work)).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_update_retarget_delete_and_orphan() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(3, true, Default::default()).await.unwrap();
+    let all = ["a", "b", "c"];
+    let agents: Vec<_> = all.iter().map(|n| agent(&hub, d, n, &token)).collect();
+    wait_for(&admin, WAIT, "3 Ready", all_in_state(&names(&all), "Ready"))
+        .await
+        .unwrap();
+
+    // Apply: every cluster gets it and reports generation 1.
+    let web = config_work("web", everywhere(), &["one", "two"], "v1");
+    let r = admin.apply_work(&web).await.unwrap();
+    assert_eq!((r.generation, r.outcome.as_str()), (1, "Created"));
+    let detail = wait_applied(&admin, "web", 1, 3).await;
+    assert!(detail
+        .clusters
+        .iter()
+        .all(|c| c.delivered_generation == Some(1)));
+    for c in all {
+        let text = read(d, c, "web").unwrap();
+        assert!(
+            text.contains("name: web-one") && text.contains("value: v1"),
+            "{text}"
+        );
+    }
+
+    // Re-applying the same document changes nothing.
+    let r = admin.apply_work(&web).await.unwrap();
+    assert_eq!((r.generation, r.outcome.as_str()), (1, "Unchanged"));
+
+    // Update: generation 2 everywhere, files rewritten.
+    let web2 = config_work("web", everywhere(), &["one", "two"], "v2");
+    assert_eq!(admin.apply_work(&web2).await.unwrap().generation, 2);
+    wait_applied(&admin, "web", 2, 3).await;
+    for c in all {
+        assert!(read(d, c, "web").unwrap().contains("value: v2"));
+    }
+
+    // Retarget to a and b: c removes it; a and b move to generation 3 without the bundle
+    // being sent again.
+    let bytes_before = metric(
+        &admin.get_text("/metrics").await.unwrap(),
+        "tether_hub_delivered_bytes_total",
+    );
+    let web3 = config_work("web", only(&["a", "b"]), &["one", "two"], "v2");
+    assert_eq!(admin.apply_work(&web3).await.unwrap().generation, 3);
+    wait_applied(&admin, "web", 3, 2).await;
+    eventually("c removes web", || read(d, "c", "web").is_none()).await;
+    let bytes_after = metric(
+        &admin.get_text("/metrics").await.unwrap(),
+        "tether_hub_delivered_bytes_total",
+    );
+    assert_eq!(bytes_before, bytes_after, "unchanged content was re-sent");
+    assert!(read(d, "a", "web").is_some());
+
+    // Delete with --orphan: the hub stops managing it, the files stay.
+    let cfg = config_work("cfg", everywhere(), &["x"], "keep");
+    admin.apply_work(&cfg).await.unwrap();
+    wait_applied(&admin, "cfg", 1, 3).await;
+    admin.delete_work("cfg", true).await.unwrap();
+    eventually_async(|| async { admin.work("cfg").await.is_err() }).await;
+    for c in all {
+        assert!(
+            read(d, c, "cfg").is_some(),
+            "{c}: orphaned file was removed"
+        );
+    }
+
+    // Delete: removed everywhere.
+    admin.delete_work("web", false).await.unwrap();
+    eventually_async(|| async { admin.work("web").await.is_err() }).await;
+    for c in all {
+        assert!(read(d, c, "web").is_none(), "{c}: deleted work left behind");
+    }
+    assert!(admin.works().await.unwrap().is_empty());
+    assert!(admin
+        .delete_work("web", false)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("not found"));
+
+    let metrics = admin.get_text("/metrics").await.unwrap();
+    assert_eq!(metric(&metrics, "tether_hub_status_gaps_total"), 0.0);
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+    for c in all {
+        assert_status_history_exact(&admin, c, &d.join("agents").join(c)).await;
+    }
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < WAIT, "timed out");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_works_are_refused_with_clear_errors() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let mut w = config_work("Bad_Name", everywhere(), &["x"], "v");
+    w.spec.manifests.push(serde_json::json!({"kind": "Pod"}));
+    let err = admin.apply_work(&w).await.unwrap_err().to_string();
+    assert!(
+        err.contains("work name") && err.contains("missing apiVersion"),
+        "{err}"
+    );
+
+    // Too large for one frame even compressed: random data does not compress.
+    use rand::RngCore;
+    let mut noise = vec![0u8; 8 * 1024 * 1024];
+    rand::rng().fill_bytes(&mut noise);
+    let letters: String = noise.iter().map(|b| (b'a' + b % 26) as char).collect();
+    let big = config_work("big", everywhere(), &["x"], &letters);
+    let err = admin.apply_work(&big).await.unwrap_err().to_string();
+    assert!(
+        err.contains("too large") && err.contains("Split it"),
+        "{err}"
+    );
+
+    let err = tether_hub::ctl::parse_work_documents(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a Work"), "{err}");
+    let err = tether_hub::ctl::parse_work_documents(
+        "apiVersion: tether.dev/v1alpha1\nkind: Work\nmetadata: {name: x}\nspec: {targets: {clusters: [a]}, manifests: [], placment: {}}\n",
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("placment"), "{err:#}");
+}
+
+/// Kill -9 mid-apply, updates while down, hub restart, agent restart while the hub is down
+/// (drift repaired offline); afterwards everyone reports the latest generation and the hub's
+/// status history has no gaps and no duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_kills_restarts_and_outages() {
+    init_logs();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(3, true, Default::default()).await.unwrap();
+    let all = ["a", "b", "c"];
+    let mut procs: Vec<Option<AgentProcess>> = all
+        .iter()
+        .map(|n| Some(AgentProcess::spawn(&bin, &hub, d, n, &token)))
+        .collect();
+    wait_for(&admin, WAIT, "3 Ready", all_in_state(&names(&all), "Ready"))
+        .await
+        .unwrap();
+
+    // A work with many objects; kill c with SIGKILL while it is being applied.
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    admin
+        .apply_work(&config_work("app", everywhere(), &keys, "g1"))
+        .await
+        .unwrap();
+    eventually_async(|| async {
+        admin.work("app").await.is_ok_and(|w| {
+            w.clusters
+                .iter()
+                .any(|c| c.cluster == "c" && c.delivered_generation == Some(1))
+        })
+    })
+    .await;
+    procs[2].take().unwrap().kill9();
+    wait_applied_on(&admin, "app", 1, &["a", "b"]).await;
+
+    // Update while c is down; a and b follow.
+    admin
+        .apply_work(&config_work("app", everywhere(), &keys, "g2"))
+        .await
+        .unwrap();
+    wait_applied_on(&admin, "app", 2, &["a", "b"]).await;
+
+    // c returns and catches up.
+    procs[2] = Some(AgentProcess::spawn(&bin, &hub, d, "c", &token));
+    wait_applied(&admin, "app", 2, 3).await;
+    assert!(read(d, "c", "app").unwrap().contains("value: g2"));
+
+    // Hub goes down. b is killed too, its file is tampered with and removed, and b restarts
+    // while the hub is still down: it must enforce the last known desired state by itself.
+    hub.stop().await;
+    procs[1].take().unwrap().kill9();
+    std::fs::write(file(d, "b", "app"), "tampered: true\n").unwrap();
+    std::fs::write(file(d, "a", "app"), "tampered: true\n").unwrap();
+    procs[1] = Some(AgentProcess::spawn(&bin, &hub, d, "b", &token));
+    eventually("b repairs its file with the hub down", || {
+        read(d, "b", "app").is_some_and(|t| t.contains("value: g2"))
+    })
+    .await;
+    eventually("a repairs drift with the hub down", || {
+        read(d, "a", "app").is_some_and(|t| t.contains("value: g2"))
+    })
+    .await;
+    std::fs::remove_file(file(d, "c", "app")).unwrap();
+    eventually("c recreates its deleted file with the hub down", || {
+        read(d, "c", "app").is_some()
+    })
+    .await;
+
+    // Hub back: everyone reconnects, nothing is re-sent, generation 3 goes out.
+    hub.restart().await.unwrap();
+    wait_for(
+        &admin,
+        WAIT,
+        "3 Ready after hub restart",
+        all_in_state(&names(&all), "Ready"),
+    )
+    .await
+    .unwrap();
+    wait_applied(&admin, "app", 2, 3).await;
+    admin
+        .apply_work(&config_work("app", everywhere(), &keys, "g3"))
+        .await
+        .unwrap();
+    wait_applied(&admin, "app", 3, 3).await;
+
+    let metrics = admin.get_text("/metrics").await.unwrap();
+    assert_eq!(metric(&metrics, "tether_hub_status_gaps_total"), 0.0);
+    // Graceful stop so that the stores can be inspected.
+    for p in procs.iter_mut() {
+        let mut p = p.take().unwrap();
+        let pid = p.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let _ = p.child.wait();
+    }
+    for c in all {
+        assert_status_history_exact(&admin, c, &d.join("agents").join(c)).await;
+    }
+}
+
+async fn wait_applied_on(
+    admin: &tether_hub::ctl::AdminClient,
+    work: &str,
+    generation: u64,
+    clusters: &[&str],
+) {
+    eventually_async(|| async {
+        admin.work(work).await.is_ok_and(|w| {
+            clusters.iter().all(|n| {
+                w.clusters
+                    .iter()
+                    .any(|c| &c.cluster == n && c.applied_generation == Some(generation))
+            })
+        })
+    })
+    .await;
+}
