@@ -132,7 +132,6 @@ pub async fn run<E: Executor>(
         )
         .run(shutdown.clone()),
     );
-    let _stop_reconciler = AbortOnDrop(reconciler);
     let mut agent = Agent {
         store,
         signals,
@@ -143,6 +142,30 @@ pub async fn run<E: Executor>(
     };
     let mut backoff = Backoff::new(opts.backoff_base, opts.backoff_cap);
     tracing::info!(cluster = %agent.current.identity.name, cert_expires = %rfc3339(agent.current.not_after_ms), "agent starting");
+    let mut tasks = tokio::task::JoinSet::new();
+    let result = sessions(
+        &mut agent,
+        &mut ring,
+        &mut backoff,
+        &mut shutdown,
+        &mut tasks,
+    )
+    .await;
+    // Release the store before returning: a caller may open it right away (tests, `leave`).
+    tasks.shutdown().await;
+    reconciler.abort();
+    let _ = reconciler.await;
+    drop(agent);
+    result
+}
+
+async fn sessions(
+    agent: &mut Agent,
+    ring: &mut AddressRing,
+    backoff: &mut Backoff,
+    shutdown: &mut Shutdown,
+    tasks: &mut tokio::task::JoinSet<AgentError>,
+) -> Result<(), AgentError> {
     loop {
         if now_ms() >= agent.current.not_after_ms {
             return Err(AgentError::CertificateExpired(rfc3339(
@@ -150,7 +173,9 @@ pub async fn run<E: Executor>(
             )));
         }
         let addr = ring.next_addr().to_string();
-        match session(&mut agent, &addr, &mut backoff, &mut shutdown).await {
+        let outcome = session(agent, &addr, backoff, shutdown, tasks).await;
+        tasks.shutdown().await;
+        match outcome {
             Ok(End::Shutdown) => return Ok(()),
             Ok(End::Lost(e)) | Err(e) if !e.is_fatal() => {
                 let delay = backoff.next_delay(rand::rng().random());
@@ -173,6 +198,7 @@ async fn session(
     addr: &str,
     backoff: &mut Backoff,
     shutdown: &mut Shutdown,
+    tasks: &mut tokio::task::JoinSet<AgentError>,
 ) -> Result<End, AgentError> {
     let (_endpoint, conn) = tokio::select! {
         r = connect(addr, agent.quic.clone()) => r?,
@@ -183,7 +209,6 @@ async fn session(
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
     send_inventory(agent, &conn).await?;
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_deliveries(
         conn.clone(),
         agent.store.clone(),
@@ -310,14 +335,6 @@ async fn renew(agent: &mut Agent, conn: &Connection) -> Result<(), AgentError> {
     agent.current = Current::new(identity)?;
     tracing::info!(serial = %info.serial_hex, valid_until = %rfc3339(agent.current.not_after_ms), next_renewal = %rfc3339(agent.current.renew_at_ms), "certificate renewed");
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -400,10 +400,8 @@ async fn route(
             ))
         }
         (&Method::GET, ["v1", "works"]) => {
-            let views = in_blocking(state, |s| {
-                Ok(s.store.read(crate::work_views::summaries)?)
-            })
-            .await?;
+            let views =
+                in_blocking(state, |s| Ok(s.store.read(crate::work_views::summaries)?)).await?;
             Ok(json(StatusCode::OK, &views))
         }
         (&Method::GET, ["v1", "works", name]) => {

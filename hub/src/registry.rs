@@ -493,7 +493,7 @@ impl Registry {
         })
     }
 
-    /// Only after the commit: the in-memory list must never be ahead of... behind the store.
+    /// Only after the commit, so the in-memory list never revokes what the store does not.
     fn apply_revocation(&self, r: Option<&Revocation>) {
         for serial in r.iter().flat_map(|r| r.serials.iter()) {
             self.revoked.revoke(serial);
@@ -502,9 +502,13 @@ impl Registry {
 
     /// Issue a fresh certificate to an authenticated cluster. `cluster` comes from the
     /// verified certificate, never from the request.
+    /// `presented_serial` is the certificate the renewing session authenticated with: it is
+    /// never dropped from the live list, so renewal answers lost on a flaky link cannot lock the
+    /// agent out of the certificate it still holds.
     pub fn renew(
         &self,
         cluster: &str,
+        presented_serial: &str,
         csr_pem: &str,
         now_ms: u64,
     ) -> Result<String, RegistryError> {
@@ -521,8 +525,12 @@ impl Registry {
             record.cert_serial = issued.serial_hex.clone();
             record.cert_not_after_ms = issued.not_after_ms;
             record.serials.push(issued.serial_hex.clone());
-            let excess = record.serials.len().saturating_sub(MAX_LIVE_SERIALS);
-            record.serials.drain(..excess);
+            while record.serials.len() > MAX_LIVE_SERIALS {
+                match record.serials.iter().position(|s| s != presented_serial) {
+                    Some(oldest_other) => record.serials.remove(oldest_other),
+                    None => break,
+                };
+            }
             tx.put(&CLUSTERS, cluster, &record)?;
             audit(
                 tx,
@@ -682,7 +690,7 @@ mod tests {
         let rev = r.deny("c1", "stolen", "admin", NOW).unwrap().unwrap();
         assert!(r.revoked.is_revoked(&rev.serials[0]));
         assert!(matches!(
-            r.renew("c1", &csr(), NOW),
+            r.renew("c1", "00", &csr(), NOW),
             Err(RegistryError::Denied(_))
         ));
         r.detach("c1", "admin", NOW).unwrap();
@@ -725,12 +733,23 @@ mod tests {
         let t = r.create_token(&spec(1, true), "admin", NOW).unwrap();
         r.submit_join(&join(&t.token, "c1", &"a".repeat(32)), "p", NOW)
             .unwrap();
+        let first = r
+            .store
+            .read(|tx| tx.get(&CLUSTERS, "c1"))
+            .unwrap()
+            .unwrap()
+            .cert_serial;
+        // Five renewals whose answers never reached the agent: it still holds `first`.
         for _ in 0..5 {
-            r.renew("c1", &csr(), NOW).unwrap();
+            r.renew("c1", &first, &csr(), NOW).unwrap();
         }
         let c = r.store.read(|tx| tx.get(&CLUSTERS, "c1")).unwrap().unwrap();
         assert_eq!(c.serials.len(), MAX_LIVE_SERIALS);
         assert_eq!(c.serials.last(), Some(&c.cert_serial));
+        assert!(
+            c.serials.contains(&first),
+            "the presented certificate was dropped"
+        );
     }
 
     #[test]

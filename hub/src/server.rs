@@ -287,7 +287,11 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
 // ---------------------------------------------------------------- sessions
 
 /// Who the peer is, from the verified certificate only.
-fn authorize(conn: &Connection, state: &HubState) -> Result<String, (u32, &'static str, String)> {
+/// Returns the cluster name and the serial of the certificate it presented.
+fn authorize(
+    conn: &Connection,
+    state: &HubState,
+) -> Result<(String, String), (u32, &'static str, String)> {
     let unauthorized = |reason: &'static str, msg: String| (close_code::UNAUTHORIZED, reason, msg);
     let chain = conn
         .peer_identity()
@@ -304,7 +308,8 @@ fn authorize(conn: &Connection, state: &HubState) -> Result<String, (u32, &'stat
     let record = state
         .store
         .read(|tx| tx.get(&CLUSTERS, &info.common_name))
-        .map_err(|e: StoreError| unauthorized("internal", e.to_string()))?
+        // A storage hiccup is not the agent's fault: tell it to come back, not to give up.
+        .map_err(|e: StoreError| (close_code::UNAVAILABLE, "internal", e.to_string()))?
         .ok_or_else(|| {
             unauthorized(
                 "unknown_cluster",
@@ -327,12 +332,12 @@ fn authorize(conn: &Connection, state: &HubState) -> Result<String, (u32, &'stat
             ),
         ));
     }
-    Ok(record.name)
+    Ok((record.name, info.serial_hex))
 }
 
 async fn serve_session(conn: Connection, state: Arc<HubState>) {
-    let cluster = match authorize(&conn, &state) {
-        Ok(name) => name,
+    let (cluster, serial) = match authorize(&conn, &state) {
+        Ok(who) => who,
         Err((code, reason, msg)) => {
             state.metrics.reject(reason);
             tracing::warn!(peer = %conn.remote_address(), reason, "session refused: {msg}");
@@ -363,6 +368,7 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
 
     let session = Arc::new(SessionCtx {
         cluster: cluster.clone(),
+        serial,
         conn: conn.clone(),
         last_reported: Mutex::new(None),
         delivery: Mutex::new(None),
@@ -410,6 +416,8 @@ type Reported = Option<(tether_protocol::Facts, Vec<tether_protocol::Condition>)
 /// What a live session's stream handlers share.
 struct SessionCtx {
     cluster: String,
+    /// Serial of the certificate this session authenticated with.
+    serial: String,
     conn: Connection,
     last_reported: Mutex<Reported>,
     delivery: Mutex<Option<tokio::task::AbortHandle>>,
@@ -517,8 +525,9 @@ async fn handle_session_message(
         }
         Message::RenewRequest(req) => {
             let name = cluster.to_string();
+            let serial = session.serial.clone();
             match blocking(state, move |s| {
-                s.registry.renew(&name, &req.csr_pem, now_ms())
+                s.registry.renew(&name, &serial, &req.csr_pem, now_ms())
             })
             .await
             {

@@ -40,4 +40,6 @@ pub mod close_code {
     pub const SUPERSEDED: u32 = 6;
     /// The hub is shutting down; reconnect later.
     pub const SHUTDOWN: u32 = 7;
+    /// The hub could not serve the session right now (e.g. its store failed); retry later.
+    pub const UNAVAILABLE: u32 = 8;
 }

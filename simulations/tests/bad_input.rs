@@ -229,18 +229,53 @@ async fn bad_certificates_are_refused_and_the_hub_keeps_serving() {
         u64::from(close_code::UNAUTHORIZED)
     );
 
+    // 5. TLS session resumption must not carry an earlier certificate past our checks: a
+    // client that offers to resume (with a ticket from a valid session) and then presents an
+    // unissued certificate is still refused, because the hub never resumes.
+    let swappable = Arc::new(SwappableClientCert::new(&id.cert_pem, &id.key_pem).unwrap());
+    let mut resuming =
+        tls::session_client_config(&id.ca_pem, swappable.clone(), ALPN_SESSION).unwrap();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let quic_cfg = quic::client_config(resuming).unwrap();
+    let endpoint = quic::client_endpoint(hub.quic_addr()).unwrap();
+    let conn = endpoint
+        .connect_with(quic_cfg.clone(), hub.quic_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(matches!(
+        request(&conn, &hello_msg(PROTOCOL_VERSION), limits())
+            .await
+            .unwrap(),
+        Message::HelloAck(_)
+    ));
+    // Give a session ticket (if the hub sent one) time to arrive before closing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.close(0u32.into(), b"bye");
+    swappable.swap(&unissued.cert_pem, &key).unwrap();
+    let conn = endpoint
+        .connect_with(quic_cfg, hub.quic_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_with(&conn).await,
+        u64::from(close_code::UNAUTHORIZED),
+        "a resumed session skipped the certificate checks"
+    );
+
     let metrics = admin.get_text("/metrics").await.unwrap();
-    for reason in [
-        "no_client_certificate",
-        "unknown_issuer",
-        "expired",
-        "serial_not_issued",
+    for (reason, n) in [
+        ("no_client_certificate", 1),
+        ("unknown_issuer", 1),
+        ("expired", 1),
+        ("serial_not_issued", 2),
     ] {
         assert!(
             metrics.contains(&format!(
-                "tether_hub_handshakes_rejected_total{{reason=\"{reason}\"}} 1"
+                "tether_hub_handshakes_rejected_total{{reason=\"{reason}\"}} {n}"
             )),
-            "{reason} not counted:\n{metrics}"
+            "{reason} not counted {n} times:\n{metrics}"
         );
     }
 

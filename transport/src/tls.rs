@@ -192,6 +192,11 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No session resumption: a resumed TLS 1.3 session reuses the client certificate of the
+    // first handshake without running our verifier, which would skip expiry and revocation
+    // checks and hide a renewed certificate's serial. Full handshakes only.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }
 
@@ -393,5 +398,7 @@ pub fn session_client_config(
         .with_root_certificates(roots)
         .with_client_cert_resolver(client_cert);
     cfg.alpn_protocols = vec![alpn.to_vec()];
+    // Every session presents the current certificate in a full handshake (see server_config).
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
