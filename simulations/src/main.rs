@@ -141,12 +141,53 @@ async fn demo(
             labels.join(",")
         );
     }
+
+    // Deliver a Work to every agent and wait until each reports it applied.
+    let example = include_str!("../../docs/examples/hello-work.yaml");
+    let applied_at = Instant::now();
+    for doc in tether_hub::ctl::parse_work_documents(example)? {
+        admin.apply_work(&doc).await?;
+    }
+    let detail = loop {
+        let d = admin.work("hello").await?;
+        if d.summary.applied == agents && d.summary.targeted == agents {
+            break d;
+        }
+        if applied_at.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!(
+                "work hello not applied everywhere within 60s: {:?}",
+                d.summary
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!();
+    println!(
+        "work/hello (generation {}) delivered and applied on {} agents in {:.2?}:",
+        detail.summary.generation,
+        detail.summary.applied,
+        applied_at.elapsed()
+    );
+    for c in &detail.clusters {
+        println!(
+            "  {:<12} {:<8} {}",
+            c.cluster,
+            c.phase.as_deref().unwrap_or("-"),
+            dir.join("agents")
+                .join(&c.cluster)
+                .join("manifests")
+                .join("tether-hello.yaml")
+                .display()
+        );
+    }
     if !exit_when_ready {
         println!();
         println!(
-            "Try: TETHER_CONFIG={} cargo run -q -p tether-hub --bin tetherctl -- clusters list",
+            "Try: export TETHER_CONFIG={}",
             dir.join("hub").join("tetherctl.yaml").display()
         );
+        println!("     cargo run -q -p tether-hub --bin tetherctl -- clusters list");
+        println!("     cargo run -q -p tether-hub --bin tetherctl -- describe work hello");
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }

@@ -204,8 +204,18 @@ fn pending_table(rows: &[JoinRequestView]) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain; no backtrace noise for an operator.
+            eprintln!("tetherctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(path) = cli.config.clone() else {
         bail!("no tetherctl config: pass --config DATA_DIR/tetherctl.yaml or set TETHER_CONFIG (it is written by `tether-hub init`)");
     };
