@@ -13,6 +13,7 @@ pub mod init;
 pub mod metrics;
 pub mod pki;
 pub mod registry;
+pub mod rollout;
 pub mod server;
 pub mod sessions;
 pub mod status;
