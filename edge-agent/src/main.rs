@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tether_agent::executor::dir::DirExecutor;
+use tether_agent::executor::kube::KubeExecutor;
 use tether_agent::executor::memory::MemoryExecutor;
 use tether_agent::executor::AnyExecutor;
 use tether_agent::{AgentError, JoinOptions, RunOptions, Shutdown};
@@ -118,11 +119,11 @@ async fn build_executor(choice: &ExecutorChoice) -> Result<AnyExecutor, AgentErr
         ExecutorChoice::Dir(p) => {
             AnyExecutor::Dir(DirExecutor::new(p).map_err(|e| AgentError::Config(e.to_string()))?)
         }
-        ExecutorChoice::Kube => {
-            return Err(AgentError::Config(
-                "the kube executor is not available in this build; use --executor dir:PATH".into(),
+        ExecutorChoice::Kube => AnyExecutor::Kube(KubeExecutor::connect().await.map_err(|e| {
+            AgentError::Config(format!(
+                "--executor kube: {e} (or pick another executor: --executor dir:PATH)"
             ))
-        }
+        })?),
     })
 }
 

@@ -5,6 +5,7 @@
 //! inventory) so that removal and pruning act only on what Tether created.
 
 pub mod dir;
+pub mod kube;
 pub mod memory;
 
 use std::future::Future;
@@ -91,6 +92,7 @@ pub trait Executor: Send + Sync + 'static {
 pub enum AnyExecutor {
     Memory(memory::MemoryExecutor),
     Dir(dir::DirExecutor),
+    Kube(kube::KubeExecutor),
 }
 
 impl Executor for AnyExecutor {
@@ -102,6 +104,7 @@ impl Executor for AnyExecutor {
         match self {
             AnyExecutor::Memory(e) => e.apply(work, previous).await,
             AnyExecutor::Dir(e) => e.apply(work, previous).await,
+            AnyExecutor::Kube(e) => e.apply(work, previous).await,
         }
     }
 
@@ -114,6 +117,7 @@ impl Executor for AnyExecutor {
         match self {
             AnyExecutor::Memory(e) => e.remove(work, inventory, orphan).await,
             AnyExecutor::Dir(e) => e.remove(work, inventory, orphan).await,
+            AnyExecutor::Kube(e) => e.remove(work, inventory, orphan).await,
         }
     }
 
@@ -121,6 +125,7 @@ impl Executor for AnyExecutor {
         match self {
             AnyExecutor::Memory(e) => e.describe(),
             AnyExecutor::Dir(e) => e.describe(),
+            AnyExecutor::Kube(e) => e.describe(),
         }
     }
 }
