@@ -1,5 +1,10 @@
 //! `tether-agent`: the edge side of a Tether fleet. Dials out only.
 
+// Static musl builds (cross/): mimalloc, as musl's malloc collapses under contention.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;

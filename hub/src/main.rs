@@ -1,5 +1,10 @@
 //! `tether-hub`: initialise a hub data directory, or serve.
 
+// Static musl builds (cross/): mimalloc, as musl's malloc collapses under contention.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;

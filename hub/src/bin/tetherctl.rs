@@ -1,5 +1,10 @@
 //! `tetherctl`: the administrator's command line for a Tether hub.
 
+// Static musl builds (cross/): mimalloc, as musl's malloc collapses under contention.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
