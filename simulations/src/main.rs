@@ -42,6 +42,30 @@ enum Cmd {
         #[arg(long)]
         exit_when_ready: bool,
     },
+    /// Run a scenario (docs/simulations.md): a real hub and agents behind fault-injecting
+    /// relays, a timeline of faults and works, then invariants. Exits 1 if any invariant fails.
+    Run {
+        /// Scenario files (TOML); each is run in turn.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Seed of the fault schedule (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run every given seed from --seed to --seed + seeds - 1.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// The short form (CI): times scaled by the scenario's `[short]` table.
+        #[arg(long)]
+        short: bool,
+        /// Directory for report.json and the SVG plots (one sub-directory per scenario and seed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print each step as it happens.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Fleet-scale benchmarks, each next to a baseline measured in the same run.
+    Bench(tether_sim::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -60,7 +84,83 @@ async fn main() -> anyhow::Result<()> {
             admin_listen,
             exit_when_ready,
         } => demo(data_dir, agents, listen, admin_listen, exit_when_ready).await,
+        Cmd::Run {
+            scenarios,
+            seed,
+            seeds,
+            short,
+            out,
+            verbose,
+        } => run_scenarios(scenarios, seed, seeds, short, out, verbose).await,
+        Cmd::Bench(args) => tether_sim::bench::run(args).await,
     }
+}
+
+async fn run_scenarios(
+    files: Vec<PathBuf>,
+    seed: Option<u64>,
+    seeds: u64,
+    short: bool,
+    out: Option<PathBuf>,
+    verbose: bool,
+) -> anyhow::Result<()> {
+    if seeds == 0 || seeds > 1000 {
+        anyhow::bail!("--seeds must be between 1 and 1000");
+    }
+    // Parse everything first: a typo in the last file should not cost the runs before it.
+    let scenarios = files
+        .iter()
+        .map(|f| tether_sim::scenario::Scenario::load(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    let mut runs = 0;
+    for s in scenarios {
+        for k in 0..seeds {
+            let seed = seed.unwrap_or(s.seed).wrapping_add(k);
+            let dir = out.as_ref().map(|o| {
+                o.join(format!(
+                    "{}-seed{seed}{}",
+                    s.name,
+                    if short { "-short" } else { "" }
+                ))
+            });
+            let t = Instant::now();
+            let report = tether_sim::sim::run(
+                s.clone(),
+                tether_sim::sim::RunConfig {
+                    seed: Some(seed),
+                    short,
+                    out: dir.clone(),
+                    verbose,
+                },
+            )
+            .await
+            .with_context(|| format!("scenario {} seed {seed}", s.name))?;
+            println!("{}", tether_sim::sim::summary(&report));
+            println!(
+                "({:.1}s wall{})",
+                t.elapsed().as_secs_f64(),
+                dir.map(|d| format!(", report in {}", d.display()))
+                    .unwrap_or_default()
+            );
+            println!();
+            runs += 1;
+            if !report.passed {
+                failed.push(format!("{} seed {seed}", s.name));
+            }
+        }
+    }
+    println!(
+        "{runs} run(s) in {:.1}s, {} failed",
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        eprintln!("invariants failed: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn demo(
