@@ -400,14 +400,20 @@ async fn route(
             ))
         }
         (&Method::GET, ["v1", "works"]) => {
-            let views =
-                in_blocking(state, |s| Ok(s.store.read(crate::work_views::summaries)?)).await?;
+            let views = in_blocking(state, |s| {
+                let decisions = s.decisions.snapshot();
+                Ok(s.store
+                    .read(|tx| crate::work_views::summaries(tx, &decisions))?)
+            })
+            .await?;
             Ok(json(StatusCode::OK, &views))
         }
         (&Method::GET, ["v1", "works", name]) => {
             let n = name.to_string();
             let detail = in_blocking(state, move |s| {
-                Ok(s.store.read(|tx| crate::work_views::detail(tx, &n))?)
+                let decisions = s.decisions.snapshot();
+                Ok(s.store
+                    .read(|tx| crate::work_views::detail(tx, &n, &decisions))?)
             })
             .await?;
             match detail {
@@ -435,6 +441,78 @@ async fn route(
                     orphan,
                 },
             ))
+        }
+        (&Method::GET, ["v1", "works", name, "placement"]) => {
+            let d = state
+                .decisions
+                .snapshot()
+                .get(*name)
+                .cloned()
+                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
+            Ok(json(StatusCode::OK, &d.choices))
+        }
+        (&Method::GET, ["v1", "works", name, "rollout"]) => {
+            let d = state
+                .decisions
+                .snapshot()
+                .get(*name)
+                .cloned()
+                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
+            let view = d.rollout.clone().unwrap_or(crate::controller::RolloutView {
+                generation: d.generation,
+                phase: "All: no progressive rollout; every selected cluster at once".into(),
+                total: d.selected.len(),
+                admitted: d.selected.len(),
+                ..Default::default()
+            });
+            Ok(json(StatusCode::OK, &view))
+        }
+        (&Method::POST, ["v1", "works", name, action @ ("pause" | "resume")]) => {
+            let paused = *action == "pause";
+            let st = state.clone();
+            let n = name.to_string();
+            tokio::task::spawn_blocking(move || crate::controller::set_paused(&st, &n, paused))
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| work_error(&e))?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"work": name, "paused": paused}),
+            ))
+        }
+        (&Method::POST, ["v1", "works", name, "undo"]) => {
+            let to = query_usize(&req, "to_generation").map(|g| g as u64);
+            let st = state.clone();
+            let n = name.to_string();
+            let generation =
+                tokio::task::spawn_blocking(move || crate::controller::undo(&st, &n, to, "admin"))
+                    .await
+                    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                    .map_err(|e| work_error(&e))?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"work": name, "generation": generation}),
+            ))
+        }
+        (&Method::GET, ["v1", "works", name, "rendered", cluster]) => {
+            let snapshot = state.works.snapshot();
+            let entry = snapshot
+                .get(*name)
+                .filter(|e| e.record.deleted.is_none())
+                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
+            let d = state.decisions.snapshot().get(*name).cloned();
+            let rules = d
+                .as_ref()
+                .and_then(|d| d.selected.get(*cluster).cloned())
+                .ok_or_else(|| {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!("work {name:?} is not placed on cluster {cluster:?}"),
+                    )
+                })?;
+            let manifests = crate::render::render(&entry.record.document.spec, &rules)
+                .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            Ok(json(StatusCode::OK, &manifests))
         }
         (&Method::GET, ["v1", "clusters", name, "status-log"]) => {
             let limit = query_usize(&req, "limit").unwrap_or(1000).min(100_000);

@@ -205,6 +205,36 @@ impl AdminClient {
         serde_json::from_slice(&bytes).context("decoding the admin API response")
     }
 
+    pub async fn placement(&self, work: &str) -> anyhow::Result<Vec<crate::placement::Choice>> {
+        self.get(&format!("/v1/works/{work}/placement")).await
+    }
+
+    pub async fn rollout(&self, work: &str) -> anyhow::Result<crate::controller::RolloutView> {
+        self.get(&format!("/v1/works/{work}/rollout")).await
+    }
+
+    pub async fn rollout_action(
+        &self,
+        work: &str,
+        action: &str,
+        to_generation: Option<u64>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let path = match to_generation {
+            Some(g) => format!("/v1/works/{work}/{action}?to_generation={g}"),
+            None => format!("/v1/works/{work}/{action}"),
+        };
+        self.post(&path, serde_json::json!({})).await
+    }
+
+    pub async fn rendered(
+        &self,
+        work: &str,
+        cluster: &str,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.get(&format!("/v1/works/{work}/rendered/{cluster}"))
+            .await
+    }
+
     pub async fn status_log(&self, cluster: &str) -> anyhow::Result<Vec<StatusLogView>> {
         self.get(&format!("/v1/clusters/{cluster}/status-log?limit=100000"))
             .await

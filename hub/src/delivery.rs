@@ -11,7 +11,7 @@ use quinn::Connection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tether_protocol::{HeldWork, Message, WorkRemove, WorkUpdate};
-use tether_store::hub::{cluster_work_key, ClusterWorkRecord, CLUSTERS, CLUSTER_WORKS};
+use tether_store::hub::{cluster_work_key, ClusterWorkRecord, CLUSTER_WORKS};
 use tether_transport::framed::request;
 
 /// Record what the agent says it holds, so `describe work` is right even before any delivery.
@@ -51,20 +51,21 @@ pub fn pending_changes(
     cluster: &str,
     held: &BTreeMap<String, HeldWork>,
 ) -> usize {
-    let labels = cluster_labels(state, cluster);
-    plan(cluster, &labels, held, &state.works.snapshot())
+    plan_for(state, cluster, held, &state.works.snapshot())
         .0
         .len()
 }
 
-fn cluster_labels(state: &HubState, cluster: &str) -> tether_protocol::Labels {
-    state
-        .store
-        .read(|tx| tx.get(&CLUSTERS, cluster))
-        .ok()
-        .flatten()
-        .map(|c| c.labels)
-        .unwrap_or_default()
+fn plan_for(
+    state: &HubState,
+    cluster: &str,
+    held: &BTreeMap<String, HeldWork>,
+    works: &crate::works::WorkMap,
+) -> (Vec<Action>, Vec<String>) {
+    let decisions = state.decisions.snapshot();
+    plan(held, works, |name, entry| {
+        crate::controller::want_from(&decisions, cluster, name, entry)
+    })
 }
 
 /// Runs for the life of the session.
@@ -79,15 +80,14 @@ pub async fn run(
     let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         changes.borrow_and_update();
-        let labels = cluster_labels(&state, &cluster);
         let works = state.works.snapshot();
-        let (actions, unknown) = plan(&cluster, &labels, &held, &works);
+        let (actions, unknown) = plan_for(&state, &cluster, &held, &works);
         for u in unknown {
             tracing::warn!(%cluster, work = %u, "agent holds a work this hub has no record of; leaving it alone");
         }
         for action in actions {
-            if let Action::Send { work, hash, .. } = &action {
-                if refused.contains(&(work.clone(), hash.clone())) {
+            if let Action::Send { work, packed, .. } = &action {
+                if refused.contains(&(work.clone(), packed.hash.clone())) {
                     continue;
                 }
             }
@@ -101,8 +101,8 @@ pub async fn run(
                 Err(Failure::Refused(msg)) => {
                     tracing::warn!(%cluster, work = %action.work(), error = %msg, "agent refused a delivery");
                     state.metrics.deliveries_refused.inc();
-                    if let Action::Send { work, hash, .. } = &action {
-                        refused.insert((work.clone(), hash.clone()));
+                    if let Action::Send { work, packed, .. } = &action {
+                        refused.insert((work.clone(), packed.hash.clone()));
                     }
                 }
                 Err(Failure::Connection(msg)) => {
@@ -135,24 +135,18 @@ async fn send(
         Action::Send {
             work,
             generation,
-            hash,
+            packed,
             full,
         } => {
             let entry = works
                 .get(work)
                 .ok_or_else(|| Failure::Refused(format!("work {work} vanished")))?;
-            let force_conflicts = entry.record.document.spec.force_conflicts;
-            let bundle = if *full {
-                entry.packed.as_ref().map(|p| p.compressed.clone())
-            } else {
-                None
-            };
             Message::WorkUpdate(WorkUpdate {
                 name: work.clone(),
                 generation: *generation,
-                hash: hash.clone(),
-                force_conflicts,
-                bundle,
+                hash: packed.hash.clone(),
+                force_conflicts: entry.record.document.spec.force_conflicts,
+                bundle: full.then(|| packed.compressed.clone()),
             })
         }
         Action::Remove { work, orphan } => Message::WorkRemove(WorkRemove {
@@ -176,7 +170,7 @@ async fn send(
             if let Action::Send {
                 work,
                 generation,
-                hash,
+                packed,
                 full: false,
             } = action
             {
@@ -184,7 +178,7 @@ async fn send(
                     let full = Action::Send {
                         work: work.clone(),
                         generation: *generation,
-                        hash: hash.clone(),
+                        packed: packed.clone(),
                         full: true,
                     };
                     return Box::pin(send(conn, state, cluster, works, &full)).await;

@@ -63,6 +63,10 @@ pub struct HubState {
     pub admin_fingerprints: HashSet<String>,
     pub join_slots: Arc<Semaphore>,
     pub works: crate::works::WorkIndex,
+    /// Placement, overrides and rollout decisions per work (see `controller`).
+    pub decisions: crate::controller::Decisions,
+    /// Wakes the decision loop (status arrived, health changed, rollout paused...).
+    pub decisions_wake: tokio::sync::Notify,
     /// Group commit for hot-path durable writes (delivery acks, status).
     pub committer: crate::committer::Committer,
     /// Best-effort audit events from hot paths (handshake rejections); bounded, batched.
@@ -78,6 +82,7 @@ impl HubState {
         for t in &transitions {
             tracing::info!(cluster = %t.cluster, from = t.from.as_str(), to = t.to.as_str(), "cluster health changed");
         }
+        self.decisions_wake.notify_one();
         let result = self.store.write(|tx| {
             for t in &transitions {
                 if let Some(mut rec) = tx.get(&CLUSTERS, &t.cluster)? {
@@ -241,6 +246,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         admin_fingerprints: admins.into_iter().map(|(k, _)| k).collect(),
         join_slots: Arc::new(Semaphore::new(cfg.max_join_connections)),
         works,
+        decisions: Default::default(),
+        decisions_wake: tokio::sync::Notify::new(),
         committer,
         audit_queue: audit_tx,
         cfg,
@@ -255,6 +262,11 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         state.clone(),
     ));
     tasks.spawn(tick_loop(state.clone()));
+    // Decide once before accepting sessions' plans, so nothing is sent undecided.
+    if let Err(e) = crate::controller::decide_all(&state) {
+        tracing::error!(error = %e, "initial decision pass failed");
+    }
+    tasks.spawn(crate::controller::run(state.clone()));
     tasks.spawn(audit_writer(state.store.clone(), audit_rx));
     tracing::info!(%quic_addr, %admin_addr, clusters = clusters.len(), "hub started");
     Ok(RunningHub {

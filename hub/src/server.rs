@@ -462,6 +462,9 @@ async fn handle_session_message(
                 .await;
             match ingested {
                 Ok(i) => {
+                    if i.stored > 0 {
+                        state.decisions_wake.notify_one();
+                    }
                     state.metrics.status_entries.inc_by(i.stored as u64);
                     state.metrics.status_duplicates.inc_by(i.duplicates as u64);
                     if let Some((expected, got)) = i.gap {

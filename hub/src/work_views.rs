@@ -32,13 +32,23 @@ fn fleet(tx: &ReadTx) -> Result<Fleet, StoreError> {
     Ok(Fleet { clusters, rows })
 }
 
-fn table(fleet: &Fleet, name: &str, record: &WorkRecord) -> Vec<ClusterWorkView> {
+pub type DecisionMap = BTreeMap<String, std::sync::Arc<crate::controller::WorkDecision>>;
+
+fn table(
+    fleet: &Fleet,
+    name: &str,
+    record: &WorkRecord,
+    decisions: &DecisionMap,
+) -> Vec<ClusterWorkView> {
     let empty = BTreeMap::new();
     let rows = fleet.rows.get(name).unwrap_or(&empty);
     let mut out = Vec::new();
     for (cluster, labels) in &fleet.clusters {
-        let targeted =
-            record.deleted.is_none() && record.document.spec.targets.matches(cluster, labels);
+        let targeted = record.deleted.is_none()
+            && match decisions.get(name) {
+                Some(d) => d.selected.contains_key(cluster),
+                None => record.document.spec.targets.matches(cluster, labels),
+            };
         let row = rows.get(cluster);
         if !targeted && row.is_none() {
             continue;
@@ -80,24 +90,28 @@ fn summarize(name: &str, record: &WorkRecord, table: &[ClusterWorkView]) -> Work
 }
 
 /// Every work still live, or deleted but not yet cleaned up everywhere.
-pub fn summaries(tx: &ReadTx) -> Result<Vec<WorkSummary>, StoreError> {
+pub fn summaries(tx: &ReadTx, decisions: &DecisionMap) -> Result<Vec<WorkSummary>, StoreError> {
     let fleet = fleet(tx)?;
     Ok(tx
         .list(&WORKS)?
         .into_iter()
         .filter_map(|(name, record)| {
-            let t = table(&fleet, &name, &record);
+            let t = table(&fleet, &name, &record, decisions);
             (record.deleted.is_none() || !t.is_empty()).then(|| summarize(&name, &record, &t))
         })
         .collect())
 }
 
-pub fn detail(tx: &ReadTx, name: &str) -> Result<Option<WorkDetail>, StoreError> {
+pub fn detail(
+    tx: &ReadTx,
+    name: &str,
+    decisions: &DecisionMap,
+) -> Result<Option<WorkDetail>, StoreError> {
     let Some(record) = tx.get(&WORKS, name)? else {
         return Ok(None);
     };
     let fleet = fleet(tx)?;
-    let clusters = table(&fleet, name, &record);
+    let clusters = table(&fleet, name, &record, decisions);
     if record.deleted.is_some() && clusters.is_empty() {
         return Ok(None);
     }

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use tether_protocol::bundle::{self, Packed};
 use tether_protocol::work::{validate, WorkDocument};
-use tether_protocol::{HeldWork, Labels};
-use tether_store::hub::{AuditEvent, Deletion, WorkRecord, AUDIT, WORKS};
+use tether_protocol::HeldWork;
+use tether_store::hub::{
+    work_history_key, AuditEvent, Deletion, WorkRecord, AUDIT, WORKS, WORK_HISTORY,
+};
 use tether_store::{Store, StoreError};
 use tokio::sync::watch;
 
@@ -37,7 +39,37 @@ pub enum WorkError {
 #[derive(Debug)]
 pub struct WorkEntry {
     pub record: WorkRecord,
+    /// The bundle without overrides.
     pub packed: Option<Packed>,
+    /// Rendered bundles by the set of override rules that apply (clusters with the same set
+    /// share one). Dropped with the entry when the work changes.
+    renders: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Arc<Packed>>>,
+}
+
+impl WorkEntry {
+    pub fn new(record: WorkRecord, packed: Option<Packed>) -> Self {
+        Self {
+            record,
+            packed,
+            renders: Default::default(),
+        }
+    }
+
+    /// The bundle for a cluster whose matching override rules are `rules`.
+    pub fn rendered(&self, rules: &[usize]) -> Result<Arc<Packed>, String> {
+        let base = self.packed.as_ref().ok_or("work is deleted")?;
+        if rules.is_empty() {
+            return Ok(Arc::new(base.clone()));
+        }
+        let mut cache = self.renders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(rules) {
+            return Ok(p.clone());
+        }
+        let manifests = crate::render::render(&self.record.document.spec, rules)?;
+        let packed = Arc::new(bundle::pack(&manifests).map_err(|e| e.to_string())?);
+        cache.insert(rules.to_vec(), packed.clone());
+        Ok(packed)
+    }
 }
 
 pub type WorkMap = BTreeMap<String, Arc<WorkEntry>>;
@@ -56,7 +88,7 @@ impl WorkIndex {
                 None => Some(bundle::pack(&record.document.spec.manifests)?),
                 Some(_) => None,
             };
-            map.insert(name, Arc::new(WorkEntry { record, packed }));
+            map.insert(name, Arc::new(WorkEntry::new(record, packed)));
         }
         Ok(Self {
             map: RwLock::new(Arc::new(map)),
@@ -104,6 +136,13 @@ pub fn apply(
     actor: &str,
 ) -> Result<(ApplyOutcome, u64), WorkError> {
     validate(&doc).map_err(WorkError::Invalid)?;
+    // Each override rule must apply cleanly on its own (a JSON patch to a missing path...).
+    let broken: Vec<String> = (0..doc.spec.overrides.len())
+        .filter_map(|i| crate::render::render(&doc.spec, &[i]).err())
+        .collect();
+    if !broken.is_empty() {
+        return Err(WorkError::Invalid(broken));
+    }
     let name = doc.metadata.name.clone();
     let packed = bundle::pack(&doc.spec.manifests)?;
     let limit = max_frame.saturating_sub(ENVELOPE_ALLOWANCE);
@@ -151,6 +190,11 @@ pub fn apply(
         };
         if outcome != ApplyOutcome::Unchanged {
             tx.put(&WORKS, &name, &record)?;
+            tx.put(
+                &WORK_HISTORY,
+                &work_history_key(&name, record.generation),
+                &record.document,
+            )?;
             tx.append(
                 &AUDIT,
                 &AuditEvent {
@@ -172,13 +216,7 @@ pub fn apply(
     let generation = record.generation;
     if outcome != ApplyOutcome::Unchanged {
         tracing::info!(work = %name, generation, outcome = ?outcome, "work applied");
-        index.publish(
-            &name,
-            WorkEntry {
-                record,
-                packed: Some(packed),
-            },
-        );
+        index.publish(&name, WorkEntry::new(record, Some(packed)));
     }
     Ok((outcome, generation))
 }
@@ -215,13 +253,7 @@ pub fn delete(
     })?;
     let generation = record.generation;
     tracing::info!(work = %name, orphan, "work deleted");
-    index.publish(
-        name,
-        WorkEntry {
-            record,
-            packed: None,
-        },
-    );
+    index.publish(name, WorkEntry::new(record, None));
     Ok(generation)
 }
 
@@ -232,7 +264,7 @@ pub enum Action {
     Send {
         work: String,
         generation: u64,
-        hash: String,
+        packed: Arc<Packed>,
         full: bool,
     },
     Remove {
@@ -249,50 +281,59 @@ impl Action {
     }
 }
 
-/// What an agent holding `held` must receive (pure). Works the hub has never heard of are
-/// left alone and reported: a hub restored from an old backup must not wipe a fleet.
+/// What the hub wants one cluster to hold of one live work.
+#[derive(Debug, Clone)]
+pub enum Want {
+    /// This generation with this (rendered) content.
+    Hold(u64, Arc<Packed>),
+    /// Selected, but a rollout has not admitted it yet: leave whatever it holds.
+    Keep,
+    /// Not selected: remove it if held.
+    Absent,
+}
+
+/// What an agent holding `held` must receive (pure). `want` answers, for each live work, what
+/// this cluster should hold. Works the hub has never heard of are left alone and reported: a
+/// hub restored from an old backup must not wipe a fleet.
 pub fn plan(
-    cluster: &str,
-    labels: &Labels,
     held: &BTreeMap<String, HeldWork>,
     works: &WorkMap,
+    want: impl Fn(&str, &WorkEntry) -> Want,
 ) -> (Vec<Action>, Vec<String>) {
     let mut actions = Vec::new();
-    for (name, entry) in works {
-        let (Some(packed), None) = (&entry.packed, entry.record.deleted) else {
-            continue;
-        };
-        if !entry.record.document.spec.targets.matches(cluster, labels) {
-            continue;
-        }
-        let generation = entry.record.generation;
-        match held.get(name) {
-            Some(h) if h.hash == packed.hash && h.generation == generation => {}
-            h => actions.push(Action::Send {
-                work: name.clone(),
-                generation,
-                hash: packed.hash.clone(),
-                full: h.is_none_or(|h| h.hash != packed.hash),
-            }),
-        }
-    }
     let mut unknown = Vec::new();
-    for name in held.keys() {
-        match works.get(name) {
-            None => unknown.push(name.clone()),
-            Some(e) => match e.record.deleted {
-                Some(d) => actions.push(Action::Remove {
+    for (name, entry) in works {
+        let h = held.get(name);
+        if let Some(d) = entry.record.deleted {
+            if h.is_some() {
+                actions.push(Action::Remove {
                     work: name.clone(),
                     orphan: d.orphan,
+                });
+            }
+            continue;
+        }
+        match want(name, entry) {
+            Want::Hold(generation, packed) => match h {
+                Some(h) if h.hash == packed.hash && h.generation == generation => {}
+                h => actions.push(Action::Send {
+                    work: name.clone(),
+                    generation,
+                    full: h.is_none_or(|h| h.hash != packed.hash),
+                    packed,
                 }),
-                None if !e.record.document.spec.targets.matches(cluster, labels) => {
-                    actions.push(Action::Remove {
-                        work: name.clone(),
-                        orphan: false,
-                    })
-                }
-                None => {}
             },
+            Want::Keep => {}
+            Want::Absent if h.is_some() => actions.push(Action::Remove {
+                work: name.clone(),
+                orphan: false,
+            }),
+            Want::Absent => {}
+        }
+    }
+    for name in held.keys() {
+        if !works.contains_key(name) {
+            unknown.push(name.clone());
         }
     }
     (actions, unknown)
@@ -304,6 +345,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
     use tether_protocol::work::*;
+    use tether_protocol::Labels;
 
     fn entry(
         name: &str,
@@ -316,8 +358,8 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": data}}),
         ];
         let packed = bundle::pack(&manifests).unwrap();
-        Arc::new(WorkEntry {
-            record: WorkRecord {
+        Arc::new(WorkEntry::new(
+            WorkRecord {
                 document: WorkDocument {
                     api_version: WORK_API_VERSION.into(),
                     kind: WORK_KIND.into(),
@@ -329,6 +371,9 @@ mod tests {
                         targets,
                         manifests,
                         force_conflicts: false,
+                        placement: None,
+                        overrides: vec![],
+                        rollout: None,
                     },
                 },
                 generation,
@@ -336,18 +381,34 @@ mod tests {
                 updated_at_ms: 0,
                 deleted: deleted.map(|orphan| Deletion { at_ms: 0, orphan }),
             },
-            packed: if deleted.is_some() {
+            if deleted.is_some() {
                 None
             } else {
                 Some(packed)
             },
-        })
+        ))
     }
 
     fn to(c: &[&str]) -> Targets {
         Targets {
             clusters: c.iter().map(|s| s.to_string()).collect(),
             selector: None,
+        }
+    }
+
+    /// Targets only, no rollout: what the hub wants without placement extras.
+    fn by_targets(cluster: &'static str) -> impl Fn(&str, &WorkEntry) -> Want {
+        move |_, e| {
+            if e.record
+                .document
+                .spec
+                .targets
+                .matches(cluster, &Labels::new())
+            {
+                Want::Hold(e.record.generation, Arc::new(e.packed.clone().unwrap()))
+            } else {
+                Want::Absent
+            }
         }
     }
 
@@ -405,7 +466,7 @@ mod tests {
                 hash: "h".into(),
             },
         );
-        let (actions, unknown) = plan("c1", &Labels::new(), &held, &works);
+        let (actions, unknown) = plan(&held, &works, by_targets("c1"));
         assert_eq!(unknown, vec!["mystery".to_string()]);
         assert_eq!(actions.len(), 3, "{actions:?}");
         assert!(actions.contains(&Action::Remove {
@@ -425,7 +486,7 @@ mod tests {
         works.insert("a".into(), entry("a", 1, to(&["c1"]), "x", None));
         let held = held_of(&works, &["a"]);
         works.insert("a".into(), entry("a", 2, to(&["c1", "c2"]), "x", None));
-        let (actions, _) = plan("c1", &Labels::new(), &held, &works);
+        let (actions, _) = plan(&held, &works, by_targets("c1"));
         assert!(matches!(
             &actions[..],
             [Action::Send {
@@ -459,17 +520,17 @@ mod tests {
                 };
                 held.insert(name, HeldWork { generation, hash });
             }
-            let (actions, unknown) = plan("me", &Labels::new(), &held, &works);
+            let (actions, unknown) = plan(&held, &works, by_targets("me"));
             for a in &actions {
                 match a {
-                    Action::Send { work, generation, hash, full } => {
-                        prop_assert_eq!(*full, held.get(work).is_none_or(|h| &h.hash != hash));
-                        held.insert(work.clone(), HeldWork { generation: *generation, hash: hash.clone() });
+                    Action::Send { work, generation, packed, full } => {
+                        prop_assert_eq!(*full, held.get(work).is_none_or(|h| h.hash != packed.hash));
+                        held.insert(work.clone(), HeldWork { generation: *generation, hash: packed.hash.clone() });
                     }
                     Action::Remove { work, .. } => { held.remove(work); }
                 }
             }
-            let (again, _) = plan("me", &Labels::new(), &held, &works);
+            let (again, _) = plan(&held, &works, by_targets("me"));
             prop_assert!(again.is_empty(), "{:?}", again);
             for (name, e) in &works {
                 let targeted = e.record.deleted.is_none() && e.record.document.spec.targets.clusters.contains(&"me".to_string());

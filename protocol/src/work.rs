@@ -35,7 +35,16 @@ pub struct WorkMetadata {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkSpec {
+    /// Simple targeting (names and/or a label selector). `placement` is the full form.
+    #[serde(default, skip_serializing_if = "Targets::is_empty")]
     pub targets: Targets,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// Per-cluster changes, applied in order to that cluster's copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<OverrideRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
     /// Kubernetes objects, applied in order (namespaces and CRDs first is the user's job).
     pub manifests: Vec<Value>,
     /// Take ownership of fields another manager owns (server-side apply `force=true`).
@@ -78,6 +87,169 @@ pub enum SelectorOperator {
     NotIn,
     Exists,
     DoesNotExist,
+}
+
+impl Targets {
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty() && self.selector.is_none()
+    }
+}
+
+/// Facts are selectable as labels under this prefix (`tether.dev/arch: aarch64`).
+pub const FACT_LABEL_PREFIX: &str = "tether.dev/";
+
+/// Which clusters a work goes to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    /// Over labels and facts (`tether.dev/arch`, `tether.dev/os`, `tether.dev/kubernetes-version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Pick at most this many; the choice is stable (rendezvous hashing), so it does not churn
+    /// when nothing relevant changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_clusters: Option<u32>,
+}
+
+/// One override rule: which clusters, then what to change in their copy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverrideRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageOverride>,
+    /// Sets `spec.replicas` of Deployments and StatefulSets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub annotations: Labels,
+    /// Environment variables set on every container of every pod template.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub env: Labels,
+    /// RFC 6902 JSON patches for selected manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<JsonPatchRule>,
+}
+
+impl OverrideRule {
+    pub fn applies_to(&self, cluster: &str, labels: &Labels) -> bool {
+        self.clusters.iter().any(|c| c == cluster)
+            || self
+                .cluster_selector
+                .as_ref()
+                .is_some_and(|s| s.matches(labels))
+    }
+}
+
+/// Rewrites container images: `registry` replaces the registry host (a regional mirror),
+/// `repository` the path, `tag` the tag.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Only images whose repository (without registry and tag) equals this; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_repository: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsonPatchRule {
+    /// Manifests this patch applies to (all when both are absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// RFC 6902 operations.
+    pub operations: Value,
+}
+
+/// A count (`3`) or a percentage (`"25%"`) of the clusters in the rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CountOrPercent {
+    Count(u32),
+    Percent(String),
+}
+
+impl CountOrPercent {
+    /// `Err` with a message for a malformed percentage.
+    pub fn percent(&self) -> Result<Option<u8>, String> {
+        match self {
+            CountOrPercent::Count(_) => Ok(None),
+            CountOrPercent::Percent(s) => s
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<u8>().ok())
+                .filter(|p| *p <= 100)
+                .map(Some)
+                .ok_or_else(|| format!("{s:?} is neither a count nor a percentage like \"25%\"")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RolloutStrategy {
+    #[default]
+    All,
+    Progressive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OfflinePolicySpec {
+    #[default]
+    Skip,
+    Wait,
+    Fail,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutSpec {
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<CountOrPercent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<CountOrPercent>,
+    #[serde(default)]
+    pub min_success_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u64>,
+    #[serde(default)]
+    pub offline_policy: OfflinePolicySpec,
+    /// Canary groups, in order; clusters in no group go last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<RolloutGroup>,
+    /// Roll back to the previous generation when the failure budget is exceeded.
+    #[serde(default)]
+    pub auto_rollback: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutGroup {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub mandatory: bool,
 }
 
 impl LabelSelector {
@@ -170,11 +342,63 @@ pub fn validate(doc: &WorkDocument) -> Result<(), Vec<String>> {
         errors.push(format!("metadata.labels: {e}"));
     }
     let targets = &doc.spec.targets;
-    if targets.clusters.is_empty() && targets.selector.is_none() {
-        errors.push(
-            "spec.targets needs `clusters` (names) or `selector` (an empty selector {} means every cluster)"
+    match &doc.spec.placement {
+        None if targets.is_empty() => errors.push(
+            "spec.targets (or spec.placement) needs `clusters` (names) or `selector` (an empty selector {} means every cluster)"
                 .into(),
-        );
+        ),
+        Some(_) if !targets.is_empty() => errors.push(
+            "use spec.targets or spec.placement, not both".into(),
+        ),
+        Some(p) => {
+            if p.clusters.is_empty() && p.selector.is_none() {
+                errors.push("spec.placement needs `clusters` or `selector`".into());
+            }
+            for c in p.clusters.iter().chain(&p.exclude) {
+                if let Err(e) = validate_cluster_name(c) {
+                    errors.push(format!("spec.placement: {e}"));
+                }
+            }
+            if p.max_clusters == Some(0) {
+                errors.push("spec.placement.maxClusters must be at least 1".into());
+            }
+        }
+        None => {}
+    }
+    for (i, rule) in doc.spec.overrides.iter().enumerate() {
+        if rule.clusters.is_empty() && rule.cluster_selector.is_none() {
+            errors.push(format!(
+                "spec.overrides[{i}] needs `clusters` or `clusterSelector`"
+            ));
+        }
+        for (j, p) in rule.patches.iter().enumerate() {
+            if !p.operations.is_array() {
+                errors.push(format!(
+                    "spec.overrides[{i}].patches[{j}].operations must be an RFC 6902 list"
+                ));
+            }
+        }
+    }
+    if let Some(r) = &doc.spec.rollout {
+        for (what, v) in [
+            ("maxConcurrency", &r.max_concurrency),
+            ("maxFailures", &r.max_failures),
+        ] {
+            if let Some(Err(e)) = v.as_ref().map(CountOrPercent::percent) {
+                errors.push(format!("spec.rollout.{what}: {e}"));
+            }
+        }
+        if r.max_concurrency == Some(CountOrPercent::Count(0)) {
+            errors.push("spec.rollout.maxConcurrency must be at least 1".into());
+        }
+        for g in &r.groups {
+            if g.clusters.is_empty() && g.selector.is_none() {
+                errors.push(format!(
+                    "spec.rollout.groups {:?} needs `clusters` or `selector`",
+                    g.name
+                ));
+            }
+        }
     }
     for c in &targets.clusters {
         if let Err(e) = validate_cluster_name(c) {
@@ -240,6 +464,9 @@ mod tests {
                     clusters: vec!["a".into()],
                     selector: None,
                 },
+                placement: None,
+                overrides: vec![],
+                rollout: None,
                 manifests,
                 force_conflicts: false,
             },

@@ -102,6 +102,9 @@ pub fn config_work(
                 })
                 .collect(),
             force_conflicts: false,
+            placement: None,
+            overrides: vec![],
+            rollout: None,
         },
     }
 }
@@ -269,4 +272,35 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An agent with an in-memory executor (the returned handle shows what it applied).
+pub fn memory_agent(
+    hub: &LocalHub,
+    dir: &Path,
+    name: &str,
+    token: &str,
+) -> (LocalAgent, tether_agent::executor::memory::MemoryExecutor) {
+    let mem = tether_agent::executor::memory::MemoryExecutor::new();
+    let mut s = spec(hub, dir, name, token);
+    s.executor = Arc::new(AnyExecutor::Memory(mem.clone()));
+    (LocalAgent::spawn(s), mem)
+}
+
+/// Respawn an agent on its existing data directory and simulated cluster.
+pub fn memory_agent_again(
+    hub: &LocalHub,
+    dir: &Path,
+    name: &str,
+    token: &str,
+    mem: &tether_agent::executor::memory::MemoryExecutor,
+) -> LocalAgent {
+    let mut s = spec(hub, dir, name, token);
+    s.executor = Arc::new(AnyExecutor::Memory(mem.clone()));
+    LocalAgent::spawn(s)
+}
+
+/// A work document from JSON (the same shape users write in YAML).
+pub fn work_from(v: serde_json::Value) -> tether_protocol::work::WorkDocument {
+    serde_json::from_value(v).expect("test work document")
 }

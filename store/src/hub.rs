@@ -18,6 +18,10 @@ pub const AUDIT: SeqTable<AuditEvent> = SeqTable::new("audit_events");
 /// Works by name. Deleted works stay as tombstones so generations never go backwards and
 /// clusters that were offline during the delete still get the removal.
 pub const WORKS: StrTable<WorkRecord> = StrTable::new("works");
+/// Every generation's document (`work/<generation, 20 digits>`), for `rollout undo`.
+pub const WORK_HISTORY: StrTable<WorkDocument> = StrTable::new("work_history");
+/// Progressive rollout state per work.
+pub const ROLLOUTS: StrTable<RolloutRecord> = StrTable::new("rollouts");
 /// Per cluster and work (`cluster/work`): what was delivered (acknowledged) and the last status.
 pub const CLUSTER_WORKS: StrTable<ClusterWorkRecord> = StrTable::new("cluster_works");
 /// Per cluster: the highest status sequence number durably stored.
@@ -168,4 +172,25 @@ pub struct StatusLogEntry {
     pub seq: u64,
     pub received_at_ms: u64,
     pub status: WorkStatus,
+}
+
+pub fn work_history_key(work: &str, generation: u64) -> String {
+    format!("{work}/{generation:020}")
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// The generation being rolled out; state resets when it changes.
+    pub generation: u64,
+    /// Clusters allowed to receive it, with the hub time they were admitted.
+    pub admitted: std::collections::BTreeMap<String, u64>,
+    /// First hub time each cluster was seen healthy on this generation (soak clock, hub time).
+    pub healthy_since: std::collections::BTreeMap<String, u64>,
+    pub paused: bool,
+    /// This generation restores an earlier one: it goes everywhere at once.
+    pub rollback_of: Option<u64>,
+    /// Set once an automatic rollback was started from this generation.
+    pub rolled_back: bool,
+    /// Last computed phase, for display.
+    pub phase: String,
 }

@@ -67,18 +67,51 @@ enum Cmd {
     /// Delete resources.
     #[command(subcommand)]
     Delete(DeleteCmd),
+    /// Progressive rollouts: status, pause, resume, undo.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Progress of a work's rollout, with counts per state.
+    Status {
+        work: String,
+        /// Refresh every second until the rollout completes or pauses.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop admitting clusters to the current generation.
+    Pause { work: String },
+    /// Admit clusters again.
+    Resume { work: String },
+    /// Restore an earlier generation (default: the previous one) on every selected cluster at once.
+    Undo {
+        work: String,
+        #[arg(long)]
+        to_generation: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
 enum GetCmd {
     /// Works with their delivery and apply progress.
     Works,
+    /// Where a work is placed, and why each cluster was or was not chosen.
+    Placement { work: String },
 }
 
 #[derive(Subcommand)]
 enum DescribeCmd {
     /// A work with one row per cluster: delivered and applied generation, phase, last error.
-    Work { name: String },
+    Work {
+        name: String,
+        /// With --rendered: print what this cluster receives (overrides applied).
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long, requires = "cluster")]
+        rendered: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -393,7 +426,84 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })?;
         }
-        Cmd::Describe(DescribeCmd::Work { name }) => {
+        Cmd::Describe(DescribeCmd::Work {
+            name,
+            cluster: Some(cluster),
+            rendered: true,
+        }) => {
+            let manifests = client.rendered(&name, &cluster).await?;
+            match out {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&manifests)?),
+                _ => {
+                    for m in &manifests {
+                        println!("---");
+                        print!("{}", serde_yaml_ng::to_string(m)?);
+                    }
+                }
+            }
+        }
+        Cmd::Get(GetCmd::Placement { work }) => {
+            let rows = client.placement(&work).await?;
+            print(out, &rows, || {
+                println!("{:<24} {:<9} REASON", "CLUSTER", "SELECTED");
+                for c in &rows {
+                    println!(
+                        "{:<24} {:<9} {}",
+                        c.cluster,
+                        if c.selected { "yes" } else { "no" },
+                        c.reason
+                    );
+                }
+            })?;
+        }
+        Cmd::Rollout(RolloutCmd::Status { work, watch }) => loop {
+            let r = client.rollout(&work).await?;
+            print(out, &r, || {
+                let width = 30usize;
+                let filled = (r.done * width).checked_div(r.total).unwrap_or(width);
+                println!(
+                    "work/{work} generation {}: [{}{}] {}/{} done, {} updating, {} failed, {} offline pending, {} admitted  {}",
+                    r.generation,
+                    "#".repeat(filled),
+                    ".".repeat(width - filled.min(width)),
+                    r.done,
+                    r.total,
+                    r.in_flight,
+                    r.failed,
+                    r.pending_offline,
+                    r.admitted,
+                    r.phase
+                );
+            })?;
+            if !watch
+                || r.phase == "Complete"
+                || r.phase.starts_with("Paused")
+                || r.rollback_of.is_some()
+                || r.phase.starts_with("All")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        },
+        Cmd::Rollout(RolloutCmd::Pause { work }) => {
+            client.rollout_action(&work, "pause", None).await?;
+            println!("rollout of work/{work} paused");
+        }
+        Cmd::Rollout(RolloutCmd::Resume { work }) => {
+            client.rollout_action(&work, "resume", None).await?;
+            println!("rollout of work/{work} resumed");
+        }
+        Cmd::Rollout(RolloutCmd::Undo {
+            work,
+            to_generation,
+        }) => {
+            let r = client.rollout_action(&work, "undo", to_generation).await?;
+            println!(
+                "work/{work} rolled back: generation {} restores the earlier spec on every selected cluster",
+                r["generation"]
+            );
+        }
+        Cmd::Describe(DescribeCmd::Work { name, .. }) => {
             let d = client.work(&name).await?;
             print(out, &d, || {
                 let s = &d.summary;

@@ -1,0 +1,439 @@
+//! The decision loop: placement, overrides and rollouts for every work, recomputed when works,
+//! clusters, health or status change (and every second). The decisions themselves are the pure
+//! functions in `placement`, `render` and `rollout`; this module gathers their inputs, persists
+//! rollout state and publishes the result to the sessions.
+
+use crate::hub::HubState;
+use crate::placement::{self, Candidate, Choice};
+use crate::rollout::{self, ClusterProgress, Group, Limit, OfflinePolicy, Phase, Progress};
+use crate::util::now_ms;
+use crate::works::{Want, WorkEntry};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tether_protocol::work::{CountOrPercent, OfflinePolicySpec, RolloutSpec, RolloutStrategy};
+use tether_protocol::{Labels, WorkPhase};
+use tether_store::hub::{
+    work_history_key, ClusterState, ClusterWorkRecord, RolloutRecord, CLUSTERS, CLUSTER_WORKS,
+    ROLLOUTS, WORK_HISTORY,
+};
+use tether_store::StoreError;
+
+/// What the hub decided for one work at one generation.
+#[derive(Debug, Clone, Default)]
+pub struct WorkDecision {
+    pub generation: u64,
+    /// Selected clusters and the override rules that apply to each.
+    pub selected: BTreeMap<String, Vec<usize>>,
+    pub choices: Vec<Choice>,
+    /// `None`: every selected cluster may hold this generation.
+    pub admitted: Option<BTreeSet<String>>,
+    pub rollout: Option<RolloutView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutView {
+    pub generation: u64,
+    pub phase: String,
+    pub paused: bool,
+    pub total: usize,
+    pub admitted: usize,
+    pub done: usize,
+    pub in_flight: usize,
+    pub failed: usize,
+    pub pending_offline: usize,
+    pub rollback_of: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Decisions {
+    map: RwLock<Arc<BTreeMap<String, Arc<WorkDecision>>>>,
+}
+
+impl Decisions {
+    pub fn snapshot(&self) -> Arc<BTreeMap<String, Arc<WorkDecision>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, next: BTreeMap<String, Arc<WorkDecision>>) {
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    }
+
+    /// What `cluster` should hold of `entry` (used by delivery planning).
+    pub fn want(&self, cluster: &str, name: &str, entry: &WorkEntry) -> Want {
+        let snapshot = self.snapshot();
+        want_from(&snapshot, cluster, name, entry)
+    }
+}
+
+pub fn want_from(
+    decisions: &BTreeMap<String, Arc<WorkDecision>>,
+    cluster: &str,
+    name: &str,
+    entry: &WorkEntry,
+) -> Want {
+    let Some(d) = decisions.get(name) else {
+        return Want::Keep;
+    };
+    if d.generation != entry.record.generation {
+        // Not decided yet for this generation: change nothing until it is.
+        return Want::Keep;
+    }
+    let Some(rules) = d.selected.get(cluster) else {
+        return Want::Absent;
+    };
+    if d.admitted.as_ref().is_some_and(|a| !a.contains(cluster)) {
+        return Want::Keep;
+    }
+    match entry.rendered(rules) {
+        Ok(p) => Want::Hold(d.generation, p),
+        Err(e) => {
+            tracing::error!(work = %name, %cluster, error = %e, "cannot render work for cluster");
+            Want::Keep
+        }
+    }
+}
+
+fn limit(v: &Option<CountOrPercent>, default: Limit) -> Limit {
+    match v {
+        None => default,
+        Some(CountOrPercent::Count(n)) => Limit::Count(*n),
+        Some(p @ CountOrPercent::Percent(_)) => match p.percent() {
+            Ok(Some(p)) => Limit::Percent(p),
+            _ => default,
+        },
+    }
+}
+
+fn strategy(spec: &RolloutSpec, fleet: &[Candidate]) -> rollout::Strategy {
+    rollout::Strategy {
+        max_concurrency: limit(&spec.max_concurrency, Limit::Percent(25)),
+        max_failures: limit(&spec.max_failures, Limit::Count(0)),
+        min_success_ms: spec.min_success_seconds * 1000,
+        progress_deadline_ms: spec.progress_deadline_seconds.map(|s| s * 1000),
+        offline: match spec.offline_policy {
+            OfflinePolicySpec::Skip => OfflinePolicy::Skip,
+            OfflinePolicySpec::Wait => OfflinePolicy::Wait,
+            OfflinePolicySpec::Fail => OfflinePolicy::Fail,
+        },
+        groups: spec
+            .groups
+            .iter()
+            .map(|g| Group {
+                name: g.name.clone(),
+                members: fleet
+                    .iter()
+                    .filter(|c| {
+                        g.clusters.contains(&c.name)
+                            || g.selector.as_ref().is_some_and(|s| s.matches(&c.labels))
+                    })
+                    .map(|c| c.name.clone())
+                    .collect(),
+                mandatory: g.mandatory,
+            })
+            .collect(),
+    }
+}
+
+/// Run until the hub stops.
+pub async fn run(state: Arc<HubState>) {
+    let mut works = state.works.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let st = state.clone();
+        match tokio::task::spawn_blocking(move || decide_all(&st)).await {
+            Ok(Ok(changed)) => {
+                if changed {
+                    state.works.poke();
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "decision pass failed"),
+            Err(e) => tracing::error!(error = %e, "decision pass panicked"),
+        }
+        tokio::select! {
+            r = works.changed() => if r.is_err() { return },
+            _ = state.decisions_wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// One pass over every work. Returns whether any cluster's allowed state changed.
+pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let works = state.works.snapshot();
+    let (clusters, rows, rollouts) = state.store.read(|tx| {
+        Ok::<_, StoreError>((
+            tx.list(&CLUSTERS)?,
+            tx.list(&CLUSTER_WORKS)?,
+            tx.list(&ROLLOUTS)?,
+        ))
+    })?;
+    let online: BTreeMap<String, bool> = {
+        let h = state.health.lock().unwrap_or_else(|p| p.into_inner());
+        clusters
+            .iter()
+            .map(|(n, _)| (n.clone(), h.state(n) == Some(ClusterState::Ready)))
+            .collect()
+    };
+    let fleet: Vec<Candidate> = clusters
+        .iter()
+        .filter(|(_, c)| c.state != ClusterState::Denied)
+        .map(|(n, c)| Candidate {
+            name: n.clone(),
+            labels: placement::selectable_labels(&c.labels, &c.facts),
+        })
+        .collect();
+    let mut status: BTreeMap<(String, String), ClusterWorkRecord> = BTreeMap::new();
+    for (key, row) in rows {
+        if let Some((c, w)) = key.split_once('/') {
+            status.insert((w.to_string(), c.to_string()), row);
+        }
+    }
+    let rollouts: BTreeMap<String, RolloutRecord> = rollouts.into_iter().collect();
+    let previous = state.decisions.snapshot();
+    let mut next = BTreeMap::new();
+    let mut writes: Vec<(String, RolloutRecord)> = Vec::new();
+    let mut rollbacks = Vec::new();
+    let mut changed = false;
+
+    for (name, entry) in works.iter() {
+        if entry.record.deleted.is_some() {
+            continue;
+        }
+        let spec = &entry.record.document.spec;
+        let generation = entry.record.generation;
+        let choices = placement::select(name, spec, &fleet);
+        let labels_of = |c: &str| -> Labels {
+            fleet
+                .iter()
+                .find(|f| f.name == c)
+                .map(|f| f.labels.clone())
+                .unwrap_or_default()
+        };
+        let selected: BTreeMap<String, Vec<usize>> = choices
+            .iter()
+            .filter(|c| c.selected)
+            .map(|c| {
+                (
+                    c.cluster.clone(),
+                    crate::render::matching_rules(spec, &c.cluster, &labels_of(&c.cluster)),
+                )
+            })
+            .collect();
+        let mut decision = WorkDecision {
+            generation,
+            selected,
+            choices,
+            admitted: None,
+            rollout: None,
+        };
+        let progressive = spec
+            .rollout
+            .as_ref()
+            .filter(|r| r.strategy == RolloutStrategy::Progressive);
+        let mut record = rollouts
+            .get(name)
+            .filter(|r| r.generation == generation)
+            .cloned()
+            .unwrap_or(RolloutRecord {
+                generation,
+                ..RolloutRecord::default()
+            });
+        match progressive {
+            Some(r) if record.rollback_of.is_none() => {
+                let members: Vec<Candidate> = fleet
+                    .iter()
+                    .filter(|c| decision.selected.contains_key(&c.name))
+                    .cloned()
+                    .collect();
+                let mut progress = Vec::new();
+                for c in &members {
+                    let row = status.get(&(name.clone(), c.name.clone()));
+                    let st = row
+                        .and_then(|r| r.status.as_ref())
+                        .filter(|s| s.generation == generation);
+                    let p = match st.map(|s| s.phase) {
+                        Some(WorkPhase::Available | WorkPhase::Applied) => {
+                            let since = *record.healthy_since.entry(c.name.clone()).or_insert(now);
+                            Progress::Healthy { since_ms: since }
+                        }
+                        Some(WorkPhase::Failed) => Progress::Failed,
+                        _ => match record.admitted.get(&c.name) {
+                            Some(at) => Progress::Updating { since_ms: *at },
+                            // Already on this generation (e.g. content unchanged): started.
+                            None if row
+                                .and_then(|r| r.delivered.as_ref())
+                                .is_some_and(|d| d.generation == generation) =>
+                            {
+                                Progress::Updating { since_ms: now }
+                            }
+                            None => Progress::NotStarted,
+                        },
+                    };
+                    progress.push(ClusterProgress {
+                        name: c.name.clone(),
+                        online: online.get(&c.name).copied().unwrap_or(false),
+                        progress: p,
+                    });
+                }
+                let strat = strategy(r, &members);
+                let d = rollout::decide(&strat, &progress, record.paused, now);
+                for n in &d.admitted {
+                    record.admitted.entry(n.clone()).or_insert(now);
+                }
+                let phase = match &d.phase {
+                    Phase::Progressing => "Progressing".to_string(),
+                    Phase::Complete => "Complete".to_string(),
+                    Phase::Paused(why) => format!("Paused: {why}"),
+                };
+                if r.auto_rollback
+                    && !record.rolled_back
+                    && d.failed > strat.max_failures.resolve(members.len(), false)
+                {
+                    record.rolled_back = true;
+                    rollbacks.push(name.clone());
+                }
+                if !d.newly_admitted.is_empty() {
+                    tracing::info!(work = %name, generation, admitted = ?d.newly_admitted, "rollout admitted clusters");
+                }
+                decision.rollout = Some(RolloutView {
+                    generation,
+                    phase: phase.clone(),
+                    paused: record.paused,
+                    total: members.len(),
+                    admitted: d.admitted.len(),
+                    done: d.done,
+                    in_flight: d.in_flight,
+                    failed: d.failed,
+                    pending_offline: d.pending_offline,
+                    rollback_of: None,
+                });
+                decision.admitted = Some(d.admitted);
+                record.phase = phase;
+                if rollouts.get(name) != Some(&record) {
+                    writes.push((name.clone(), record));
+                }
+            }
+            _ => {
+                if let Some(of) = record.rollback_of {
+                    decision.rollout = Some(RolloutView {
+                        generation,
+                        phase: format!("RolledBack: restores generation {of} everywhere at once"),
+                        rollback_of: Some(of),
+                        total: decision.selected.len(),
+                        ..RolloutView::default()
+                    });
+                }
+            }
+        }
+        let before = previous.get(name);
+        if before.is_none_or(|b| {
+            b.generation != decision.generation
+                || b.selected != decision.selected
+                || b.admitted != decision.admitted
+        }) {
+            changed = true;
+        }
+        next.insert(name.clone(), Arc::new(decision));
+    }
+    if !writes.is_empty() {
+        state.store.write(|tx| {
+            for (name, r) in &writes {
+                tx.put(&ROLLOUTS, name, r)?;
+            }
+            Ok::<_, StoreError>(())
+        })?;
+    }
+    state.decisions.publish(next);
+    for name in rollbacks {
+        if let Err(e) = undo(state, &name, None, "auto-rollback") {
+            tracing::error!(work = %name, error = %e, "automatic rollback failed");
+        }
+    }
+    Ok(changed)
+}
+
+/// Re-apply an earlier generation's document as a new generation that goes everywhere at once.
+/// `to` defaults to the generation before the current one.
+pub fn undo(
+    state: &HubState,
+    name: &str,
+    to: Option<u64>,
+    actor: &str,
+) -> Result<u64, crate::works::WorkError> {
+    use crate::works::WorkError;
+    let current = state
+        .works
+        .snapshot()
+        .get(name)
+        .filter(|e| e.record.deleted.is_none())
+        .map(|e| e.record.generation)
+        .ok_or_else(|| WorkError::NotFound(name.to_string()))?;
+    let to = to.unwrap_or(current.saturating_sub(1));
+    if to == 0 || to >= current {
+        return Err(WorkError::Invalid(vec![format!(
+            "cannot roll back work {name} from generation {current} to {to}"
+        )]));
+    }
+    let doc = state
+        .store
+        .read(|tx| tx.get(&WORK_HISTORY, &work_history_key(name, to)))?
+        .ok_or_else(|| {
+            WorkError::Invalid(vec![format!(
+                "generation {to} of work {name} is not in the history"
+            )])
+        })?;
+    // Mark the next generation as a rollback before it becomes visible to the decision loop.
+    let next = current + 1;
+    state.store.write(|tx| {
+        tx.put(
+            &ROLLOUTS,
+            name,
+            &RolloutRecord {
+                generation: next,
+                rollback_of: Some(to),
+                phase: "RolledBack".into(),
+                ..RolloutRecord::default()
+            },
+        )
+    })?;
+    let (_, generation) = crate::works::apply(
+        &state.store,
+        &state.works,
+        doc,
+        state.cfg.limits.max_frame,
+        actor,
+    )?;
+    tracing::warn!(work = %name, from = current, to, new_generation = generation, %actor, "rolled back");
+    Ok(generation)
+}
+
+/// Pause or resume a progressive rollout.
+pub fn set_paused(
+    state: &HubState,
+    name: &str,
+    paused: bool,
+) -> Result<(), crate::works::WorkError> {
+    let generation = state
+        .works
+        .snapshot()
+        .get(name)
+        .filter(|e| e.record.deleted.is_none())
+        .map(|e| e.record.generation)
+        .ok_or_else(|| crate::works::WorkError::NotFound(name.to_string()))?;
+    state.store.write(|tx| {
+        let mut r = tx
+            .get(&ROLLOUTS, name)?
+            .filter(|r| r.generation == generation)
+            .unwrap_or(RolloutRecord {
+                generation,
+                ..RolloutRecord::default()
+            });
+        r.paused = paused;
+        tx.put(&ROLLOUTS, name, &r)
+    })?;
+    state.decisions_wake.notify_one();
+    Ok(())
+}

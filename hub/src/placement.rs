@@ -1,0 +1,168 @@
+//! Placement: which clusters a work goes to, and why each one was or was not chosen. Pure.
+
+use sha2::{Digest, Sha256};
+use tether_protocol::work::{WorkSpec, FACT_LABEL_PREFIX};
+use tether_protocol::{Facts, Labels};
+
+/// A cluster as placement sees it: labels plus facts as `tether.dev/*` labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub labels: Labels,
+}
+
+pub fn selectable_labels(labels: &Labels, facts: &Facts) -> Labels {
+    let mut out = labels.clone();
+    let mut put = |k: &str, v: &str| {
+        if !v.is_empty() {
+            out.insert(format!("{FACT_LABEL_PREFIX}{k}"), v.to_string());
+        }
+    };
+    put("arch", &facts.arch);
+    put("os", &facts.os);
+    if let Some(v) = &facts.kubernetes_version {
+        put("kubernetes-version", v);
+    }
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Choice {
+    pub cluster: String,
+    pub selected: bool,
+    pub reason: String,
+}
+
+/// Rendezvous score: stable per (work, cluster), so `maxClusters` keeps its choice as long as
+/// the candidates do not change.
+fn score(work: &str, cluster: &str) -> [u8; 32] {
+    Sha256::digest(format!("{work}/{cluster}").as_bytes()).into()
+}
+
+pub fn select(work: &str, spec: &WorkSpec, candidates: &[Candidate]) -> Vec<Choice> {
+    let mut eligible = Vec::new();
+    let mut out = Vec::new();
+    for c in candidates {
+        let (matched, why) = match &spec.placement {
+            None => (
+                spec.targets.matches(&c.name, &c.labels),
+                if spec.targets.clusters.contains(&c.name) {
+                    "named in spec.targets"
+                } else {
+                    "matches spec.targets.selector"
+                },
+            ),
+            Some(p) => {
+                if p.exclude.contains(&c.name) {
+                    out.push(Choice {
+                        cluster: c.name.clone(),
+                        selected: false,
+                        reason: "excluded by spec.placement.exclude".into(),
+                    });
+                    continue;
+                }
+                if p.clusters.contains(&c.name) {
+                    (true, "named in spec.placement.clusters")
+                } else if p.selector.as_ref().is_some_and(|s| s.matches(&c.labels)) {
+                    (true, "matches spec.placement.selector")
+                } else {
+                    (false, "")
+                }
+            }
+        };
+        if matched {
+            eligible.push((c, why));
+        } else {
+            out.push(Choice {
+                cluster: c.name.clone(),
+                selected: false,
+                reason: "does not match the placement".into(),
+            });
+        }
+    }
+    let max = spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.max_clusters)
+        .map(|m| m as usize)
+        .unwrap_or(usize::MAX);
+    eligible.sort_by_key(|(c, _)| score(work, &c.name));
+    for (i, (c, why)) in eligible.into_iter().enumerate() {
+        let selected = i < max;
+        out.push(Choice {
+            cluster: c.name.clone(),
+            selected,
+            reason: if selected {
+                why.to_string()
+            } else {
+                format!("eligible ({why}) but maxClusters={max} was reached")
+            },
+        });
+    }
+    out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> WorkSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cands(n: usize) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate {
+                name: format!("c{i:03}"),
+                labels: [
+                    (
+                        "region".to_string(),
+                        if i % 2 == 0 { "eu" } else { "us" }.to_string(),
+                    ),
+                    (
+                        "tether.dev/arch".to_string(),
+                        if i % 3 == 0 { "aarch64" } else { "x86_64" }.to_string(),
+                    ),
+                ]
+                .into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn selects_by_labels_facts_names_and_exclusions() {
+        let s = spec(json!({"placement": {
+            "selector": {"matchLabels": {"region": "eu"}, "matchExpressions": [{"key": "tether.dev/arch", "operator": "In", "values": ["aarch64"]}]},
+            "clusters": ["c001"], "exclude": ["c006"]}, "manifests": []}));
+        let chosen: Vec<_> = select("w", &s, &cands(12))
+            .into_iter()
+            .filter(|c| c.selected)
+            .map(|c| c.cluster)
+            .collect();
+        assert_eq!(chosen, vec!["c000", "c001"]);
+    }
+
+    proptest! {
+        /// maxClusters picks exactly min(max, eligible), and adding an unrelated ineligible
+        /// cluster never changes the choice (no churn).
+        #[test]
+        fn max_clusters_is_stable(n in 1usize..40, max in 1u32..10, extra in 0usize..5) {
+            let s = spec(json!({"placement": {"selector": {"matchLabels": {"region": "eu"}}, "maxClusters": max}, "manifests": []}));
+            let base = cands(n);
+            let picked = |cs: &[Candidate]| -> Vec<String> {
+                select("w", &s, cs).into_iter().filter(|c| c.selected).map(|c| c.cluster).collect()
+            };
+            let a = picked(&base);
+            let eligible = base.iter().filter(|c| c.labels["region"] == "eu").count();
+            prop_assert_eq!(a.len(), eligible.min(max as usize));
+            let mut more = base.clone();
+            for i in 0..extra {
+                more.push(Candidate { name: format!("x{i}"), labels: [("region".to_string(), "us".to_string())].into() });
+            }
+            prop_assert_eq!(picked(&more), a);
+        }
+    }
+}
