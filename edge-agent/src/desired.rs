@@ -7,6 +7,12 @@ use tether_protocol::{HeldWork, Inventory, WorkAck, WorkRemove, WorkUpdate};
 use tether_store::agent::{DesiredWork, Removal, DESIRED};
 use tether_store::{ReadTx, Store};
 
+/// Fault-injection switch for simulations only (`simulations/tests/sim_broken.rs`): when set,
+/// [`accept_update`] acknowledges an update WITHOUT committing it to the store, the "acks before
+/// committing" bug the simulator must catch. Never set outside tests; off by default.
+pub static ACK_BEFORE_COMMIT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Works one agent will hold. Keeps the store, the outbox and every reconcile pass bounded.
 pub const MAX_WORKS: usize = 5_000;
 
@@ -22,6 +28,7 @@ pub fn inventory(tx: &ReadTx) -> Result<Inventory, AgentError> {
                 HeldWork {
                     generation: d.generation,
                     hash: d.hash,
+                    fenced: d.fenced,
                 },
             )
         })
@@ -64,6 +71,16 @@ pub fn accept_update(store: &Store, update: WorkUpdate) -> Result<WorkAck, Deliv
         }
         None => None,
     };
+    if ACK_BEFORE_COMMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(WorkAck {
+            name,
+            held: Some(HeldWork {
+                generation: update.generation,
+                hash: update.hash,
+                fenced: false,
+            }),
+        });
+    }
     store.write(|tx| {
         let existing = tx.get(&DESIRED, &name)?;
         let manifests = match (manifests, &existing) {
@@ -86,6 +103,9 @@ pub fn accept_update(store: &Store, update: WorkUpdate) -> Result<WorkAck, Deliv
             force_conflicts: update.force_conflicts,
             manifests,
             removal: None,
+            fence_after_ms: update.fence_after_ms,
+            // A fresh delivery is the hub's word that this cluster holds the work again.
+            fenced: false,
         };
         tx.put(&DESIRED, &name, &desired)?;
         Ok(())
@@ -95,6 +115,7 @@ pub fn accept_update(store: &Store, update: WorkUpdate) -> Result<WorkAck, Deliv
         held: Some(HeldWork {
             generation: update.generation,
             hash: update.hash,
+            fenced: false,
         }),
     })
 }

@@ -7,7 +7,7 @@
 use crate::executor::{ApplyReport, ExecError, Executor};
 use crate::outbox;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tether_protocol::{WorkPhase, WorkStatus};
 use tether_store::agent::{AppliedWork, DesiredWork, APPLIED, DESIRED};
 use tether_store::{Store, StoreError};
@@ -30,7 +30,27 @@ pub struct Signals {
     pub desired_changed: Arc<Notify>,
     /// A status was queued: the session should send it.
     pub outbox_changed: Arc<Notify>,
+    /// Send time of the last heartbeat the hub acknowledged (monotonic clock).
+    pub last_contact: Arc<std::sync::Mutex<Option<Instant>>>,
 }
+
+impl Signals {
+    pub fn contact(&self, sent: Instant) {
+        let mut last = self.last_contact.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|l| l < sent) {
+            *last = Some(sent);
+        }
+    }
+
+    fn since_contact(&self, now: Instant) -> Option<Duration> {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| now.saturating_duration_since(t))
+    }
+}
+
+use tether_protocol::fencing::must_fence;
 
 /// Status to report for an apply outcome (pure).
 pub fn status_for(
@@ -112,12 +132,28 @@ impl<E: Executor> Reconciler<E> {
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "reconcile pass failed");
             }
+            // Wake in time for the earliest fence deadline, not just at the interval.
+            let wait = self
+                .next_fence_in()
+                .unwrap_or(self.interval)
+                .min(self.interval);
             tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.signals.desired_changed.notified() => {}
                 _ = shutdown.wait() => return,
             }
         }
+    }
+
+    fn next_fence_in(&self) -> Option<Duration> {
+        let since = self.signals.since_contact(Instant::now())?;
+        let desired = self.store.read(|tx| tx.list(&DESIRED)).ok()?;
+        desired
+            .iter()
+            .filter(|(_, d)| !d.fenced && d.removal.is_none())
+            .filter_map(|(_, d)| d.fence_after_ms)
+            .map(|ms| Duration::from_millis(ms).saturating_sub(since) + Duration::from_millis(10))
+            .min()
     }
 
     /// One pass over every work. Returns how many statuses were queued.
@@ -125,6 +161,19 @@ impl<E: Executor> Reconciler<E> {
         let desired = self.store.read(|tx| tx.list(&DESIRED))?;
         let mut queued = 0;
         for (_, work) in desired {
+            if work.removal.is_none() {
+                if work.fenced {
+                    // Stays down until the hub delivers it again.
+                    continue;
+                }
+                if let Some(ms) = work.fence_after_ms {
+                    let since = self.signals.since_contact(Instant::now());
+                    if must_fence(Duration::from_millis(ms), since) {
+                        queued += self.fence(&work).await?;
+                        continue;
+                    }
+                }
+            }
             let previous = self.store.read(|tx| tx.get(&APPLIED, &work.name))?;
             let inventory = previous
                 .as_ref()
@@ -199,6 +248,39 @@ impl<E: Executor> Reconciler<E> {
             } else {
                 Ok(0)
             }
+        })
+    }
+
+    /// Remove a singleton's objects because the hub is out of reach: another cluster may take
+    /// it over after `fenceAfter` plus the hub's margin, and two copies must never run.
+    async fn fence(&self, work: &DesiredWork) -> Result<usize, StoreError> {
+        let inventory = self
+            .store
+            .read(|tx| tx.get(&APPLIED, &work.name))?
+            .map(|a| a.inventory)
+            .unwrap_or_default();
+        tracing::warn!(work = %work.name, "no hub contact for fenceAfter: fencing this singleton (removing its copy)");
+        if let Err(e) = self.executor.remove(&work.name, &inventory, false).await {
+            tracing::error!(work = %work.name, error = %e, "fencing failed; will retry");
+            return Ok(0);
+        }
+        let mut status = status_for(work, &Ok(ApplyReport::default()), now_ms());
+        status.phase = WorkPhase::Fenced;
+        status.conditions.clear();
+        let name = work.name.clone();
+        let generation = work.generation;
+        self.store.write(|tx| {
+            let Some(mut d) = tx.get(&DESIRED, &name)? else {
+                return Ok(0);
+            };
+            if d.generation != generation || d.removal.is_some() {
+                return Ok(0);
+            }
+            d.fenced = true;
+            tx.put(&DESIRED, &name, &d)?;
+            tx.remove(&APPLIED, &name)?;
+            outbox::record(tx, &status)?;
+            Ok(1)
         })
     }
 

@@ -204,7 +204,10 @@ async fn session(
         r = connect(addr, agent.quic.clone()) => r?,
         _ = shutdown.wait() => return Ok(End::Shutdown),
     };
+    let hello_sent = std::time::Instant::now();
     let ack = hello(&conn, agent.limits).await?;
+    // The hub acknowledged a message sent at `hello_sent` (and records it as a heartbeat).
+    agent.signals.contact(hello_sent);
     backoff.reset();
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
@@ -229,9 +232,13 @@ async fn session(
         tokio::select! {
             _ = heartbeat.tick() => {
                 let depth = agent.store.read(outbox::depth).unwrap_or(0);
+                // Contact counts from when the acknowledged heartbeat was *sent*: the hub saw it
+                // no earlier, so the agent's fence deadline never trails the hub's view.
+                let sent = std::time::Instant::now();
                 if let Err(e) = send_heartbeat(&conn, &name, depth, agent.limits).await {
                     return Ok(End::Lost(e));
                 }
+                agent.signals.contact(sent);
             }
             Some(ended) = tasks.join_next() => {
                 let e = match ended {

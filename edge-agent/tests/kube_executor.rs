@@ -24,6 +24,8 @@ fn work(name: &str, generation: u64, manifests: Vec<Value>) -> DesiredWork {
         force_conflicts: false,
         manifests,
         removal: None,
+        fence_after_ms: None,
+        fenced: false,
     }
 }
 

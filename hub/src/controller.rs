@@ -11,7 +11,9 @@ use crate::works::{Want, WorkEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tether_protocol::work::{CountOrPercent, OfflinePolicySpec, RolloutSpec, RolloutStrategy};
+use tether_protocol::work::{
+    CountOrPercent, FailoverMode, OfflinePolicySpec, RolloutSpec, RolloutStrategy,
+};
 use tether_protocol::{Labels, WorkPhase};
 use tether_store::hub::{
     work_history_key, ClusterState, ClusterWorkRecord, RolloutRecord, CLUSTERS, CLUSTER_WORKS,
@@ -29,6 +31,9 @@ pub struct WorkDecision {
     /// `None`: every selected cluster may hold this generation.
     pub admitted: Option<BTreeSet<String>>,
     pub rollout: Option<RolloutView>,
+    /// Every selected cluster reports this generation applied: copies on clusters that are no
+    /// longer selected may now be removed (never before: nothing is mass-deleted on reconnect).
+    pub replacements_ready: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -80,7 +85,11 @@ pub fn want_from(
         return Want::Keep;
     }
     let Some(rules) = d.selected.get(cluster) else {
-        return Want::Absent;
+        return if d.replacements_ready {
+            Want::Absent
+        } else {
+            Want::Keep
+        };
     };
     if d.admitted.as_ref().is_some_and(|a| !a.contains(cluster)) {
         return Want::Keep;
@@ -170,12 +179,24 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
             tx.list(&ROLLOUTS)?,
         ))
     })?;
-    let online: BTreeMap<String, bool> = {
+    // Per cluster: reachable now, and for how long it has not been (hub time).
+    let (online, unreachable_ms): (BTreeMap<String, bool>, BTreeMap<String, u64>) = {
         let h = state.health.lock().unwrap_or_else(|p| p.into_inner());
-        clusters
-            .iter()
-            .map(|(n, _)| (n.clone(), h.state(n) == Some(ClusterState::Ready)))
-            .collect()
+        let mut online = BTreeMap::new();
+        let mut away = BTreeMap::new();
+        for (n, c) in &clusters {
+            let ready = h.state(n) == Some(ClusterState::Ready);
+            online.insert(n.clone(), ready);
+            if !ready {
+                let since = h
+                    .last_heartbeat(n)
+                    .or(c.last_seen_ms)
+                    .unwrap_or(c.state_since_ms)
+                    .max(state.started_ms);
+                away.insert(n.clone(), now.saturating_sub(since));
+            }
+        }
+        (online, away)
     };
     let fleet: Vec<Candidate> = clusters
         .iter()
@@ -204,7 +225,51 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
         }
         let spec = &entry.record.document.spec;
         let generation = entry.record.generation;
-        let choices = placement::select(name, spec, &fleet);
+        let tainted: BTreeMap<String, String> = match &spec.failover {
+            None => BTreeMap::new(),
+            Some(f) => {
+                let (limit_s, what) = match f.mode {
+                    FailoverMode::Singleton => (
+                        f.fence_after_seconds + f.clock_skew_seconds,
+                        "fenceAfterSeconds + clockSkewSeconds",
+                    ),
+                    FailoverMode::Multi => (f.toleration_seconds, "tolerationSeconds"),
+                };
+                let may_move = |ms: u64| match f.mode {
+                    FailoverMode::Singleton => tether_protocol::fencing::may_move(
+                        Duration::from_millis(ms),
+                        Duration::from_secs(f.fence_after_seconds),
+                        Duration::from_secs(f.clock_skew_seconds),
+                    ),
+                    FailoverMode::Multi => ms > limit_s * 1000,
+                };
+                unreachable_ms
+                    .iter()
+                    .filter(|(_, ms)| may_move(**ms))
+                    .map(|(c, ms)| {
+                        (
+                            c.clone(),
+                            format!(
+                                "tainted unreachable for {}s (> {what} = {limit_s}s)",
+                                ms / 1000
+                            ),
+                        )
+                    })
+                    .collect()
+            }
+        };
+        let sticky: BTreeSet<String> = previous
+            .get(name)
+            .map(|d| d.selected.keys().cloned().collect())
+            .unwrap_or_else(|| {
+                // After a hub restart: whoever holds it keeps it.
+                status
+                    .iter()
+                    .filter(|((w, _), row)| w == name && row.delivered.is_some())
+                    .map(|((_, c), _)| c.clone())
+                    .collect()
+            });
+        let choices = placement::select(name, spec, &fleet, &sticky, &tainted);
         let labels_of = |c: &str| -> Labels {
             fleet
                 .iter()
@@ -222,12 +287,22 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                 )
             })
             .collect();
+        let replacements_ready = selected.keys().all(|c| {
+            status
+                .get(&(name.clone(), c.clone()))
+                .and_then(|r| r.status.as_ref())
+                .is_some_and(|s| {
+                    s.generation == generation
+                        && matches!(s.phase, WorkPhase::Available | WorkPhase::Applied)
+                })
+        });
         let mut decision = WorkDecision {
             generation,
             selected,
             choices,
             admitted: None,
             rollout: None,
+            replacements_ready,
         };
         let progressive = spec
             .rollout
@@ -333,6 +408,7 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
             b.generation != decision.generation
                 || b.selected != decision.selected
                 || b.admitted != decision.admitted
+                || b.replacements_ready != decision.replacements_ready
         }) {
             changed = true;
         }
@@ -436,4 +512,12 @@ pub fn set_paused(
     })?;
     state.decisions_wake.notify_one();
     Ok(())
+}
+
+/// Singleton works tell their agent when to fence itself.
+pub fn fence_after_ms(spec: &tether_protocol::work::WorkSpec) -> Option<u64> {
+    spec.failover
+        .as_ref()
+        .filter(|f| f.mode == tether_protocol::work::FailoverMode::Singleton)
+        .map(|f| f.fence_after_seconds * 1000)
 }

@@ -147,6 +147,7 @@ async fn send(
                 hash: packed.hash.clone(),
                 force_conflicts: entry.record.document.spec.force_conflicts,
                 bundle: full.then(|| packed.compressed.clone()),
+                fence_after_ms: crate::controller::fence_after_ms(&entry.record.document.spec),
             })
         }
         Action::Remove { work, orphan } => Message::WorkRemove(WorkRemove {

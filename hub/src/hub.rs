@@ -65,6 +65,9 @@ pub struct HubState {
     pub works: crate::works::WorkIndex,
     /// Placement, overrides and rollout decisions per work (see `controller`).
     pub decisions: crate::controller::Decisions,
+    /// When this hub process started: it cannot know what happened before, so no cluster is
+    /// treated as unreachable for longer than this (a restart must not trigger failover).
+    pub started_ms: u64,
     /// Wakes the decision loop (status arrived, health changed, rollout paused...).
     pub decisions_wake: tokio::sync::Notify,
     /// Group commit for hot-path durable writes (delivery acks, status).
@@ -248,6 +251,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         works,
         decisions: Default::default(),
         decisions_wake: tokio::sync::Notify::new(),
+        started_ms: now,
         committer,
         audit_queue: audit_tx,
         cfg,

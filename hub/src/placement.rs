@@ -39,7 +39,16 @@ fn score(work: &str, cluster: &str) -> [u8; 32] {
     Sha256::digest(format!("{work}/{cluster}").as_bytes()).into()
 }
 
-pub fn select(work: &str, spec: &WorkSpec, candidates: &[Candidate]) -> Vec<Choice> {
+/// `sticky`: clusters chosen last time; with `maxClusters` they keep their place so a cluster
+/// that comes back does not take its slot back from the replacement (no flapping).
+/// `tainted`: clusters out of the running, with the reason (unreachable past the toleration).
+pub fn select(
+    work: &str,
+    spec: &WorkSpec,
+    candidates: &[Candidate],
+    sticky: &std::collections::BTreeSet<String>,
+    tainted: &std::collections::BTreeMap<String, String>,
+) -> Vec<Choice> {
     let mut eligible = Vec::new();
     let mut out = Vec::new();
     for c in candidates {
@@ -71,6 +80,14 @@ pub fn select(work: &str, spec: &WorkSpec, candidates: &[Candidate]) -> Vec<Choi
             }
         };
         if matched {
+            if let Some(taint) = tainted.get(&c.name) {
+                out.push(Choice {
+                    cluster: c.name.clone(),
+                    selected: false,
+                    reason: format!("matches, but {taint}"),
+                });
+                continue;
+            }
             eligible.push((c, why));
         } else {
             out.push(Choice {
@@ -80,13 +97,18 @@ pub fn select(work: &str, spec: &WorkSpec, candidates: &[Candidate]) -> Vec<Choi
             });
         }
     }
+    let singleton = spec
+        .failover
+        .as_ref()
+        .is_some_and(|f| f.mode == tether_protocol::work::FailoverMode::Singleton);
     let max = spec
         .placement
         .as_ref()
         .and_then(|p| p.max_clusters)
         .map(|m| m as usize)
-        .unwrap_or(usize::MAX);
-    eligible.sort_by_key(|(c, _)| score(work, &c.name));
+        .unwrap_or(usize::MAX)
+        .min(if singleton { 1 } else { usize::MAX });
+    eligible.sort_by_key(|(c, _)| (!sticky.contains(&c.name), score(work, &c.name)));
     for (i, (c, why)) in eligible.into_iter().enumerate() {
         let selected = i < max;
         out.push(Choice {
@@ -137,11 +159,17 @@ mod tests {
         let s = spec(json!({"placement": {
             "selector": {"matchLabels": {"region": "eu"}, "matchExpressions": [{"key": "tether.dev/arch", "operator": "In", "values": ["aarch64"]}]},
             "clusters": ["c001"], "exclude": ["c006"]}, "manifests": []}));
-        let chosen: Vec<_> = select("w", &s, &cands(12))
-            .into_iter()
-            .filter(|c| c.selected)
-            .map(|c| c.cluster)
-            .collect();
+        let chosen: Vec<_> = select(
+            "w",
+            &s,
+            &cands(12),
+            &Default::default(),
+            &Default::default(),
+        )
+        .into_iter()
+        .filter(|c| c.selected)
+        .map(|c| c.cluster)
+        .collect();
         assert_eq!(chosen, vec!["c000", "c001"]);
     }
 
@@ -153,7 +181,7 @@ mod tests {
             let s = spec(json!({"placement": {"selector": {"matchLabels": {"region": "eu"}}, "maxClusters": max}, "manifests": []}));
             let base = cands(n);
             let picked = |cs: &[Candidate]| -> Vec<String> {
-                select("w", &s, cs).into_iter().filter(|c| c.selected).map(|c| c.cluster).collect()
+                select("w", &s, cs, &Default::default(), &Default::default()).into_iter().filter(|c| c.selected).map(|c| c.cluster).collect()
             };
             let a = picked(&base);
             let eligible = base.iter().filter(|c| c.labels["region"] == "eu").count();

@@ -364,6 +364,8 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
     state.sessions.insert(&cluster, conn.clone());
     state.metrics.live_sessions.inc();
     state.health_event(|h| h.session_opened(&cluster, now_ms()));
+    // The Hello counts as a heartbeat: the agent counts it as contact (fencing contract).
+    state.health_event(|h| h.heartbeat(&cluster, now_ms()));
     tracing::info!(%cluster, peer = %conn.remote_address(), "session opened");
 
     let session = Arc::new(SessionCtx {

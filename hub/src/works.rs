@@ -315,7 +315,7 @@ pub fn plan(
         }
         match want(name, entry) {
             Want::Hold(generation, packed) => match h {
-                Some(h) if h.hash == packed.hash && h.generation == generation => {}
+                Some(h) if h.hash == packed.hash && h.generation == generation && !h.fenced => {}
                 h => actions.push(Action::Send {
                     work: name.clone(),
                     generation,
@@ -374,6 +374,7 @@ mod tests {
                         placement: None,
                         overrides: vec![],
                         rollout: None,
+                        failover: None,
                     },
                 },
                 generation,
@@ -423,6 +424,7 @@ mod tests {
                             HeldWork {
                                 generation: e.record.generation,
                                 hash: p.hash.clone(),
+                                fenced: false,
                             },
                         )
                     })
@@ -450,6 +452,7 @@ mod tests {
             HeldWork {
                 generation: 2,
                 hash: "h".into(),
+                fenced: false,
             },
         );
         held.insert(
@@ -457,6 +460,7 @@ mod tests {
             HeldWork {
                 generation: 1,
                 hash: "h".into(),
+                fenced: false,
             },
         );
         held.insert(
@@ -464,6 +468,7 @@ mod tests {
             HeldWork {
                 generation: 9,
                 hash: "h".into(),
+                fenced: false,
             },
         );
         let (actions, unknown) = plan(&held, &works, by_targets("c1"));
@@ -518,14 +523,14 @@ mod tests {
                     (true, Some(p)) => p.hash.clone(),
                     _ => "sha256:old".into(),
                 };
-                held.insert(name, HeldWork { generation, hash });
+                held.insert(name, HeldWork { generation, hash, fenced: false });
             }
             let (actions, unknown) = plan(&held, &works, by_targets("me"));
             for a in &actions {
                 match a {
                     Action::Send { work, generation, packed, full } => {
                         prop_assert_eq!(*full, held.get(work).is_none_or(|h| h.hash != packed.hash));
-                        held.insert(work.clone(), HeldWork { generation: *generation, hash: packed.hash.clone() });
+                        held.insert(work.clone(), HeldWork { generation: *generation, hash: packed.hash.clone(), fenced: false });
                     }
                     Action::Remove { work, .. } => { held.remove(work); }
                 }

@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod codec;
+pub mod fencing;
 pub mod frame;
 pub mod message;
 pub mod names;

@@ -228,6 +228,10 @@ pub struct HeldWork {
     pub generation: u64,
     /// Content hash of the bundle as this cluster received it (`bundle::content_hash`).
     pub hash: String,
+    /// The agent fenced this singleton (removed its copy after losing the hub) and will not
+    /// bring it back until the hub sends it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +251,9 @@ pub struct WorkUpdate {
     /// this hash and only the generation moves (nothing re-sent over a metered link).
     #[serde(with = "serde_bytes", default)]
     pub bundle: Option<Vec<u8>>,
+    /// Singleton works: remove the copy after this long without hub contact.
+    #[serde(default)]
+    pub fence_after_ms: Option<u64>,
 }
 
 /// Hub -> agent: stop managing a work. `orphan` leaves its objects in the cluster.
@@ -297,6 +304,8 @@ pub enum WorkPhase {
     Removed,
     /// Withdrawn with `--orphan`: the objects were left in place.
     Orphaned,
+    /// A singleton whose agent lost the hub for longer than `fenceAfter`: its copy was removed.
+    Fenced,
 }
 
 impl WorkPhase {
@@ -307,6 +316,7 @@ impl WorkPhase {
             WorkPhase::Failed => "Failed",
             WorkPhase::Removed => "Removed",
             WorkPhase::Orphaned => "Orphaned",
+            WorkPhase::Fenced => "Fenced",
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct WorkSpec {
     pub overrides: Vec<OverrideRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverSpec>,
     /// Kubernetes objects, applied in order (namespaces and CRDs first is the user's job).
     pub manifests: Vec<Value>,
     /// Take ownership of fields another manager owns (server-side apply `force=true`).
@@ -252,6 +254,42 @@ pub struct RolloutGroup {
     pub mandatory: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FailoverMode {
+    /// Move the slot of an unreachable cluster elsewhere; copies may briefly overlap.
+    #[default]
+    Multi,
+    /// At most one copy may run anywhere: the agent fences itself, the hub waits longer.
+    Singleton,
+}
+
+/// What happens when a selected cluster stays unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailoverSpec {
+    #[serde(default)]
+    pub mode: FailoverMode,
+    /// How long the `unreachable`/`offline` taints are tolerated before the slot moves.
+    #[serde(default = "default_toleration")]
+    pub toleration_seconds: u64,
+    /// Singleton: the agent removes its copy after this long without hub contact.
+    #[serde(default = "default_fence_after")]
+    pub fence_after_seconds: u64,
+    /// Singleton: extra wait on the hub side for clock-rate differences and delays.
+    #[serde(default = "default_skew")]
+    pub clock_skew_seconds: u64,
+}
+
+fn default_toleration() -> u64 {
+    300
+}
+fn default_fence_after() -> u64 {
+    60
+}
+fn default_skew() -> u64 {
+    5
+}
+
 impl LabelSelector {
     pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
@@ -379,6 +417,12 @@ pub fn validate(doc: &WorkDocument) -> Result<(), Vec<String>> {
             }
         }
     }
+    if let Some(f) = &doc.spec.failover {
+        if f.mode == FailoverMode::Singleton && f.fence_after_seconds == 0 {
+            errors
+                .push("spec.failover.fenceAfterSeconds must be at least 1 for a singleton".into());
+        }
+    }
     if let Some(r) = &doc.spec.rollout {
         for (what, v) in [
             ("maxConcurrency", &r.max_concurrency),
@@ -467,6 +511,7 @@ mod tests {
                 placement: None,
                 overrides: vec![],
                 rollout: None,
+                failover: None,
                 manifests,
                 force_conflicts: false,
             },

@@ -105,6 +105,7 @@ pub fn config_work(
             placement: None,
             overrides: vec![],
             rollout: None,
+            failover: None,
         },
     }
 }

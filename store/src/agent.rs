@@ -55,6 +55,12 @@ pub struct DesiredWork {
     pub manifests: Vec<serde_json::Value>,
     /// Set when the hub withdrew the work and the removal has not been carried out yet.
     pub removal: Option<Removal>,
+    /// Singleton: remove the copy after this long without hub contact.
+    #[serde(default)]
+    pub fence_after_ms: Option<u64>,
+    /// The copy was removed by fencing; only a fresh delivery brings it back.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -988,6 +988,8 @@ mod tests {
             force_conflicts: false,
             manifests: vec![],
             removal: None,
+            fence_after_ms: None,
+            fenced: false,
         };
         let m = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "x", "resourceVersion": "12", "labels": {"app": "a"}},
