@@ -501,7 +501,7 @@ async fn route(
                 .filter(|e| e.record.deleted.is_none())
                 .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
             let d = state.decisions.snapshot().get(*name).cloned();
-            let rules = d
+            let assignment = d
                 .as_ref()
                 .and_then(|d| d.selected.get(*cluster).cloned())
                 .ok_or_else(|| {
@@ -510,8 +510,9 @@ async fn route(
                         format!("work {name:?} is not placed on cluster {cluster:?}"),
                     )
                 })?;
-            let manifests = crate::render::render(&entry.record.document.spec, &rules)
-                .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            let manifests =
+                crate::render::render_assignment(&entry.record.document.spec, &assignment)
+                    .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
             Ok(json(StatusCode::OK, &manifests))
         }
         (&Method::GET, ["v1", "clusters", name, "status-log"]) => {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tether_protocol::work::{
-    CountOrPercent, FailoverMode, OfflinePolicySpec, RolloutSpec, RolloutStrategy,
+    CountOrPercent, Divide, FailoverMode, OfflinePolicySpec, RolloutSpec, RolloutStrategy,
 };
 use tether_protocol::{Labels, WorkPhase};
 use tether_store::hub::{
@@ -26,7 +26,7 @@ use tether_store::StoreError;
 pub struct WorkDecision {
     pub generation: u64,
     /// Selected clusters and the override rules that apply to each.
-    pub selected: BTreeMap<String, Vec<usize>>,
+    pub selected: BTreeMap<String, crate::render::Assignment>,
     pub choices: Vec<Choice>,
     /// `None`: every selected cluster may hold this generation.
     pub admitted: Option<BTreeSet<String>>,
@@ -84,7 +84,7 @@ pub fn want_from(
         // Not decided yet for this generation: change nothing until it is.
         return Want::Keep;
     }
-    let Some(rules) = d.selected.get(cluster) else {
+    let Some(assignment) = d.selected.get(cluster) else {
         return if d.replacements_ready {
             Want::Absent
         } else {
@@ -94,7 +94,7 @@ pub fn want_from(
     if d.admitted.as_ref().is_some_and(|a| !a.contains(cluster)) {
         return Want::Keep;
     }
-    match entry.rendered(rules) {
+    match entry.rendered(assignment) {
         Ok(p) => Want::Hold(d.generation, p),
         Err(e) => {
             tracing::error!(work = %name, %cluster, error = %e, "cannot render work for cluster");
@@ -277,13 +277,50 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                 .map(|f| f.labels.clone())
                 .unwrap_or_default()
         };
-        let selected: BTreeMap<String, Vec<usize>> = choices
+        let shares = spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.replicas.as_ref())
+            .map(|div| {
+                let weights = choices
+                    .iter()
+                    .filter(|c| c.selected)
+                    .map(|c| {
+                        let w = match div.divide {
+                            Divide::Capacity => clusters
+                                .iter()
+                                .find(|(n, _)| n == &c.cluster)
+                                .map(|(_, r)| r.facts.cpus.max(1))
+                                .unwrap_or(1),
+                            Divide::Weighted => {
+                                let labels = labels_of(&c.cluster);
+                                div.weights
+                                    .iter()
+                                    .find(|w| w.selector.matches(&labels))
+                                    .map(|w| w.weight)
+                                    .unwrap_or(1)
+                            }
+                        };
+                        (c.cluster.clone(), w)
+                    })
+                    .collect();
+                placement::divide_replicas(div.total, &weights)
+            })
+            .unwrap_or_default();
+        let selected: BTreeMap<String, crate::render::Assignment> = choices
             .iter()
             .filter(|c| c.selected)
             .map(|c| {
                 (
                     c.cluster.clone(),
-                    crate::render::matching_rules(spec, &c.cluster, &labels_of(&c.cluster)),
+                    crate::render::Assignment {
+                        rules: crate::render::matching_rules(
+                            spec,
+                            &c.cluster,
+                            &labels_of(&c.cluster),
+                        ),
+                        replicas: shares.get(&c.cluster).copied(),
+                    },
                 )
             })
             .collect();

@@ -109,6 +109,10 @@ pub fn select(
         .unwrap_or(usize::MAX)
         .min(if singleton { 1 } else { usize::MAX });
     eligible.sort_by_key(|(c, _)| (!sticky.contains(&c.name), score(work, &c.name)));
+    let spread_by = spec.placement.as_ref().and_then(|p| p.spread_by.as_deref());
+    if let (Some(key), true) = (spread_by, max < eligible.len()) {
+        eligible = spread(eligible, key);
+    }
     for (i, (c, why)) in eligible.into_iter().enumerate() {
         let selected = i < max;
         out.push(Choice {
@@ -122,6 +126,61 @@ pub fn select(
         });
     }
     out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    out
+}
+
+/// Reorder so that taking a prefix picks round-robin over the values of `key`, keeping each
+/// domain's own order (stickiness, then score): domains differ by at most one.
+fn spread<'a>(
+    eligible: Vec<(&'a Candidate, &'static str)>,
+    key: &str,
+) -> Vec<(&'a Candidate, &'static str)> {
+    let mut domains: std::collections::BTreeMap<String, std::collections::VecDeque<_>> =
+        Default::default();
+    for e in eligible {
+        let d = e.0.labels.get(key).cloned().unwrap_or_default();
+        domains.entry(d).or_default().push_back(e);
+    }
+    let mut out = Vec::new();
+    while domains.values().any(|q| !q.is_empty()) {
+        for q in domains.values_mut() {
+            if let Some(e) = q.pop_front() {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// Divide `total` replicas over `clusters` by weight (largest remainder; ties by name), so the
+/// shares always add up to `total`. Pure.
+pub fn divide_replicas(
+    total: u32,
+    weights: &std::collections::BTreeMap<String, u32>,
+) -> std::collections::BTreeMap<String, u32> {
+    let sum: u64 = weights.values().map(|w| u64::from(*w)).sum();
+    let mut out: std::collections::BTreeMap<String, u32> = Default::default();
+    if weights.is_empty() {
+        return out;
+    }
+    if sum == 0 {
+        return weights.keys().map(|k| (k.clone(), 0)).collect();
+    }
+    let mut rest: Vec<(u64, &String)> = Vec::new();
+    let mut given = 0u64;
+    for (c, w) in weights {
+        let exact = u64::from(total) * u64::from(*w);
+        let share = exact / sum;
+        given += share;
+        out.insert(c.clone(), share as u32);
+        rest.push((exact % sum, c));
+    }
+    rest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    for (_, c) in rest.into_iter().take((u64::from(total) - given) as usize) {
+        if let Some(v) = out.get_mut(c) {
+            *v += 1;
+        }
+    }
     out
 }
 
@@ -171,6 +230,47 @@ mod tests {
         .map(|c| c.cluster)
         .collect();
         assert_eq!(chosen, vec!["c000", "c001"]);
+    }
+
+    #[test]
+    fn spread_balances_domains() {
+        let s = spec(
+            json!({"placement": {"selector": {}, "maxClusters": 4, "spreadBy": "region"}, "manifests": []}),
+        );
+        let picked: Vec<_> = select(
+            "w",
+            &s,
+            &cands(12),
+            &Default::default(),
+            &Default::default(),
+        )
+        .into_iter()
+        .filter(|c| c.selected)
+        .collect();
+        let eu = picked
+            .iter()
+            .filter(|c| c.cluster[1..].parse::<usize>().unwrap() % 2 == 0)
+            .count();
+        assert_eq!((picked.len(), eu), (4, 2));
+    }
+
+    proptest! {
+        #[test]
+        fn replica_shares_add_up_and_follow_weights(total in 0u32..1000, ws in proptest::collection::vec(0u32..10, 1..12)) {
+            let weights: std::collections::BTreeMap<String, u32> = ws.iter().enumerate().map(|(i, w)| (format!("c{i:02}"), *w)).collect();
+            let shares = divide_replicas(total, &weights);
+            let sum: u32 = shares.values().sum();
+            if ws.iter().any(|w| *w > 0) {
+                prop_assert_eq!(sum, total);
+            }
+            let wsum: u32 = ws.iter().sum();
+            for (c, w) in &weights {
+                if wsum > 0 {
+                    let exact = f64::from(total) * f64::from(*w) / f64::from(wsum);
+                    prop_assert!((f64::from(shares[c]) - exact).abs() < 1.0 + 1e-9);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -6,6 +6,36 @@ use serde_json::Value;
 use tether_protocol::work::{ImageOverride, OverrideRule, WorkSpec};
 use tether_protocol::Labels;
 
+/// Everything that makes one cluster's copy differ from the base bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Assignment {
+    /// Indices of the override rules that apply, in order.
+    pub rules: Vec<usize>,
+    /// This cluster's share of `spec.placement.replicas`.
+    pub replicas: Option<u32>,
+}
+
+/// Render one cluster's copy: the replica share first, then the override rules (explicit
+/// overrides win).
+pub fn render_assignment(spec: &WorkSpec, a: &Assignment) -> Result<Vec<Value>, String> {
+    let mut manifests = spec.manifests.clone();
+    if let Some(n) = a.replicas {
+        for m in manifests.iter_mut() {
+            set_replicas(m, n);
+        }
+    }
+    apply_rules(spec, &a.rules, manifests)
+}
+
+fn set_replicas(m: &mut Value, replicas: u32) {
+    let kind = m.get("kind").and_then(Value::as_str).unwrap_or("");
+    if matches!(kind, "Deployment" | "StatefulSet" | "ReplicaSet") {
+        if let Some(spec) = m.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("replicas".into(), Value::from(replicas));
+        }
+    }
+}
+
 /// Indices of the rules that apply to a cluster: clusters with the same set share a render.
 pub fn matching_rules(spec: &WorkSpec, cluster: &str, labels: &Labels) -> Vec<usize> {
     spec.overrides
@@ -17,7 +47,14 @@ pub fn matching_rules(spec: &WorkSpec, cluster: &str, labels: &Labels) -> Vec<us
 }
 
 pub fn render(spec: &WorkSpec, rules: &[usize]) -> Result<Vec<Value>, String> {
-    let mut manifests = spec.manifests.clone();
+    apply_rules(spec, rules, spec.manifests.clone())
+}
+
+fn apply_rules(
+    spec: &WorkSpec,
+    rules: &[usize],
+    mut manifests: Vec<Value>,
+) -> Result<Vec<Value>, String> {
     for &i in rules {
         let Some(rule) = spec.overrides.get(i) else {
             continue;
@@ -55,11 +92,7 @@ fn apply_rule(rule: &OverrideRule, m: &mut Value) -> Result<(), String> {
         }
     }
     if let Some(replicas) = rule.replicas {
-        if matches!(kind.as_str(), "Deployment" | "StatefulSet" | "ReplicaSet") {
-            if let Some(spec) = m.get_mut("spec").and_then(Value::as_object_mut) {
-                spec.insert("replicas".into(), Value::from(replicas));
-            }
-        }
+        set_replicas(m, replicas);
     }
     for (field, values) in [("labels", &rule.labels), ("annotations", &rule.annotations)] {
         if values.is_empty() {

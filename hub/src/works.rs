@@ -43,7 +43,7 @@ pub struct WorkEntry {
     pub packed: Option<Packed>,
     /// Rendered bundles by the set of override rules that apply (clusters with the same set
     /// share one). Dropped with the entry when the work changes.
-    renders: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Arc<Packed>>>,
+    renders: std::sync::Mutex<std::collections::HashMap<crate::render::Assignment, Arc<Packed>>>,
 }
 
 impl WorkEntry {
@@ -55,19 +55,19 @@ impl WorkEntry {
         }
     }
 
-    /// The bundle for a cluster whose matching override rules are `rules`.
-    pub fn rendered(&self, rules: &[usize]) -> Result<Arc<Packed>, String> {
+    /// The bundle for a cluster with this assignment (override rules, replica share).
+    pub fn rendered(&self, a: &crate::render::Assignment) -> Result<Arc<Packed>, String> {
         let base = self.packed.as_ref().ok_or("work is deleted")?;
-        if rules.is_empty() {
+        if a == &crate::render::Assignment::default() {
             return Ok(Arc::new(base.clone()));
         }
         let mut cache = self.renders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(rules) {
+        if let Some(p) = cache.get(a) {
             return Ok(p.clone());
         }
-        let manifests = crate::render::render(&self.record.document.spec, rules)?;
+        let manifests = crate::render::render_assignment(&self.record.document.spec, a)?;
         let packed = Arc::new(bundle::pack(&manifests).map_err(|e| e.to_string())?);
-        cache.insert(rules.to_vec(), packed.clone());
+        cache.insert(a.clone(), packed.clone());
         Ok(packed)
     }
 }

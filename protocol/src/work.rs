@@ -65,7 +65,7 @@ pub struct Targets {
 }
 
 /// A Kubernetes-style label selector. An empty selector matches every cluster.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
@@ -74,7 +74,7 @@ pub struct LabelSelector {
     pub match_expressions: Vec<SelectorRequirement>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SelectorRequirement {
     pub key: String,
@@ -115,6 +115,41 @@ pub struct Placement {
     /// when nothing relevant changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_clusters: Option<u32>,
+    /// With `maxClusters`: spread the choice evenly over the values of a label (or fact), e.g.
+    /// `zone`; domains differ by at most one cluster while candidates last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_by: Option<String>,
+    /// Divide a replica total over the selected clusters and write each share into that
+    /// cluster's Deployments/StatefulSets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaDivision>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Divide {
+    /// By the `weights` rules (clusters matching no rule weigh 1).
+    #[default]
+    Weighted,
+    /// By reported CPU count.
+    Capacity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicaDivision {
+    pub total: u32,
+    #[serde(default)]
+    pub divide: Divide,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<ReplicaWeight>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicaWeight {
+    pub selector: LabelSelector,
+    pub weight: u32,
 }
 
 /// One override rule: which clusters, then what to change in their copy.

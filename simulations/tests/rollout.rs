@@ -302,3 +302,66 @@ async fn overrides_give_clusters_different_images_and_placement_explains_itself(
         a.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_divided_by_weight_and_spread_over_zones() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(4, true, Default::default()).await.unwrap();
+    let zones = [
+        ("z1a", "z1", "large"),
+        ("z1b", "z1", "small"),
+        ("z2a", "z2", "small"),
+        ("z3a", "z3", "small"),
+    ];
+    let agents: Vec<_> = zones
+        .iter()
+        .map(|(n, zone, size)| {
+            let mut s = spec(&hub, d, n, &token);
+            s.labels.insert("zone".into(), zone.to_string());
+            s.labels.insert("size".into(), size.to_string());
+            s.labels.insert("kind".into(), "store".into());
+            tether_sim::fleet::LocalAgent::spawn(s)
+        })
+        .collect();
+    let all: Vec<&str> = zones.iter().map(|z| z.0).collect();
+    wait_for(&admin, WAIT, "4 Ready", all_in_state(&names(&all), "Ready"))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/replicas.yaml"),
+    )
+    .unwrap();
+    let doc = tether_hub::ctl::parse_work_documents(&text)
+        .unwrap()
+        .remove(0);
+    admin.apply_work(&doc).await.unwrap();
+    let detail = wait_applied(&admin, "inference", 1, 3).await;
+    let chosen: Vec<&str> = detail
+        .clusters
+        .iter()
+        .filter(|c| c.targeted)
+        .map(|c| c.cluster.as_str())
+        .collect();
+    let zones_chosen: std::collections::BTreeSet<_> = chosen.iter().map(|c| &c[..2]).collect();
+    assert_eq!(zones_chosen.len(), 3, "not spread over zones: {chosen:?}");
+    let mut total = 0;
+    for c in &chosen {
+        let r = admin.rendered("inference", c).await.unwrap();
+        let n = r[0]["spec"]["replicas"].as_u64().unwrap();
+        if *c == "z1a" {
+            assert_eq!(n, 6, "the large store weighs double");
+        }
+        total += n;
+        let file =
+            std::fs::read_to_string(manifests_dir(d, c).join("tether-inference.yaml")).unwrap();
+        assert!(file.contains(&format!("replicas: {n}")), "{file}");
+    }
+    assert_eq!(total, 12);
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}
