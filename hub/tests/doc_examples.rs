@@ -33,7 +33,9 @@ fn the_overrides_example_renders_what_the_guide_says() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/overrides.yaml"),
     )
     .unwrap();
-    let doc = tether_hub::ctl::parse_work_documents(&text).unwrap().remove(0);
+    let doc = tether_hub::ctl::parse_work_documents(&text)
+        .unwrap()
+        .remove(0);
     let eu: tether_protocol::Labels = [("region".to_string(), "eu".to_string())].into();
     let rules = tether_hub::render::matching_rules(&doc.spec, "store-042", &eu);
     let out = tether_hub::render::render(&doc.spec, &rules).unwrap();
