@@ -333,6 +333,34 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                         && matches!(s.phase, WorkPhase::Available | WorkPhase::Applied)
                 })
         });
+        // Clusters whose maintenance window (named by label, defined in this work) is closed.
+        let outside_window: BTreeSet<String> = spec
+            .rollout
+            .as_ref()
+            .filter(|r| !r.maintenance_windows.is_empty())
+            .map(|r| {
+                selected
+                    .keys()
+                    .filter(|c| {
+                        let labels = labels_of(c);
+                        let Some(w) = labels
+                            .get(tether_protocol::work::MAINTENANCE_WINDOW_LABEL)
+                            .and_then(|name| r.maintenance_windows.get(name))
+                        else {
+                            return false;
+                        };
+                        match crate::windows::is_open(w, now) {
+                            Ok(open) => !open,
+                            Err(e) => {
+                                tracing::warn!(work = %name, cluster = %c, error = %e, "bad maintenance window");
+                                true
+                            }
+                        }
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut decision = WorkDecision {
             generation,
             selected,
@@ -388,6 +416,7 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                         name: c.name.clone(),
                         online: online.get(&c.name).copied().unwrap_or(false),
                         progress: p,
+                        admissible: !outside_window.contains(&c.name),
                     });
                 }
                 let strat = strategy(r, &members);
@@ -429,6 +458,24 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                 }
             }
             _ => {
+                if !outside_window.is_empty() && record.rollback_of.is_none() {
+                    // Outside its window a cluster keeps what it has; already-updated ones stay.
+                    decision.admitted = Some(
+                        decision
+                            .selected
+                            .keys()
+                            .filter(|c| {
+                                !outside_window.contains(*c)
+                                    || status.get(&(name.clone(), (*c).clone())).is_some_and(|r| {
+                                        r.delivered
+                                            .as_ref()
+                                            .is_some_and(|d| d.generation == generation)
+                                    })
+                            })
+                            .cloned()
+                            .collect(),
+                    );
+                }
                 if let Some(of) = record.rollback_of {
                     decision.rollout = Some(RolloutView {
                         generation,

@@ -21,6 +21,7 @@ pub mod server;
 pub mod sessions;
 pub mod status;
 pub mod util;
+pub mod windows;
 pub mod work_views;
 pub mod works;
 

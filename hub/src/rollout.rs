@@ -94,6 +94,8 @@ pub struct ClusterProgress {
     pub name: String,
     pub online: bool,
     pub progress: Progress,
+    /// Inside its maintenance window (or it has none): it may be admitted now.
+    pub admissible: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,7 +222,7 @@ pub fn decide(
     if stop.is_none() {
         'groups: for (_, members) in &groups {
             for c in members {
-                if c.progress != Progress::NotStarted {
+                if c.progress != Progress::NotStarted || !c.admissible {
                     continue;
                 }
                 if !c.online && strategy.offline != OfflinePolicy::Wait {
@@ -241,6 +243,7 @@ pub fn decide(
                     || is_failed(c, now_ms, strategy)
                     || (c.progress == Progress::NotStarted
                         && !c.online
+                        && c.admissible
                         && strategy.offline != OfflinePolicy::Wait)
             });
             if !settled {
@@ -260,6 +263,7 @@ pub fn decide(
         is_done(c.progress, now_ms, strategy)
             || is_failed(c, now_ms, strategy)
             || (!c.online
+                && c.admissible
                 && c.progress == Progress::NotStarted
                 && strategy.offline == OfflinePolicy::Skip)
     });
@@ -289,6 +293,7 @@ mod tests {
             name: name.into(),
             online,
             progress,
+            admissible: true,
         }
     }
 
@@ -322,6 +327,32 @@ mod tests {
         fleet[3].online = true;
         let d = decide(&s, &fleet, false, now);
         assert_eq!(d.newly_admitted, vec!["c3".to_string()]);
+    }
+
+    #[test]
+    fn clusters_outside_their_window_wait() {
+        let s = Strategy {
+            max_concurrency: Limit::Count(5),
+            ..Strategy::default()
+        };
+        let mut fleet = vec![
+            c("a", true, Progress::NotStarted),
+            c("b", true, Progress::NotStarted),
+        ];
+        fleet[1].admissible = false;
+        let d = decide(&s, &fleet, false, 0);
+        assert_eq!(d.newly_admitted, vec!["a".to_string()]);
+        fleet[0].progress = Progress::Healthy { since_ms: 0 };
+        assert_eq!(
+            decide(&s, &fleet, false, 0).phase,
+            Phase::Progressing,
+            "b still waits"
+        );
+        fleet[1].admissible = true;
+        assert_eq!(
+            decide(&s, &fleet, false, 0).newly_admitted,
+            vec!["b".to_string()]
+        );
     }
 
     #[test]

@@ -140,6 +140,14 @@ pub fn apply(
     let broken: Vec<String> = (0..doc.spec.overrides.len())
         .filter_map(|i| crate::render::render(&doc.spec, &[i]).err())
         .collect();
+    let mut broken = broken;
+    if let Some(r) = &doc.spec.rollout {
+        for (name, w) in &r.maintenance_windows {
+            if let Err(e) = crate::windows::validate(w) {
+                broken.push(format!("spec.rollout.maintenanceWindows.{name}: {e}"));
+            }
+        }
+    }
     if !broken.is_empty() {
         return Err(WorkError::Invalid(broken));
     }

@@ -8,7 +8,7 @@ use crate::names::{validate_cluster_name, validate_labels};
 use crate::Labels;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const WORK_API_VERSION: &str = "tether.dev/v1alpha1";
 pub const WORK_KIND: &str = "Work";
@@ -275,6 +275,21 @@ pub struct RolloutSpec {
     /// Roll back to the previous generation when the failure budget is exceeded.
     #[serde(default)]
     pub auto_rollback: bool,
+    /// Named windows; a cluster labelled `tether.dev/maintenance-window: <name>` is updated
+    /// only inside that window.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub maintenance_windows: BTreeMap<String, MaintenanceWindow>,
+}
+
+/// Label naming a cluster's maintenance window.
+pub const MAINTENANCE_WINDOW_LABEL: &str = "tether.dev/maintenance-window";
+
+/// A window opens at every match of a 5-field cron expression (UTC) and lasts `durationMinutes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub cron: String,
+    pub duration_minutes: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -365,3 +365,82 @@ async fn replicas_are_divided_by_weight_and_spread_over_zones() {
         a.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_outside_its_maintenance_window_is_not_updated() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(2, true, Default::default()).await.unwrap();
+    let mut closed = spec(&hub, d, "closed", &token);
+    closed
+        .labels
+        .insert("tether.dev/maintenance-window".into(), "newyear".into());
+    let agents = vec![
+        tether_sim::fleet::LocalAgent::spawn(closed),
+        agent(&hub, d, "open", &token),
+    ];
+    wait_for(
+        &admin,
+        WAIT,
+        "2 Ready",
+        all_in_state(&names(&["closed", "open"]), "Ready"),
+    )
+    .await
+    .unwrap();
+    // A window that opens for one minute on January 1st: closed for the duration of the test
+    // (unless it runs at midnight on New Year's Day).
+    let w = work_from(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Work", "metadata": {"name": "fw"},
+        "spec": {"targets": {"selector": {}},
+                 "rollout": {"maintenanceWindows": {"newyear": {"cron": "0 0 1 1 *", "durationMinutes": 1}}},
+                 "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fw"}}]}
+    }));
+    admin.apply_work(&w).await.unwrap();
+    eventually_applied_on(&admin, "fw", "open").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let detail = admin.work("fw").await.unwrap();
+    let row = detail
+        .clusters
+        .iter()
+        .find(|c| c.cluster == "closed")
+        .unwrap();
+    assert!(
+        row.targeted && row.delivered_generation.is_none(),
+        "{row:?}"
+    );
+    assert!(std::fs::read_to_string(manifests_dir(d, "closed").join("tether-fw.yaml")).is_err());
+    // A bad cron is refused at apply.
+    let mut bad = w.clone();
+    bad.spec
+        .rollout
+        .as_mut()
+        .unwrap()
+        .maintenance_windows
+        .get_mut("newyear")
+        .unwrap()
+        .cron = "every tuesday".into();
+    let err = admin.apply_work(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("maintenanceWindows.newyear"), "{err}");
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}
+
+async fn eventually_applied_on(admin: &tether_hub::ctl::AdminClient, work: &str, cluster: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(d) = admin.work(work).await {
+            if d.clusters
+                .iter()
+                .any(|c| c.cluster == cluster && c.applied_generation.is_some())
+            {
+                return;
+            }
+        }
+        assert!(start.elapsed() < WAIT, "{work} never applied on {cluster}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
