@@ -32,6 +32,8 @@ pub struct Signals {
     pub outbox_changed: Arc<Notify>,
     /// Send time of the last heartbeat the hub acknowledged (monotonic clock).
     pub last_contact: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Kubernetes version and node count as last read by the executor (reported in heartbeats).
+    pub cluster_facts: Arc<std::sync::Mutex<(Option<String>, Option<u32>)>>,
 }
 
 impl Signals {
@@ -129,6 +131,18 @@ impl<E: Executor> Reconciler<E> {
     /// cluster keeps whatever was last applied.
     pub async fn run(self, mut shutdown: crate::Shutdown) {
         loop {
+            let facts =
+                match tokio::time::timeout(Duration::from_secs(10), self.executor.cluster_facts())
+                    .await
+                {
+                    Ok(f) => f,
+                    Err(_) => (None, None),
+                };
+            *self
+                .signals
+                .cluster_facts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = facts;
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "reconcile pass failed");
             }

@@ -235,7 +235,8 @@ async fn session(
                 // Contact counts from when the acknowledged heartbeat was *sent*: the hub saw it
                 // no earlier, so the agent's fence deadline never trails the hub's view.
                 let sent = std::time::Instant::now();
-                if let Err(e) = send_heartbeat(&conn, &name, depth, agent.limits).await {
+                let k8s = agent.signals.cluster_facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Err(e) = send_heartbeat(&conn, &name, depth, k8s, agent.limits).await {
                     return Ok(End::Lost(e));
                 }
                 agent.signals.contact(sent);
@@ -280,10 +281,14 @@ async fn send_heartbeat(
     conn: &Connection,
     name: &str,
     outbox_depth: u64,
+    (kubernetes_version, node_count): (Option<String>, Option<u32>),
     limits: Limits,
 ) -> Result<(), AgentError> {
+    let mut facts = facts::collect();
+    facts.kubernetes_version = kubernetes_version;
+    facts.node_count = node_count;
     let hb = Message::Heartbeat(Heartbeat {
-        facts: facts::collect(),
+        facts,
         conditions: vec![Condition {
             kind: "AgentReady".into(),
             status: "True".into(),

@@ -86,6 +86,11 @@ pub trait Executor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ExecError>> + Send;
 
     fn describe(&self) -> String;
+
+    /// Kubernetes version and node count, when the executor talks to a cluster.
+    fn cluster_facts(&self) -> impl Future<Output = (Option<String>, Option<u32>)> + Send {
+        async { (None, None) }
+    }
 }
 
 /// The executor chosen on the command line.
@@ -118,6 +123,13 @@ impl Executor for AnyExecutor {
             AnyExecutor::Memory(e) => e.remove(work, inventory, orphan).await,
             AnyExecutor::Dir(e) => e.remove(work, inventory, orphan).await,
             AnyExecutor::Kube(e) => e.remove(work, inventory, orphan).await,
+        }
+    }
+
+    async fn cluster_facts(&self) -> (Option<String>, Option<u32>) {
+        match self {
+            AnyExecutor::Kube(e) => e.cluster_facts().await,
+            _ => (None, None),
         }
     }
 
