@@ -132,12 +132,9 @@ impl<E: Executor> Reconciler<E> {
     pub async fn run(self, mut shutdown: crate::Shutdown) {
         loop {
             let facts =
-                match tokio::time::timeout(Duration::from_secs(10), self.executor.cluster_facts())
+                tokio::time::timeout(Duration::from_secs(10), self.executor.cluster_facts())
                     .await
-                {
-                    Ok(f) => f,
-                    Err(_) => (None, None),
-                };
+                    .unwrap_or_default();
             *self
                 .signals
                 .cluster_facts
