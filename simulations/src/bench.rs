@@ -1,12 +1,947 @@
-//! Fleet-scale benchmarks, each next to a baseline measured in the same run.
+//! Fleet-scale benchmarks (`tether-sim bench`), each next to a baseline measured in the same
+//! run so that the ratio means something on a noisy machine. Numbers, not timed tests.
+//!
+//! - `propagation`: one work change to N agents (one process, loopback, no relay): time until
+//!   the hub recorded every delivery, until every simulated cluster held the new objects, and
+//!   until the hub had every Applied status; p50/p99/max. Baseline: a raw QUIC request/response
+//!   round trip (one stream per request, like the hub's) over the same TLS/QUIC settings.
+//! - `ingest`: status entries per second committed durably through the hub's group committer
+//!   and `status::ingest` (no network) vs raw redb commits of the same entries.
+//! - `idle`: bytes on the wire per agent per hour with nothing changing, counted by the relay,
+//!   vs a bare quinn mTLS connection with the same keep-alive through the same relay.
+//! - `sessions`: hub RSS per held session (hub and agents in separate processes) vs a bare quinn
+//!   mTLS server holding the same number of connections.
+
+use crate::fleet::LocalHub;
+use crate::relay::{LinkProfile, Relay};
+use anyhow::Context;
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tether_agent::executor::memory::MemoryExecutor;
+use tether_agent::executor::AnyExecutor;
+use tether_agent::{JoinOptions, RunOptions, Shutdown};
+use tether_hub::api::CreateTokenRequest;
+use tether_hub::HubConfig;
+use tether_protocol::Labels;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks: propagation, ingest, idle, sessions (comma-separated) or all.
+    /// Which benchmarks, comma-separated: propagation, ingest, idle, sessions, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
+    /// Fleet sizes for the propagation benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    pub propagation: Vec<usize>,
+    /// Sessions to hold for the sessions benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub sessions: Vec<usize>,
+    /// Agents and measuring window (seconds) of the idle benchmark.
+    #[arg(long, default_value_t = 10)]
+    pub idle_agents: usize,
+    #[arg(long, default_value_t = 120)]
+    pub idle_window_s: u64,
+    /// Seconds per side of the ingest benchmark.
+    #[arg(long, default_value_t = 5)]
+    pub ingest_s: u64,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench.json")]
+    pub out: PathBuf,
 }
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub machine: String,
+    pub propagation: Vec<Propagation>,
+    pub ingest: Option<Ingest>,
+    pub idle: Option<Idle>,
+    pub sessions: Vec<Sessions>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Pct {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub n: usize,
+}
+
+fn pct(mut v: Vec<f64>) -> Pct {
+    if v.is_empty() {
+        return Pct::default();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+    Pct {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: v[v.len() - 1],
+        n: v.len(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Propagation {
+    pub agents: usize,
+    pub join_s: f64,
+    /// From the apply call until the hub committed the agent's WorkAck (`delivered_at_ms`).
+    pub delivered: Pct,
+    /// Until the agent finished applying it (the status's `observed_at_ms`; same clock).
+    pub cluster_applied: Pct,
+    /// Until the hub committed the agent's Applied status (status log `received_at_ms`).
+    pub hub_applied: Pct,
+    /// Baseline: raw QUIC request/response round trip.
+    pub baseline_quic_rtt: Pct,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ingest {
+    pub writers: usize,
+    pub entries_per_batch: usize,
+    pub hub_entries_per_s: f64,
+    pub raw_redb_entries_per_s: f64,
+    pub raw_commit_entries: usize,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Idle {
+    pub agents: usize,
+    pub window_s: f64,
+    pub heartbeat_interval_s: f64,
+    pub bytes_per_agent_hour: f64,
+    pub baseline_bare_quic_bytes_per_conn_hour: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sessions {
+    pub n: usize,
+    pub hub_rss_before_mib: f64,
+    pub hub_rss_after_mib: f64,
+    pub hub_kib_per_session: f64,
+    pub bare_kib_per_conn: f64,
+    pub ratio: f64,
+    pub connect_all_s: f64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let all = args.only == "all";
+    let want = |n: &str| all || args.only.split(',').any(|s| s.trim() == n);
+    let mut r = Results {
+        machine: machine(),
+        ..Default::default()
+    };
+    if want("ingest") {
+        let i = ingest(args.ingest_s).await?;
+        println!(
+            "ingest: hub {:.0} status entries/s durable vs raw redb {:.0}/s ({} entries per commit): {:.2}x",
+            i.hub_entries_per_s, i.raw_redb_entries_per_s, i.raw_commit_entries, i.ratio
+        );
+        r.ingest = Some(i);
+        save(&args.out, &r)?;
+    }
+    if want("propagation") {
+        for &n in &args.propagation {
+            let p = propagation(n).await?;
+            println!(
+                "propagation to {n} agents: delivered p50 {:.0} ms p99 {:.0} ms; cluster applied p50 {:.0} ms p99 {:.0} ms; hub has Applied p50 {:.0} ms p99 {:.0} ms; raw QUIC RTT p50 {:.2} ms p99 {:.2} ms",
+                p.delivered.p50_ms, p.delivered.p99_ms, p.cluster_applied.p50_ms, p.cluster_applied.p99_ms,
+                p.hub_applied.p50_ms, p.hub_applied.p99_ms, p.baseline_quic_rtt.p50_ms, p.baseline_quic_rtt.p99_ms
+            );
+            r.propagation.push(p);
+            save(&args.out, &r)?;
+        }
+    }
+    if want("idle") {
+        let i = idle(args.idle_agents, args.idle_window_s).await?;
+        println!(
+            "idle: {:.0} bytes per agent per hour (heartbeat every {:.0} s) vs bare QUIC keep-alive {:.0} bytes/h",
+            i.bytes_per_agent_hour, i.heartbeat_interval_s, i.baseline_bare_quic_bytes_per_conn_hour
+        );
+        r.idle = Some(i);
+        save(&args.out, &r)?;
+    }
+    if want("sessions") {
+        for &n in &args.sessions {
+            let s = sessions(n).await?;
+            println!(
+                "sessions {n}: hub {:.1} KiB per session ({:.0} -> {:.0} MiB) vs bare quinn mTLS {:.1} KiB per connection: {:.2}x; all connected in {:.1}s",
+                s.hub_kib_per_session, s.hub_rss_before_mib, s.hub_rss_after_mib, s.bare_kib_per_conn, s.ratio, s.connect_all_s
+            );
+            r.sessions.push(s);
+            save(&args.out, &r)?;
+        }
+    }
+    println!("results in {}", args.out.display());
+    Ok(())
+}
+
+fn save(path: &Path, r: &Results) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(r)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(String::new(), |kb| {
+            format!(", {} GiB RAM", kb / 1024 / 1024)
+        });
+    format!(
+        "{cpus} CPUs{mem}, {} build",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    )
+}
+
+fn rss_kib(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".into(),
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn bench_hub_config(dir: &Path) -> HubConfig {
+    let mut cfg = HubConfig::new(dir);
+    cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg
+}
+
+async fn token(hub: &LocalHub, uses: usize) -> anyhow::Result<String> {
+    Ok(hub
+        .admin()?
+        .create_token(&CreateTokenRequest {
+            ttl_secs: 3600,
+            uses: uses as u32,
+            auto_approve: true,
+            labels: Labels::new(),
+        })
+        .await?
+        .token)
+}
+
+/// Start one agent (join, then run) as a task of this process.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_agent(
+    name: &str,
+    dir: &Path,
+    hub: &str,
+    token: &str,
+    ca_sha256: &str,
+    cluster: MemoryExecutor,
+    reconcile: Duration,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, shutdown) = Shutdown::new();
+    let join = JoinOptions {
+        hubs: vec![hub.to_string()],
+        token: token.to_string(),
+        ca_sha256: ca_sha256.to_string(),
+        name: name.to_string(),
+        labels: Labels::new(),
+        data_dir: dir.join(name),
+        poll_interval: Duration::from_millis(500),
+        backoff_cap: Duration::from_secs(5),
+    };
+    let mut run = RunOptions::new(dir.join(name));
+    run.hubs_override = vec![hub.to_string()];
+    run.backoff_cap = Duration::from_secs(5);
+    run.reconcile_interval = reconcile;
+    let exec = Arc::new(AnyExecutor::Memory(cluster));
+    let task = tokio::spawn(async move {
+        if let Err(e) = tether_agent::join(&join, shutdown.clone()).await {
+            tracing::warn!(error = %e, "bench agent could not join");
+            return;
+        }
+        if let Err(e) = tether_agent::run(&run, exec, shutdown).await {
+            tracing::warn!(error = %e, "bench agent stopped");
+        }
+    });
+    (stop, task)
+}
+
+async fn wait_ready(hub: &LocalHub, n: usize, limit: Duration) -> anyhow::Result<f64> {
+    let admin = hub.admin()?;
+    let start = Instant::now();
+    loop {
+        let ready = admin
+            .clusters()
+            .await
+            .map(|c| c.iter().filter(|c| c.state == "Ready").count())
+            .unwrap_or(0);
+        if ready >= n {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!("only {ready} of {n} agents Ready after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn work(value: &str) -> anyhow::Result<tether_protocol::work::WorkDocument> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": tether_protocol::work::WORK_API_VERSION,
+        "kind": tether_protocol::work::WORK_KIND,
+        "metadata": {"name": "bench"},
+        "spec": {
+            "targets": {"selector": {}},
+            "manifests": [{
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "bench", "namespace": "default"},
+                "data": {"value": value},
+            }],
+        },
+    }))?)
+}
+
+// ------------------------------------------------------------------ bare QUIC (baselines)
+
+struct Bare {
+    server: quinn::Endpoint,
+    client_cfg: quinn::ClientConfig,
+}
+
+/// A bare quinn mTLS server using the hub's own certificates and transport settings, echoing
+/// one frame per stream.
+fn bare_server(data: &tether_hub::config::DataDir) -> anyhow::Result<Bare> {
+    use tether_transport::{certs, quic, tls};
+    let ca_pem = std::fs::read_to_string(data.ca_cert())?;
+    let chain = certs::certs_from_pem(&std::fs::read_to_string(data.hub_cert())?, "hub cert")?;
+    let key = certs::key_from_pem(&std::fs::read_to_string(data.hub_key())?, "hub key")?;
+    let ca = certs::certs_from_pem(&ca_pem, "CA")?
+        .into_iter()
+        .next()
+        .context("no CA certificate")?;
+    let verifier = Arc::new(tls::HubClientVerifier::new(
+        ca,
+        Arc::new(tls::RevocationList::new(Vec::<String>::new())),
+        Arc::new(|_| {}),
+    )?);
+    let server_tls = tls::server_config(chain, key, verifier, &[b"bench"])?;
+    let server = quic::server_endpoint("127.0.0.1:0".parse()?, server_tls)?;
+    let cert = Arc::new(tls::SwappableClientCert::new(
+        &std::fs::read_to_string(data.admin_cert())?,
+        &std::fs::read_to_string(data.admin_key())?,
+    )?);
+    let client_tls = tls::session_client_config(&ca_pem, cert, b"bench")?;
+    let client_cfg = quic::client_config(client_tls)?;
+    let ep = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                // Hold the connection; echo whatever comes on each stream.
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(buf) = recv.read_to_end(64 * 1024).await {
+                            let _ = send.write_all(&buf).await;
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok(Bare { server, client_cfg })
+}
+
+async fn bare_connect(
+    cfg: &quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let ep = tether_transport::quic::client_endpoint(addr)?;
+    let conn = ep.connect_with(cfg.clone(), addr, "localhost")?.await?;
+    Ok((ep, conn))
+}
+
+async fn quic_rtt(bare: &Bare, rounds: usize) -> anyhow::Result<Pct> {
+    let addr = bare.server.local_addr()?;
+    let (_ep, conn) = bare_connect(&bare.client_cfg, addr).await?;
+    let payload = vec![7u8; 256];
+    let mut v = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&payload).await?;
+        send.finish()?;
+        let back = recv.read_to_end(64 * 1024).await?;
+        anyhow::ensure!(back.len() == payload.len(), "echo mismatch");
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(pct(v))
+}
+
+// ------------------------------------------------------------------ propagation
+
+async fn propagation(n: usize) -> anyhow::Result<Propagation> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
+    let tok = token(&hub, n).await?;
+    let addr = format!("localhost:{}", hub.quic_addr().port());
+    let started = Instant::now();
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        let cluster = MemoryExecutor::new();
+        let (stop, task) = spawn_agent(
+            &format!("p{i:05}"),
+            &dir.join("agents"),
+            &addr,
+            &tok,
+            &hub.ca_sha256,
+            cluster.clone(),
+            Duration::from_secs(30),
+        );
+        agents.push((format!("p{i:05}"), cluster, stop, task));
+        // Pace the joins a little: a thundering herd of CSRs only measures the join path.
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let limit = Duration::from_secs(120) + Duration::from_millis(200 * n as u64);
+    wait_ready(&hub, n, limit).await?;
+    let join_s = started.elapsed().as_secs_f64();
+    let admin = hub.admin()?;
+    // Warm-up generation, then the measured change.
+    admin.apply_work(&work("warm")?).await?;
+    wait_all_applied(&admin, n, 1).await?;
+    // Everything runs in this process on one wall clock: the hub's delivery record
+    // (`delivered_at_ms`, written when the WorkAck is committed), the agent's status
+    // (`observed_at_ms`, when the apply finished) and the hub's status log (`received_at_ms`,
+    // when the Applied status was committed) give millisecond timestamps without polling.
+    let t0 = tether_hub::util::now_ms();
+    let r = admin.apply_work(&work("measured")?).await?;
+    let g = r.generation;
+    let start = Instant::now();
+    loop {
+        if let Ok(d) = admin.work("bench").await {
+            if d.summary.generation == g && d.summary.applied >= n {
+                break;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            tracing::warn!("not every agent reported the change within 300 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut delivered_t = Vec::with_capacity(n);
+    let mut cluster_t = Vec::with_capacity(n);
+    let mut applied_t = Vec::with_capacity(n);
+    let since = |ms: u64| ms.saturating_sub(t0) as f64;
+    for (name, _, _, _) in &agents {
+        let key = tether_store::hub::cluster_work_key(name, "bench");
+        let row = hub
+            .running()
+            .state
+            .store
+            .read(|tx| tx.get(&tether_store::hub::CLUSTER_WORKS, &key))?;
+        if let Some(row) = row {
+            if row.delivered.as_ref().is_some_and(|h| h.generation == g) {
+                if let Some(at) = row.delivered_at_ms {
+                    delivered_t.push(since(at));
+                }
+            }
+            if let Some(s) = row.status.filter(|s| s.generation == g) {
+                cluster_t.push(since(s.observed_at_ms));
+            }
+        }
+        if let Ok(log) = admin.status_log(name).await {
+            if let Some(e) = log.iter().find(|e| e.generation == g) {
+                applied_t.push(since(e.received_at_ms));
+            }
+        }
+    }
+    let bare = bare_server(&tether_hub::config::DataDir::new(dir.join("hub")))?;
+    let baseline = quic_rtt(&bare, 500).await?;
+    for (_, _, stop, task) in agents {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
+    hub.stop().await;
+    Ok(Propagation {
+        agents: n,
+        join_s,
+        delivered: pct(delivered_t),
+        cluster_applied: pct(cluster_t),
+        hub_applied: pct(applied_t),
+        baseline_quic_rtt: baseline,
+    })
+}
+
+async fn wait_all_applied(
+    admin: &tether_hub::ctl::AdminClient,
+    n: usize,
+    g: u64,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(d) = admin.work("bench").await {
+            if d.summary.generation >= g && d.summary.applied >= n {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "warm-up generation not applied everywhere in 300s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ------------------------------------------------------------------ ingest
+
+async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
+    use tether_protocol::{StatusBatch, StatusEntry, WorkPhase, WorkStatus};
+    const WRITERS: usize = 64;
+    const BATCH: usize = 4;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
+    let status = |seq: u64| StatusEntry {
+        seq,
+        status: WorkStatus {
+            work: format!("w{}", seq % 8),
+            generation: seq,
+            hash: "0".repeat(64),
+            phase: WorkPhase::Applied,
+            conditions: vec![],
+            resources: vec![],
+            message: String::new(),
+            observed_at_ms: 0,
+        },
+    };
+    let committer = hub.running().state.committer.clone();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let committer = committer.clone();
+        tasks.push(tokio::spawn(async move {
+            let cluster = format!("c{w:03}");
+            let mut seq = 0u64;
+            let mut stored = 0usize;
+            while Instant::now() < until {
+                let entries: Vec<StatusEntry> =
+                    (1..=BATCH as u64).map(|k| status(seq + k)).collect();
+                let batch = StatusBatch {
+                    from_seq: seq + 1,
+                    to_seq: seq + BATCH as u64,
+                    entries,
+                };
+                seq += BATCH as u64;
+                let name = cluster.clone();
+                match committer
+                    .write(move |tx| tether_hub::status::ingest(tx, &name, &batch, 0))
+                    .await
+                {
+                    Ok(i) => stored += i.stored,
+                    Err(_) => break,
+                }
+            }
+            stored
+        }));
+    }
+    let t = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap_or(0);
+    }
+    let hub_rate = total as f64 / t.elapsed().as_secs_f64();
+    hub.stop().await;
+
+    // Raw redb: the same encoded entries, Durability::Immediate, one commit per WRITERS *
+    // BATCH entries (the most the group commit can merge with WRITERS writers).
+    let raw_commit = WRITERS * BATCH;
+    let db = redb::Database::create(dir.join("raw.redb"))?;
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+    let encoded: Vec<Vec<u8>> = (0..raw_commit as u64)
+        .map(|s| tether_protocol::codec::encode(&status(s)))
+        .collect::<Result<_, _>>()?;
+    let raw_rate = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let mut key = 0u64;
+        while t.elapsed() < Duration::from_secs(secs) {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(redb::Durability::Immediate)?;
+            {
+                let mut tbl = tx.open_table(table)?;
+                for e in &encoded {
+                    tbl.insert(key, e.as_slice())?;
+                    key += 1;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(key as f64 / t.elapsed().as_secs_f64())
+    })
+    .await??;
+    Ok(Ingest {
+        writers: WRITERS,
+        entries_per_batch: BATCH,
+        hub_entries_per_s: hub_rate,
+        raw_redb_entries_per_s: raw_rate,
+        raw_commit_entries: raw_commit,
+        ratio: hub_rate / raw_rate,
+    })
+}
+
+// ------------------------------------------------------------------ idle
+
+async fn idle(n: usize, window_s: u64) -> anyhow::Result<Idle> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let cfg = bench_hub_config(&dir.join("hub"));
+    let hb = cfg.health.heartbeat_interval;
+    let mut hub = LocalHub::start(&dir.join("hub"), cfg).await?;
+    let tok = token(&hub, n).await?;
+    let mut relays = Vec::new();
+    let mut agents = Vec::new();
+    for i in 0..n {
+        let relay = Relay::start(hub.quic_addr(), LinkProfile::default(), i as u64).await?;
+        let (stop, task) = spawn_agent(
+            &format!("idle{i:03}"),
+            &dir.join("agents"),
+            &format!("localhost:{}", relay.front.port()),
+            &tok,
+            &hub.ca_sha256,
+            MemoryExecutor::new(),
+            Duration::from_secs(30),
+        );
+        relays.push(relay);
+        agents.push((stop, task));
+    }
+    wait_ready(&hub, n, Duration::from_secs(120)).await?;
+    hub.admin()?.apply_work(&work("idle")?).await?;
+    // Let the delivery, the status and a renewal-free steady state settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let bare = bare_server(&tether_hub::config::DataDir::new(dir.join("hub")))?;
+    let bare_relay = Relay::start(bare.server.local_addr()?, LinkProfile::default(), 999).await?;
+    let (_bep, _bconn) = bare_connect(&bare.client_cfg, bare_relay.front).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let total = |rs: &[Relay]| -> u64 {
+        rs.iter()
+            .map(|r| {
+                let c = r.counters.snapshot();
+                c.bytes_up + c.bytes_down
+            })
+            .sum()
+    };
+    let a0 = total(&relays);
+    let b0 = total(std::slice::from_ref(&bare_relay));
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(window_s)).await;
+    let el = t.elapsed().as_secs_f64();
+    let a1 = total(&relays);
+    let b1 = total(std::slice::from_ref(&bare_relay));
+    for (stop, task) in agents {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
+    hub.stop().await;
+    Ok(Idle {
+        agents: n,
+        window_s: el,
+        heartbeat_interval_s: hb.as_secs_f64(),
+        bytes_per_agent_hour: (a1 - a0) as f64 / n as f64 * 3600.0 / el,
+        baseline_bare_quic_bytes_per_conn_hour: (b1 - b0) as f64 * 3600.0 / el,
+    })
+}
+
+// ------------------------------------------------------------------ sessions (two processes)
+
+/// `tether-sim bench-server`: a hub or a bare quinn server in its own process, so that its RSS
+/// is its own. Prints one JSON line, then runs until stdin closes.
+pub async fn server_main(mode: &str, dir: &Path) -> anyhow::Result<()> {
+    let mut line = serde_json::Map::new();
+    let _keep;
+    match mode {
+        "hub" => {
+            let hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
+            line.insert("quic".into(), hub.quic_addr().to_string().into());
+            line.insert("admin".into(), hub.cfg.admin_listen.to_string().into());
+            line.insert("ca_sha256".into(), hub.ca_sha256.clone().into());
+            _keep = Keep::Hub(Box::new(hub));
+        }
+        "bare" => {
+            let data = tether_hub::config::DataDir::new(dir.join("hub"));
+            if !data.ca_cert().exists() {
+                tether_hub::init::init(
+                    &tether_hub::init::InitOptions {
+                        data_dir: data.clone(),
+                        hub_name: "localhost".into(),
+                        sans: vec![],
+                        admin_listen: "127.0.0.1:0".parse()?,
+                    },
+                    tether_hub::util::now_ms(),
+                )?;
+            }
+            let bare = bare_server(&data)?;
+            line.insert("quic".into(), bare.server.local_addr()?.to_string().into());
+            _keep = Keep::Bare(bare);
+        }
+        other => anyhow::bail!("unknown mode {other:?}"),
+    }
+    println!("{}", serde_json::Value::Object(line));
+    std::io::stdout().flush()?;
+    wait_stdin_closed().await;
+    Ok(())
+}
+
+enum Keep {
+    Hub(#[allow(dead_code)] Box<LocalHub>),
+    Bare(#[allow(dead_code)] Bare),
+}
+
+async fn wait_stdin_closed() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        while std::io::stdin()
+            .read_line(&mut s)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            s.clear();
+        }
+    })
+    .await;
+}
+
+/// `tether-sim bench-swarm`: N agents (hub mode) or N bare mTLS connections in their own
+/// process. Prints `READY` once every bare connection is up, then runs until stdin closes.
+pub async fn swarm_main(
+    mode: &str,
+    n: usize,
+    quic: &str,
+    dir: &Path,
+    token: Option<String>,
+    ca_sha256: Option<String>,
+) -> anyhow::Result<()> {
+    let mut hold = Vec::new();
+    let mut agents = Vec::new();
+    match mode {
+        "hub" => {
+            let token = token.context("--token is required in hub mode")?;
+            let ca = ca_sha256.context("--ca-sha256 is required in hub mode")?;
+            for i in 0..n {
+                agents.push(spawn_agent(
+                    &format!("s{i:06}"),
+                    &dir.join("agents"),
+                    quic,
+                    &token,
+                    &ca,
+                    MemoryExecutor::new(),
+                    Duration::from_secs(30),
+                ));
+                if i % 50 == 49 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        "bare" => {
+            let bare_cfg = {
+                use tether_transport::{quic, tls};
+                let data = tether_hub::config::DataDir::new(dir.join("hub"));
+                let cert = Arc::new(tls::SwappableClientCert::new(
+                    &std::fs::read_to_string(data.admin_cert())?,
+                    &std::fs::read_to_string(data.admin_key())?,
+                )?);
+                quic::client_config(tls::session_client_config(
+                    &std::fs::read_to_string(data.ca_cert())?,
+                    cert,
+                    b"bench",
+                )?)?
+            };
+            let addr: std::net::SocketAddr = quic.parse()?;
+            for _ in 0..n {
+                hold.push(bare_connect(&bare_cfg, addr).await?);
+            }
+        }
+        other => anyhow::bail!("unknown mode {other:?}"),
+    }
+    println!("READY");
+    std::io::stdout().flush()?;
+    wait_stdin_closed().await;
+    drop(hold);
+    drop(agents);
+    Ok(())
+}
+
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_self(args: &[&str]) -> anyhow::Result<(Proc, BufReader<std::process::ChildStdout>)> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting a benchmark child process")?;
+    let out = BufReader::new(child.stdout.take().context("child stdout")?);
+    Ok((Proc { child }, out))
+}
+
+fn read_line(r: &mut BufReader<std::process::ChildStdout>) -> anyhow::Result<String> {
+    let mut s = String::new();
+    r.read_line(&mut s)?;
+    anyhow::ensure!(!s.is_empty(), "child exited early");
+    Ok(s.trim().to_string())
+}
+
+async fn sessions(n: usize) -> anyhow::Result<Sessions> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp
+        .path()
+        .to_str()
+        .context("temp dir is not UTF-8")?
+        .to_string();
+
+    // Bare quinn mTLS server first (it also initialises the certificates the hub reuses).
+    let bare_kib = {
+        let (server, mut out) = spawn_self(&["bench-server", "--mode", "bare", "--dir", &dir])?;
+        let info: serde_json::Value = serde_json::from_str(&read_line(&mut out)?)?;
+        let quic = info["quic"]
+            .as_str()
+            .context("no quic address")?
+            .to_string();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = rss_kib(Some(server.child.id()));
+        let (swarm, mut sout) = spawn_self(&[
+            "bench-swarm",
+            "--mode",
+            "bare",
+            "--n",
+            &n.to_string(),
+            "--quic",
+            &quic,
+            "--dir",
+            &dir,
+        ])?;
+        let line = tokio::task::spawn_blocking(move || read_line(&mut sout)).await??;
+        anyhow::ensure!(line == "READY", "bare swarm said {line:?}");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let after = rss_kib(Some(server.child.id()));
+        drop(swarm);
+        drop(server);
+        (after.saturating_sub(before)) as f64 / n as f64
+    };
+
+    let (server, mut out) = spawn_self(&["bench-server", "--mode", "hub", "--dir", &dir])?;
+    let info: serde_json::Value = serde_json::from_str(&read_line(&mut out)?)?;
+    let quic = info["quic"]
+        .as_str()
+        .context("no quic address")?
+        .to_string();
+    let admin_addr = info["admin"]
+        .as_str()
+        .context("no admin address")?
+        .to_string();
+    let ca = info["ca_sha256"].as_str().context("no CA pin")?.to_string();
+    let mut ctl = tether_hub::config::CtlConfig::load(
+        &tether_hub::config::DataDir::new(Path::new(&dir).join("hub")).ctl_config(),
+    )?;
+    ctl.admin_address = admin_addr;
+    let admin = tether_hub::ctl::AdminClient::new(&ctl)?;
+    let tok = admin
+        .create_token(&CreateTokenRequest {
+            ttl_secs: 3600,
+            uses: n as u32,
+            auto_approve: true,
+            labels: Labels::new(),
+        })
+        .await?
+        .token;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(Some(server.child.id()));
+    let port = quic.rsplit(':').next().unwrap_or("0").to_string();
+    let t = Instant::now();
+    let (swarm, _sout) = spawn_self(&[
+        "bench-swarm",
+        "--mode",
+        "hub",
+        "--n",
+        &n.to_string(),
+        "--quic",
+        &format!("localhost:{port}"),
+        "--dir",
+        &dir,
+        "--token",
+        &tok,
+        "--ca-sha256",
+        &ca,
+    ])?;
+    let limit = Duration::from_secs(120) + Duration::from_millis(300 * n as u64);
+    loop {
+        let ready = admin
+            .clusters()
+            .await
+            .map(|c| c.iter().filter(|c| c.state == "Ready").count())
+            .unwrap_or(0);
+        if ready >= n {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < limit,
+            "only {ready} of {n} sessions Ready after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let connect_all_s = t.elapsed().as_secs_f64();
+    // Heartbeats flowing for a while (default interval 10 s).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = rss_kib(Some(server.child.id()));
+    drop(swarm);
+    drop(server);
+    let hub_kib = (after.saturating_sub(before)) as f64 / n as f64;
+    Ok(Sessions {
+        n,
+        hub_rss_before_mib: before as f64 / 1024.0,
+        hub_rss_after_mib: after as f64 / 1024.0,
+        hub_kib_per_session: hub_kib,
+        bare_kib_per_conn: bare_kib,
+        ratio: if bare_kib > 0.0 {
+            hub_kib / bare_kib
+        } else {
+            0.0
+        },
+        connect_all_s,
+    })
 }

@@ -66,6 +66,30 @@ enum Cmd {
     },
     /// Fleet-scale benchmarks, each next to a baseline measured in the same run.
     Bench(tether_sim::bench::BenchArgs),
+    /// (internal) Server side of the sessions benchmark, in its own process.
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// (internal) Client side of the sessions benchmark, in its own process.
+    #[command(hide = true)]
+    BenchSwarm {
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        n: usize,
+        #[arg(long)]
+        quic: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        ca_sha256: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -93,6 +117,15 @@ async fn main() -> anyhow::Result<()> {
             verbose,
         } => run_scenarios(scenarios, seed, seeds, short, out, verbose).await,
         Cmd::Bench(args) => tether_sim::bench::run(args).await,
+        Cmd::BenchServer { mode, dir } => tether_sim::bench::server_main(&mode, &dir).await,
+        Cmd::BenchSwarm {
+            mode,
+            n,
+            quic,
+            dir,
+            token,
+            ca_sha256,
+        } => tether_sim::bench::swarm_main(&mode, n, &quic, &dir, token, ca_sha256).await,
     }
 }
 
