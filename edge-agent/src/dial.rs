@@ -63,7 +63,11 @@ pub async fn hello(conn: &Connection, limits: Limits) -> Result<HelloAck, AgentE
         agent_version: crate::AGENT_VERSION.to_string(),
     });
     match request(conn, &msg, limits).await {
-        Ok(Message::HelloAck(ack)) => Ok(ack),
+        Ok(Message::HelloAck(ack)) if ack.protocol_version == PROTOCOL_VERSION => Ok(ack),
+        Ok(Message::HelloAck(ack)) => Err(AgentError::VersionMismatch(format!(
+            "hub {} speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
+            ack.hub_version, ack.protocol_version
+        ))),
         Ok(other) => Err(AgentError::Protocol(format!(
             "expected HelloAck, got {}",
             other.kind()

@@ -252,6 +252,8 @@ fn accept_approval(
             info.common_name, pending.name
         )));
     }
+    tether_transport::tls::verify_issued(&ca_pem, &cert_pem, &pending.key_pem)
+        .map_err(|e| AgentError::Protocol(format!("issued certificate refused: {e}")))?;
     Ok(Identity {
         name: pending.name.clone(),
         key_pem: pending.key_pem.clone(),

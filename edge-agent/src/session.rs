@@ -337,6 +337,8 @@ async fn renew(agent: &mut Agent, conn: &Connection) -> Result<(), AgentError> {
             info.common_name
         )));
     }
+    tether_transport::tls::verify_issued(&agent.current.identity.ca_pem, &cert_pem, &key_pem)
+        .map_err(|e| AgentError::Protocol(format!("renewed certificate refused: {e}")))?;
     let mut identity = agent.current.identity.clone();
     identity.key_pem = key_pem;
     identity.cert_pem = cert_pem;

@@ -205,6 +205,39 @@ mod tests {
     use tether_transport::certs;
 
     #[test]
+    fn agents_can_check_what_they_were_issued() {
+        let now = crate::util::now_ms();
+        let m = generate("hub.example", &[], now).unwrap();
+        let ca = CertificateAuthority::load(&m.ca_pem, &m.ca_key_pem).unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = CertificateParams::new(vec!["c1".to_string()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let issued = ca
+            .sign_cluster(&csr, "c1", std::time::Duration::from_secs(3600), now)
+            .unwrap();
+        use tether_transport::tls::verify_issued;
+        assert!(verify_issued(&m.ca_pem, &issued.cert_pem, &key.serialize_pem()).is_ok());
+        // Someone else's key, another CA, an expired certificate: all refused.
+        let other_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(verify_issued(&m.ca_pem, &issued.cert_pem, &other_key.serialize_pem()).is_err());
+        let other = generate("evil", &[], now).unwrap();
+        assert!(verify_issued(&other.ca_pem, &issued.cert_pem, &key.serialize_pem()).is_err());
+        let old = ca
+            .sign_cluster(
+                &csr,
+                "c1",
+                std::time::Duration::from_secs(3600),
+                now - 86_400_000,
+            )
+            .unwrap();
+        assert!(verify_issued(&m.ca_pem, &old.cert_pem, &key.serialize_pem()).is_err());
+    }
+
+    #[test]
     fn signing_overrides_every_security_field_of_the_csr() {
         let m = generate("hub.example", &[], 1_700_000_000_000).unwrap();
         let ca = CertificateAuthority::load(&m.ca_pem, &m.ca_key_pem).unwrap();

@@ -402,3 +402,25 @@ pub fn session_client_config(
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
+
+/// Check a certificate the hub issued before the agent stores it: it verifies as a client
+/// certificate under `ca_pem` now (what the hub will check) and belongs to `key_pem`. A bad
+/// answer must not replace a working identity.
+pub fn verify_issued(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certs::certs_from_pem(ca_pem, "CA certificate")? {
+        roots.add(ca)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let chain = certs::certs_from_pem(cert_pem, "issued certificate")?;
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return Err(TlsError::Verifier("issued certificate is empty".into()));
+    };
+    verifier.verify_client_cert(end_entity, intermediates, UnixTime::now())?;
+    let key = certs::key_from_pem(key_pem, "private key")?;
+    let signing = provider().key_provider.load_private_key(key)?;
+    CertifiedKey::new(chain, signing).keys_match()?;
+    Ok(())
+}
