@@ -949,7 +949,7 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
     invariants.push(Invariant {
         name: "rollout_and_singleton".into(),
         result: "not_checked".into(),
-        detail: "rollout constraints and singleton failover are not wired into delivery yet (hub/src/rollout.rs is a pure core); nothing to check".into(),
+        detail: "not checked yet: scenarios apply works without rollout or placement policies, and the simulator has no rollout/singleton invariants yet".into(),
     });
 
     let mut links = LinkTotals::default();
