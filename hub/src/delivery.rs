@@ -80,6 +80,7 @@ pub async fn run(
     let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         changes.borrow_and_update();
+        let mut retry = false;
         let works = state.works.snapshot();
         let (actions, unknown) = plan_for(&state, &cluster, &held, &works);
         for u in unknown {
@@ -105,21 +106,36 @@ pub async fn run(
                         refused.insert((work.clone(), packed.hash.clone()));
                     }
                 }
+                Err(Failure::Retry(msg)) => {
+                    tracing::info!(%cluster, work = %action.work(), error = %msg, "delivery not acknowledged in time; will retry");
+                    retry = true;
+                    break;
+                }
                 Err(Failure::Connection(msg)) => {
                     tracing::debug!(%cluster, error = %msg, "delivery stopped: session lost");
                     return;
                 }
             }
         }
+        // Re-plan after a change, or after a pause when a delivery went unanswered.
+        let pause = if retry {
+            std::time::Duration::from_secs(1)
+        } else {
+            std::time::Duration::from_secs(86_400)
+        };
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(pause) => {}
             _ = conn.closed() => return,
         }
     }
 }
 
 enum Failure {
+    /// The agent answered with an error: do not resend this content on this session.
     Refused(String),
+    /// No answer in time (a lossy link): try again shortly.
+    Retry(String),
     Connection(String),
 }
 
@@ -162,7 +178,10 @@ async fn send(
     let reply = match request(conn, &msg, limits).await {
         Ok(r) => r,
         Err(e) if conn.close_reason().is_some() => return Err(Failure::Connection(e.to_string())),
-        Err(e) => return Err(Failure::Refused(e.to_string())),
+        Err(tether_transport::TransportError::Peer(e)) => {
+            return Err(Failure::Refused(e.to_string()))
+        }
+        Err(e) => return Err(Failure::Retry(e.to_string())),
     };
     let ack = match reply {
         Message::WorkAck(ack) if ack.name == action.work() => ack,
