@@ -32,6 +32,9 @@ pub struct Signals {
     pub outbox_changed: Arc<Notify>,
     /// Send time of the last heartbeat the hub acknowledged (monotonic clock).
     pub last_contact: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// A singleton was fenced: the session must start over so that its inventory tells the hub
+    /// (which then re-delivers or removes it). A live session alone would never say so.
+    pub fenced: Arc<Notify>,
     /// Kubernetes version and node count as last read by the executor (reported in heartbeats).
     pub cluster_facts: Arc<std::sync::Mutex<(Option<String>, Option<u32>)>>,
 }
@@ -280,19 +283,25 @@ impl<E: Executor> Reconciler<E> {
         status.conditions.clear();
         let name = work.name.clone();
         let generation = work.generation;
-        self.store.write(|tx| {
-            let Some(mut d) = tx.get(&DESIRED, &name)? else {
-                return Ok(0);
-            };
-            if d.generation != generation || d.removal.is_some() {
-                return Ok(0);
-            }
-            d.fenced = true;
-            tx.put(&DESIRED, &name, &d)?;
-            tx.remove(&APPLIED, &name)?;
-            outbox::record(tx, &status)?;
-            Ok(1)
-        })
+        self.store
+            .write(|tx| {
+                let Some(mut d) = tx.get(&DESIRED, &name)? else {
+                    return Ok(0);
+                };
+                if d.generation != generation || d.removal.is_some() {
+                    return Ok(0);
+                }
+                d.fenced = true;
+                tx.put(&DESIRED, &name, &d)?;
+                tx.remove(&APPLIED, &name)?;
+                outbox::record(tx, &status)?;
+                Ok(1)
+            })
+            .inspect(|n| {
+                if *n > 0 {
+                    self.signals.fenced.notify_one();
+                }
+            })
     }
 
     async fn remove(

@@ -241,6 +241,10 @@ async fn session(
                 }
                 agent.signals.contact(sent);
             }
+            _ = agent.signals.fenced.notified() => {
+                conn.close(close_code::NORMAL.into(), b"singleton fenced; reconnecting to report it");
+                return Ok(End::Lost(AgentError::Io("reconnecting after fencing a singleton".into())));
+            }
             Some(ended) = tasks.join_next() => {
                 let e = match ended {
                     Ok(e) => e,

@@ -48,6 +48,10 @@ pub struct RolloutView {
     pub failed: usize,
     pub pending_offline: usize,
     pub rollback_of: Option<u64>,
+    /// Highest (slots in use + newly admitted) at any admission for this generation since the
+    /// hub started: the quantity `maxConcurrency` bounds. Simulations check it.
+    #[serde(default)]
+    pub admission_peak: usize,
 }
 
 #[derive(Default)]
@@ -421,6 +425,17 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                 }
                 let strat = strategy(r, &members);
                 let d = rollout::decide(&strat, &progress, record.paused, now);
+                let in_use_before = d.in_flight - d.newly_admitted.len();
+                let peak_before = previous
+                    .get(name)
+                    .and_then(|p| p.rollout.as_ref())
+                    .filter(|v| v.generation == generation)
+                    .map_or(0, |v| v.admission_peak);
+                let admission_peak = if d.newly_admitted.is_empty() {
+                    peak_before
+                } else {
+                    peak_before.max(in_use_before + d.newly_admitted.len())
+                };
                 for n in &d.admitted {
                     record.admitted.entry(n.clone()).or_insert(now);
                 }
@@ -450,6 +465,7 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                     failed: d.failed,
                     pending_offline: d.pending_offline,
                     rollback_of: None,
+                    admission_peak,
                 });
                 decision.admitted = Some(d.admitted);
                 record.phase = phase;

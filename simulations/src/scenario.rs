@@ -44,6 +44,10 @@ pub struct Scenario {
     pub short: Short,
     #[serde(default)]
     pub events: Vec<Event>,
+    /// Per work name: extra `spec` fields (`placement`, `rollout`, `failover`, `overrides`)
+    /// merged into every apply of that work, exactly as a user would write them.
+    #[serde(default)]
+    pub policies: BTreeMap<String, serde_json::Value>,
 }
 
 fn one() -> u64 {
@@ -285,6 +289,12 @@ impl Scenario {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        for (work, extra) in &self.policies {
+            let doc = crate::sim::work_document(work, 1, "x", &Labels::new(), Some(extra))
+                .map_err(|e| anyhow::anyhow!("policies.{work}: {e:#}"))?;
+            tether_protocol::work::validate(&doc)
+                .map_err(|errors| anyhow::anyhow!("policies.{work}: {}", errors.join("; ")))?;
+        }
         let bad = |what: String| Err(anyhow::anyhow!(what));
         if !(self.duration_s > 0.0 && self.duration_s <= 86_400.0) {
             return bad(format!(

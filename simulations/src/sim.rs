@@ -170,6 +170,9 @@ pub struct Sample {
     /// Agents Ready and at the latest generation of every work that targets them.
     pub converged: usize,
     pub works: BTreeMap<String, WorkSample>,
+    /// Progressive rollouts: (clusters updating now, admission peak reported by the hub).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, (usize, usize)>,
     #[serde(skip)]
     pub converged_agents: Vec<bool>,
 }
@@ -179,6 +182,7 @@ async fn sample(
     names: &[String],
     world: &Mutex<World>,
     t0: Instant,
+    rollout_works: &[String],
 ) -> Sample {
     let t_s = t0.elapsed().as_secs_f64();
     let (hub_up, reachable) = {
@@ -199,10 +203,17 @@ async fn sample(
         reachable,
         converged: 0,
         works: BTreeMap::new(),
+        rollouts: BTreeMap::new(),
         converged_agents: vec![false; names.len()],
     };
     if !hub_up {
         return s;
+    }
+    for w in rollout_works {
+        if let Ok(r) = admin.rollout(w).await {
+            s.rollouts
+                .insert(w.clone(), (r.in_flight, r.admission_peak));
+        }
     }
     let Ok(clusters) = admin.clusters().await else {
         return s;
@@ -356,11 +367,12 @@ struct Run {
     verbose: bool,
 }
 
-fn work_document(
+pub fn work_document(
     name: &str,
     objects: usize,
     value: &str,
     labels: &Labels,
+    policy: Option<&serde_json::Value>,
 ) -> anyhow::Result<WorkDocument> {
     let manifests: Vec<serde_json::Value> = (0..objects)
         .map(|k| {
@@ -372,15 +384,44 @@ fn work_document(
             })
         })
         .collect();
+    let mut spec = serde_json::json!({
+        "targets": {"selector": {"matchLabels": labels}},
+        "manifests": manifests,
+    });
+    if let (Some(extra), Some(obj)) = (policy.and_then(|p| p.as_object()), spec.as_object_mut()) {
+        if extra.contains_key("placement") {
+            obj.remove("targets");
+        }
+        for (k, v) in extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": tether_protocol::work::WORK_API_VERSION,
         "kind": tether_protocol::work::WORK_KIND,
         "metadata": {"name": name},
-        "spec": {
-            "targets": {"selector": {"matchLabels": labels}},
-            "manifests": manifests,
-        },
+        "spec": spec,
     }))?)
+}
+
+/// Progressive rollouts' maxConcurrency (counts only) and singleton works, from the policies.
+fn policy_limits(s: &Scenario) -> (BTreeMap<String, usize>, Vec<String>) {
+    let mut conc = BTreeMap::new();
+    let mut singletons = Vec::new();
+    for (work, p) in &s.policies {
+        if p.pointer("/rollout/strategy").and_then(|v| v.as_str()) == Some("Progressive") {
+            if let Some(n) = p
+                .pointer("/rollout/maxConcurrency")
+                .and_then(|v| v.as_u64())
+            {
+                conc.insert(work.clone(), n as usize);
+            }
+        }
+        if p.pointer("/failover/mode").and_then(|v| v.as_str()) == Some("Singleton") {
+            singletons.push(work.clone());
+        }
+    }
+    (conc, singletons)
 }
 
 impl Run {
@@ -445,7 +486,13 @@ impl Run {
         }
         let n = self.applied.get(work).map_or(0, |a| a.1) + 1;
         let value = format!("{work}-v{n}");
-        let doc = match work_document(work, objects, &value, target) {
+        let doc = match work_document(
+            work,
+            objects,
+            &value,
+            target,
+            self.scenario.policies.get(work),
+        ) {
             Ok(d) => d,
             Err(e) => return format!("could not build work: {e}"),
         };
@@ -696,17 +743,58 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
     ));
 
     // Sampler: four times a second, what the hub reports.
+    let (conc_limits, singletons) = policy_limits(&run.scenario);
+    let rollout_works: Vec<String> = conc_limits.keys().cloned().collect();
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let sampler = {
-        let (admin, names, world, samples) =
-            (admin.clone(), names.clone(), world.clone(), samples.clone());
+        let (admin, names, world, samples, rollout_works) = (
+            admin.clone(),
+            names.clone(),
+            world.clone(),
+            samples.clone(),
+            rollout_works.clone(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
-                let s = sample(&admin, &names, &world, t0).await;
+                let s = sample(&admin, &names, &world, t0, &rollout_works).await;
                 samples.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+            }
+        })
+    };
+    // Singleton monitor: every 10 ms, how many simulated clusters hold each singleton's objects
+    // (the clusters themselves, not the hub's view).
+    let double_active = Arc::new(Mutex::new(Vec::<String>::new()));
+    let monitor = {
+        let clusters: Vec<(String, MemoryExecutor)> = run
+            .agents
+            .iter()
+            .map(|a| (a.name.clone(), a.cluster.clone()))
+            .collect();
+        let (singletons, double_active) = (singletons.clone(), double_active.clone());
+        tokio::spawn(async move {
+            loop {
+                for w in &singletons {
+                    let prefix = format!("{w}-");
+                    let holders: Vec<&str> = clusters
+                        .iter()
+                        .filter(|(_, c)| c.objects().keys().any(|r| r.name.starts_with(&prefix)))
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    if holders.len() > 1 {
+                        let mut d = double_active.lock().unwrap_or_else(|p| p.into_inner());
+                        if d.len() < 20 {
+                            d.push(format!(
+                                "{w} active on {} at {:.2}s",
+                                holders.join(", "),
+                                t0.elapsed().as_secs_f64()
+                            ));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
     };
@@ -739,7 +827,7 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
     let mut final_converge_s = None;
     let mut last = None;
     while settle_start.elapsed() < settle {
-        let s = sample(&admin, &names, &world, t0).await;
+        let s = sample(&admin, &names, &world, t0, &rollout_works).await;
         let works_ok = run.applied.iter().all(|(w, (g, _, _))| {
             s.works.get(w).is_some_and(|ws| {
                 ws.generation == *g && ws.applied == ws.targeted && ws.delivered == ws.targeted
@@ -755,6 +843,8 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
     }
     sampler.abort();
     let _ = sampler.await;
+    monitor.abort();
+    let _ = monitor.await;
     let mut samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
     if let Some(s) = last.clone() {
         samples.push(s);
@@ -805,12 +895,38 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
         ),
     ));
 
-    // 2. The clusters themselves hold the latest content (memory executors).
+    // 2. The clusters themselves hold the latest content (memory executors). For works with a
+    // placement policy the hub's final choice says who should hold them; nobody else may.
+    let mut placed: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for w in run
+        .applied
+        .keys()
+        .filter(|w| run.scenario.policies.contains_key(*w))
+    {
+        if let Ok(d) = admin.work(w).await {
+            placed.insert(
+                w.clone(),
+                d.clusters
+                    .iter()
+                    .filter(|c| c.targeted)
+                    .map(|c| c.cluster.clone())
+                    .collect(),
+            );
+        }
+    }
     let mut failures = Vec::new();
     for a in &run.agents {
         let objects = a.cluster.objects();
         for (w, (_, n, target)) in &run.applied {
-            if !target.iter().all(|(k, v)| a.labels.get(k) == Some(v)) {
+            let should_hold = match placed.get(w) {
+                Some(set) => set.contains(&a.name),
+                None => target.iter().all(|(k, v)| a.labels.get(k) == Some(v)),
+            };
+            if !should_hold {
+                let prefix = format!("{w}-");
+                if placed.contains_key(w) && objects.keys().any(|r| r.name.starts_with(&prefix)) {
+                    failures.push(format!("{}: holds {w} but is not placed there", a.name));
+                }
                 continue;
             }
             let want = format!("{w}-v{n}");
@@ -946,11 +1062,63 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
             format!("every heal converged within {max}s"),
         ));
     }
-    invariants.push(Invariant {
-        name: "rollout_and_singleton".into(),
-        result: "not_checked".into(),
-        detail: "not checked yet: scenarios apply works without rollout or placement policies, and the simulator has no rollout/singleton invariants yet".into(),
-    });
+    if conc_limits.is_empty() {
+        invariants.push(Invariant {
+            name: "rollout_max_concurrency".into(),
+            result: "not_checked".into(),
+            detail: "no progressive rollout in this scenario".into(),
+        });
+    } else {
+        let mut failures = Vec::new();
+        let mut details = Vec::new();
+        for (w, limit) in &conc_limits {
+            let peak = samples
+                .iter()
+                .filter_map(|s| s.rollouts.get(w))
+                .map(|r| r.1)
+                .max()
+                .unwrap_or(0);
+            let seen = samples
+                .iter()
+                .filter_map(|s| s.rollouts.get(w))
+                .map(|r| r.0)
+                .max()
+                .unwrap_or(0);
+            if peak > *limit {
+                failures.push(format!(
+                    "{w}: {peak} slots in use at an admission, maxConcurrency {limit}"
+                ));
+            }
+            details.push(format!(
+                "{w}: admission peak {peak}, most updating at a sample {seen}, limit {limit}"
+            ));
+        }
+        invariants.push(Invariant::new(
+            "rollout_max_concurrency",
+            failures,
+            details.join("; "),
+        ));
+    }
+    if singletons.is_empty() {
+        invariants.push(Invariant {
+            name: "singleton_never_twice".into(),
+            result: "not_checked".into(),
+            detail: "no singleton in this scenario".into(),
+        });
+    } else {
+        let failures = double_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        invariants.push(Invariant::new(
+            "singleton_never_twice",
+            failures,
+            format!(
+                "{} never held by two simulated clusters (checked every 10 ms)",
+                singletons.join(", ")
+            ),
+        ));
+    }
 
     let mut links = LinkTotals::default();
     for a in &run.agents {
