@@ -41,7 +41,15 @@ pub async fn connect(
         tether_transport::quic::client_endpoint(sock).map_err(|e| AgentError::Io(e.to_string()))?;
     let connecting = endpoint
         .connect_with(cfg, sock, &host)
-        .map_err(|e| AgentError::Config(format!("cannot connect to {addr}: {e}")))?;
+        .map_err(|e| match e {
+            // Only a bad address or name is the operator's to fix; the rest is transient
+            // (an endpoint stopping under resource pressure, too many connections).
+            quinn::ConnectError::InvalidServerName(_)
+            | quinn::ConnectError::InvalidRemoteAddress(_) => {
+                AgentError::Config(format!("cannot connect to {addr}: {e}"))
+            }
+            other => AgentError::Io(format!("cannot connect to {addr}: {other}")),
+        })?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| {

@@ -30,7 +30,7 @@ use tether_protocol::Labels;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks, comma-separated: propagation, ingest, idle, sessions, or all.
+    /// Which benchmarks, comma-separated: propagation, ingest, idle, sessions, storm, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Fleet sizes for the propagation benchmark.
@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Seconds per side of the ingest benchmark.
     #[arg(long, default_value_t = 5)]
     pub ingest_s: u64,
+    /// Fleet sizes for the reconnect-storm benchmark (hub restarted under N agents).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub storm: Vec<usize>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
@@ -59,6 +62,18 @@ pub struct Results {
     pub ingest: Option<Ingest>,
     pub idle: Option<Idle>,
     pub sessions: Vec<Sessions>,
+    pub storm: Vec<Storm>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Storm {
+    pub agents: usize,
+    /// From closing every session at once until every agent has a new session and is Ready.
+    pub all_ready_s: f64,
+    pub handshakes_per_s: f64,
+    /// Baseline: the same number of bare quinn mTLS handshakes, all at once, to a bare server
+    /// with the hub's certificates and transport settings.
+    pub baseline_bare_handshakes_per_s: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -175,8 +190,108 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             save(&args.out, &r)?;
         }
     }
+    if want("storm") {
+        for &n in &args.storm {
+            let st = storm(n).await?;
+            println!(
+                "reconnect storm {n}: all back and Ready {:.1}s after every session was dropped at once ({:.0} handshakes/s) vs bare quinn mTLS {:.0} handshakes/s",
+                st.all_ready_s, st.handshakes_per_s, st.baseline_bare_handshakes_per_s
+            );
+            r.storm.push(st);
+            save(&args.out, &r)?;
+        }
+    }
     println!("results in {}", args.out.display());
     Ok(())
+}
+
+// ------------------------------------------------------------------ reconnect storm
+
+/// Drop every session of a hub under `n` connected agents at once; time until every one is back
+/// (session open, Ready).
+async fn storm(n: usize) -> anyhow::Result<Storm> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
+    let tok = token(&hub, n).await?;
+    let addr = format!("localhost:{}", hub.quic_addr().port());
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        let (stop, task) = spawn_agent(
+            &format!("s{i:05}"),
+            &dir.join("agents"),
+            &addr,
+            &tok,
+            &hub.ca_sha256,
+            MemoryExecutor::new(),
+            Duration::from_secs(30),
+        );
+        agents.push((stop, task));
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let limit = Duration::from_secs(120) + Duration::from_millis(200 * n as u64);
+    wait_ready(&hub, n, limit).await?;
+    // Every session is closed at once with the hub's shutdown code: all agents reconnect
+    // together (full TLS handshakes, Hello, inventory). The in-process hub keeps its endpoint
+    // and store, so process start-up and the database open are not part of this figure.
+    let started = Instant::now();
+    hub.running().state.sessions.close_all(
+        tether_protocol::close_code::SHUTDOWN,
+        "bench: reconnect storm",
+    );
+    let admin = hub.admin()?;
+    // Wait until the hub has noticed: otherwise the old sessions still count as connected.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        let back = admin
+            .clusters()
+            .await
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c.connected && c.state == "Ready")
+                    .count()
+            })
+            .unwrap_or(0);
+        if back >= n {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {back} of {n} agents back 300 s after the hub restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_ready_s = started.elapsed().as_secs_f64();
+    // Baseline in the same run: n bare mTLS handshakes at once.
+    let bare = bare_server(&tether_hub::config::DataDir::new(dir.join("hub")))?;
+    let baddr = bare.server.local_addr()?;
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let cfg = bare.client_cfg.clone();
+        set.spawn(async move { bare_connect(&cfg, baddr).await });
+    }
+    let mut held = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        held.push(r??);
+    }
+    let bare_s = t.elapsed().as_secs_f64();
+    drop(held);
+    for (stop, _) in &agents {
+        let _ = stop.send(true);
+    }
+    for (_, task) in agents {
+        let _ = task.await;
+    }
+    hub.stop().await;
+    Ok(Storm {
+        agents: n,
+        all_ready_s,
+        handshakes_per_s: n as f64 / all_ready_s,
+        baseline_bare_handshakes_per_s: n as f64 / bare_s.max(1e-9),
+    })
 }
 
 fn save(path: &Path, r: &Results) -> anyhow::Result<()> {

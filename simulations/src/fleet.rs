@@ -82,8 +82,21 @@ impl LocalHub {
 
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
-        self.hub = Some(tether_hub::start(self.cfg.clone()).await?);
-        Ok(())
+        // The old endpoint's UDP socket is released once its connections drained; with many
+        // agents that can take a moment, so retry the bind for a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match tether_hub::start(self.cfg.clone()).await {
+                Ok(h) => {
+                    self.hub = Some(h);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("in use") => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub async fn token(
