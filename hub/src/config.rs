@@ -38,6 +38,10 @@ impl DataDir {
     pub fn database(&self) -> PathBuf {
         self.root.join("hub.redb")
     }
+    /// Secret behind QUIC stateless resets and connection-ID checks; it must survive restarts.
+    pub fn reset_secret(&self) -> PathBuf {
+        self.root.join("stateless-reset.key")
+    }
 }
 
 /// Everything `tetherctl` needs to reach and authenticate to the admin API.

@@ -231,7 +231,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         &[ALPN_SESSION, ALPN_JOIN],
     )?;
     let admin_tls = tether_transport::tls::server_config(chain, key, verifier, &[b"http/1.1"])?;
-    let endpoint = tether_transport::quic::server_endpoint(cfg.listen, quic_tls)?;
+    let reset_secret = load_or_create_reset_secret(&dir.reset_secret())?;
+    let endpoint = tether_transport::quic::server_endpoint(cfg.listen, quic_tls, &reset_secret)?;
     let quic_addr = endpoint.local_addr()?;
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
@@ -280,6 +281,33 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         endpoint,
         tasks,
     })
+}
+
+/// The stateless-reset secret of this data directory, created on first start (data directories
+/// initialised before it existed get one then). Losing it only costs one slow reconnect.
+fn load_or_create_reset_secret(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    if !path.exists() {
+        let secret: [u8; 32] = rand::random();
+        match crate::util::write_private(path, hex::encode(secret).as_bytes()) {
+            Ok(()) => return Ok(secret),
+            // Another process created it first: read theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+        }
+    }
+    let text = read(path.to_path_buf())?;
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .filter(|b| b.len() == 32)
+        .with_context(|| {
+            format!(
+                "{} is not 64 hex digits; delete it to make a new one (agents then reconnect after their idle timeout once)",
+                path.display()
+            )
+        })?;
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(&bytes);
+    Ok(secret)
 }
 
 impl RunningHub {

@@ -460,7 +460,7 @@ fn bare_server(data: &tether_hub::config::DataDir) -> anyhow::Result<Bare> {
         Arc::new(|_| {}),
     )?);
     let server_tls = tls::server_config(chain, key, verifier, &[b"bench"])?;
-    let server = quic::server_endpoint("127.0.0.1:0".parse()?, server_tls)?;
+    let server = quic::server_endpoint("127.0.0.1:0".parse()?, server_tls, &rand::random())?;
     let cert = Arc::new(tls::SwappableClientCert::new(
         &std::fs::read_to_string(data.admin_cert())?,
         &std::fs::read_to_string(data.admin_key())?,

@@ -41,16 +41,59 @@ fn transport(keep_alive: Option<Duration>, peer_bidi_streams: u32) -> TransportC
 
 /// Hub endpoint. Only the agent sends keep-alives: it is the side behind NAT, and a hub pinging
 /// 100k idle sessions would be pure overhead.
+///
+/// `reset_secret` is the hub's persistent stateless-reset secret. A hub that restarts (or
+/// crashes) loses every connection's state; with the same secret, its new process recognises
+/// the old connection IDs and answers each agent's next packet with a stateless reset
+/// (RFC 9000 section 10.3), so agents reconnect at once instead of waiting out the idle
+/// timeout or a heartbeat's read timeout.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
+    reset_secret: &[u8; 32],
 ) -> Result<quinn::Endpoint, QuicError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // An agent needs few parallel requests; this also caps per-connection stream state.
     cfg.transport_config(Arc::new(transport(None, 8)));
-    quinn::Endpoint::server(cfg, addr).map_err(|source| QuicError::Bind { addr, source })
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| QuicError::Crypto("no async runtime for the QUIC endpoint".into()))?;
+    quinn::Endpoint::new(endpoint_config(reset_secret), Some(cfg), socket, runtime)
+        .map_err(|source| QuicError::Bind { addr, source })
 }
+
+/// Separate keys for the two uses of the secret, so neither can be derived from the other.
+fn endpoint_config(reset_secret: &[u8; 32]) -> quinn::EndpointConfig {
+    let derive = |label: &[u8]| {
+        ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret),
+            label,
+        )
+    };
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        derive(b"tether stateless reset v1").as_ref(),
+    );
+    let cid_tag = derive(b"tether connection id v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid_tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection IDs carry a keyed check; the same key after a restart is what lets the new
+    // process tell an old session's packets from junk and reset them.
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    // quinn's default (one reset per 20 ms) would take minutes to reset 10k sessions after a
+    // restart. A reset is smaller than the packet that caused it, so this is no amplifier.
+    cfg.min_reset_interval(RESET_INTERVAL);
+    cfg
+}
+
+/// At most one stateless reset per this interval (1000/s).
+pub const RESET_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Agent-side client configuration.
 pub fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, QuicError> {
