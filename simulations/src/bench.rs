@@ -13,6 +13,7 @@
 //!   mTLS server holding the same number of connections.
 
 use crate::fleet::LocalHub;
+use crate::lite::{LiteFleet, LiteIdentity};
 use crate::relay::{LinkProfile, Relay};
 use anyhow::Context;
 use serde::Serialize;
@@ -36,8 +37,12 @@ pub struct BenchArgs {
     /// Fleet sizes for the propagation benchmark.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub propagation: Vec<usize>,
-    /// Sessions to hold for the sessions benchmark.
-    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    /// Fleet sizes for the propagation benchmark with protocol-level agents (`lite.rs`), which
+    /// keeps the agents' own stores and fsyncs out of the hub's figure.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub lite_propagation: Vec<usize>,
+    /// Sessions to hold for the sessions benchmark (protocol-level agents in another process).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub sessions: Vec<usize>,
     /// Agents and measuring window (seconds) of the idle benchmark.
     #[arg(long, default_value_t = 10)]
@@ -47,9 +52,14 @@ pub struct BenchArgs {
     /// Seconds per side of the ingest benchmark.
     #[arg(long, default_value_t = 5)]
     pub ingest_s: u64,
-    /// Fleet sizes for the reconnect-storm benchmark (hub restarted under N agents).
-    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    /// Fleet sizes for the reconnect-storm benchmark (hub process killed and restarted under N
+    /// protocol-level agents).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub storm: Vec<usize>,
+    /// Also run each storm once more with the hub's stateless-reset secret deleted before the
+    /// restart, to show what the secret is worth.
+    #[arg(long)]
+    pub storm_control: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
@@ -59,6 +69,7 @@ pub struct BenchArgs {
 pub struct Results {
     pub machine: String,
     pub propagation: Vec<Propagation>,
+    pub lite_propagation: Vec<Propagation>,
     pub ingest: Option<Ingest>,
     pub idle: Option<Idle>,
     pub sessions: Vec<Sessions>,
@@ -68,9 +79,14 @@ pub struct Results {
 #[derive(Debug, Serialize)]
 pub struct Storm {
     pub agents: usize,
-    /// From closing every session at once until every agent has a new session and is Ready.
+    /// From SIGKILL of the hub process until the new process listens (store open, bind).
+    pub hub_back_s: f64,
+    /// From SIGKILL until every agent has a new session and the hub counts it Ready.
     pub all_ready_s: f64,
+    /// Sessions re-established per second after the new process listened.
     pub handshakes_per_s: f64,
+    /// The same storm with the stateless-reset secret deleted before the restart (`--storm-control`).
+    pub control_all_ready_s: Option<f64>,
     /// Baseline: the same number of bare quinn mTLS handshakes, all at once, to a bare server
     /// with the hub's certificates and transport settings.
     pub baseline_bare_handshakes_per_s: f64,
@@ -140,6 +156,11 @@ pub struct Sessions {
     pub bare_kib_per_conn: f64,
     pub ratio: f64,
     pub connect_all_s: f64,
+    /// Hub RSS started empty, and with the `n` clusters registered but not connected.
+    pub hub_rss_empty_mib: f64,
+    pub hub_rss_registered_mib: f64,
+    /// Heartbeats the hub counted while the sessions were held (all should be flowing).
+    pub heartbeats_per_s: f64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -170,6 +191,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             save(&args.out, &r)?;
         }
     }
+    if want("lite-propagation") {
+        for &n in &args.lite_propagation {
+            let p = lite_propagation(n).await?;
+            println!(
+                "propagation to {n} protocol-level agents: delivered p50 {:.0} ms p99 {:.0} ms; agent received p50 {:.0} ms p99 {:.0} ms; hub has Applied p50 {:.0} ms p99 {:.0} ms; raw QUIC RTT p50 {:.2} ms p99 {:.2} ms",
+                p.delivered.p50_ms, p.delivered.p99_ms, p.cluster_applied.p50_ms, p.cluster_applied.p99_ms,
+                p.hub_applied.p50_ms, p.hub_applied.p99_ms, p.baseline_quic_rtt.p50_ms, p.baseline_quic_rtt.p99_ms
+            );
+            r.lite_propagation.push(p);
+            save(&args.out, &r)?;
+        }
+    }
     if want("idle") {
         let i = idle(args.idle_agents, args.idle_window_s).await?;
         println!(
@@ -192,10 +225,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if want("storm") {
         for &n in &args.storm {
-            let st = storm(n).await?;
+            let st = storm(n, args.storm_control).await?;
             println!(
-                "reconnect storm {n}: all back and Ready {:.1}s after every session was dropped at once ({:.0} handshakes/s) vs bare quinn mTLS {:.0} handshakes/s",
-                st.all_ready_s, st.handshakes_per_s, st.baseline_bare_handshakes_per_s
+                "reconnect storm {n}: hub process killed; new process listening after {:.1}s; all back and Ready {:.1}s after the kill ({:.0} sessions/s){}; bare quinn mTLS {:.0} handshakes/s",
+                st.hub_back_s, st.all_ready_s, st.handshakes_per_s,
+                st.control_all_ready_s.map(|c| format!("; without the reset secret {c:.1}s")).unwrap_or_default(),
+                st.baseline_bare_handshakes_per_s
             );
             r.storm.push(st);
             save(&args.out, &r)?;
@@ -207,91 +242,231 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------ reconnect storm
 
-/// Drop every session of a hub under `n` connected agents at once; time until every one is back
-/// (session open, Ready).
-async fn storm(n: usize) -> anyhow::Result<Storm> {
+/// Kill -9 the hub process under `n` connected protocol-level agents and start a new one on the
+/// same data directory and port; time until every agent is back (session open, Ready).
+async fn storm(n: usize, control: bool) -> anyhow::Result<Storm> {
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
-    let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
-    let tok = token(&hub, n).await?;
-    let addr = format!("localhost:{}", hub.quic_addr().port());
-    let mut agents = Vec::with_capacity(n);
-    for i in 0..n {
-        let (stop, task) = spawn_agent(
-            &format!("s{i:05}"),
-            &dir.join("agents"),
-            &addr,
-            &tok,
-            &hub.ca_sha256,
-            MemoryExecutor::new(),
-            Duration::from_secs(30),
-        );
-        agents.push((stop, task));
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let limit = Duration::from_secs(120) + Duration::from_millis(200 * n as u64);
-    wait_ready(&hub, n, limit).await?;
-    // Every session is closed at once with the hub's shutdown code: all agents reconnect
-    // together (full TLS handshakes, Hello, inventory). The in-process hub keeps its endpoint
-    // and store, so process start-up and the database open are not part of this figure.
+    let dir = tmp.path().to_path_buf();
+    let hub_dir = dir.join("hub");
+    init_hub_dir(&hub_dir)?;
+    provision_lite(&dir, "st", n).await?;
+    let mut hub = HubProc::spawn(&dir, None)?;
+    let (swarm, _sout) = spawn_lite_swarm(&dir, n, hub.quic)?;
+    wait_sessions(&hub.admin()?, n, connect_limit(n)).await?;
+
+    let (hub_back_s, all_ready_s) = kill_and_restart(&dir, &mut hub, n, false).await?;
+    let control_all_ready_s = if control {
+        Some(kill_and_restart(&dir, &mut hub, n, true).await?.1)
+    } else {
+        None
+    };
+    drop(swarm);
+    drop(hub);
+
+    // Baseline in the same run: n bare mTLS handshakes at once.
+    let bare = bare_server(&tether_hub::config::DataDir::new(&hub_dir))?;
+    let t = Instant::now();
+    let held = bare_swarm(&bare.client_cfg, bare.server.local_addr()?, n, n).await?;
+    let bare_s = t.elapsed().as_secs_f64();
+    drop(held);
+    Ok(Storm {
+        agents: n,
+        hub_back_s,
+        all_ready_s,
+        handshakes_per_s: n as f64 / (all_ready_s - hub_back_s).max(1e-9),
+        control_all_ready_s,
+        baseline_bare_handshakes_per_s: n as f64 / bare_s.max(1e-9),
+    })
+}
+
+/// SIGKILL the hub process, start a new one on the same addresses, and return (seconds until
+/// it listens, seconds until every session is back and Ready), both from the kill.
+async fn kill_and_restart(
+    dir: &Path,
+    hub: &mut HubProc,
+    n: usize,
+    forget_reset_secret: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let addrs = (hub.quic, hub.admin_addr);
     let started = Instant::now();
-    hub.running().state.sessions.close_all(
-        tether_protocol::close_code::SHUTDOWN,
-        "bench: reconnect storm",
-    );
+    hub.kill();
+    if forget_reset_secret {
+        let _ =
+            std::fs::remove_file(tether_hub::config::DataDir::new(dir.join("hub")).reset_secret());
+    }
+    *hub = HubProc::spawn(dir, Some(addrs))?;
+    let back = started.elapsed().as_secs_f64();
     let admin = hub.admin()?;
-    // Wait until the hub has noticed: otherwise the old sessions still count as connected.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The restarted hub loads every cluster's last state; only live sessions count as back.
     loop {
-        let back = admin
-            .clusters()
-            .await
-            .map(|c| {
-                c.iter()
-                    .filter(|c| c.connected && c.state == "Ready")
-                    .count()
-            })
-            .unwrap_or(0);
-        if back >= n {
+        let (live, ready) = hub_counts(&admin).await.unwrap_or((0, 0));
+        if live >= n && ready >= n {
             break;
         }
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "only {back} of {n} agents back 300 s after the hub restart"
+            started.elapsed() < Duration::from_secs(600),
+            "only {live} of {n} agents back 600 s after the hub restart"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let all_ready_s = started.elapsed().as_secs_f64();
-    // Baseline in the same run: n bare mTLS handshakes at once.
-    let bare = bare_server(&tether_hub::config::DataDir::new(dir.join("hub")))?;
-    let baddr = bare.server.local_addr()?;
+    Ok((back, started.elapsed().as_secs_f64()))
+}
+
+/// A hub in its own process (`tether-sim bench-server --mode hub`).
+struct HubProc {
+    proc: Proc,
+    quic: std::net::SocketAddr,
+    admin_addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl HubProc {
+    fn spawn(
+        dir: &Path,
+        addrs: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    ) -> anyhow::Result<Self> {
+        let d = dir.to_str().context("temp dir is not UTF-8")?;
+        let mut args = vec!["bench-server", "--mode", "hub", "--dir", d];
+        let pinned = addrs.map(|(q, a)| (q.to_string(), a.to_string()));
+        if let Some((q, a)) = &pinned {
+            args.extend(["--listen", q.as_str(), "--admin-listen", a.as_str()]);
+        }
+        let (proc, mut out) = spawn_self(&args)?;
+        let info: serde_json::Value = serde_json::from_str(&read_line(&mut out)?)?;
+        let field = |k: &str| -> anyhow::Result<std::net::SocketAddr> {
+            Ok(info[k]
+                .as_str()
+                .with_context(|| format!("bench-server printed no {k}"))?
+                .parse()?)
+        };
+        Ok(Self {
+            quic: field("quic")?,
+            admin_addr: field("admin")?,
+            proc,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn admin(&self) -> anyhow::Result<tether_hub::ctl::AdminClient> {
+        let mut ctl = tether_hub::config::CtlConfig::load(
+            &tether_hub::config::DataDir::new(self.dir.join("hub")).ctl_config(),
+        )?;
+        ctl.admin_address = self.admin_addr.to_string();
+        tether_hub::ctl::AdminClient::new(&ctl)
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// SIGKILL: no close frames, no flush; the OS releases the socket and the database lock.
+    fn kill(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+    }
+}
+
+fn init_hub_dir(hub_dir: &Path) -> anyhow::Result<()> {
+    tether_hub::init::init(
+        &tether_hub::init::InitOptions {
+            data_dir: tether_hub::config::DataDir::new(hub_dir),
+            hub_name: "localhost".into(),
+            sans: vec![],
+            admin_listen: "127.0.0.1:0".parse()?,
+        },
+        tether_hub::util::now_ms(),
+    )?;
+    Ok(())
+}
+
+/// Register `n` lite identities with the (stopped) hub in `dir/hub`; saved in `dir/ids.jsonl`.
+async fn provision_lite(dir: &Path, prefix: &str, n: usize) -> anyhow::Result<Vec<LiteIdentity>> {
+    let (d, p) = (dir.to_path_buf(), prefix.to_string());
     let t = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let cfg = bare.client_cfg.clone();
-        set.spawn(async move { bare_connect(&cfg, baddr).await });
-    }
-    let mut held = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        held.push(r??);
-    }
-    let bare_s = t.elapsed().as_secs_f64();
-    drop(held);
-    for (stop, _) in &agents {
-        let _ = stop.send(true);
-    }
-    for (_, task) in agents {
-        let _ = task.await;
-    }
-    hub.stop().await;
-    Ok(Storm {
-        agents: n,
-        all_ready_s,
-        handshakes_per_s: n as f64 / all_ready_s,
-        baseline_bare_handshakes_per_s: n as f64 / bare_s.max(1e-9),
+    let ids = tokio::task::spawn_blocking(move || {
+        let ids = crate::lite::provision(&d.join("hub"), &p, n)?;
+        crate::lite::save_identities(&d.join("ids.jsonl"), &ids)?;
+        Ok::<_, anyhow::Error>(ids)
     })
+    .await??;
+    tracing::info!(
+        n,
+        secs = t.elapsed().as_secs_f64(),
+        "lite identities provisioned"
+    );
+    Ok(ids)
+}
+
+/// Connections per second the lite swarm opens at start: about what two shared cores finish,
+/// so the figure is the hub's steady state rather than a handshake queue.
+const LITE_CONNECTS_PER_S: usize = 400;
+
+fn connect_limit(n: usize) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(10 * n as u64)
+}
+
+fn spawn_lite_swarm(
+    dir: &Path,
+    n: usize,
+    quic: std::net::SocketAddr,
+) -> anyhow::Result<(Proc, BufReader<std::process::ChildStdout>)> {
+    spawn_self(&[
+        "bench-swarm",
+        "--mode",
+        "lite",
+        "--n",
+        &n.to_string(),
+        "--quic",
+        &quic.to_string(),
+        "--dir",
+        dir.to_str().context("temp dir is not UTF-8")?,
+    ])
+}
+
+/// Live sessions and clusters Ready, from the hub's metrics (cheap at 100k, unlike listing).
+async fn hub_counts(admin: &tether_hub::ctl::AdminClient) -> anyhow::Result<(usize, usize)> {
+    let text = admin.get_text("/metrics").await?;
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as usize)
+    };
+    Ok((
+        value("tether_hub_live_sessions "),
+        value("tether_hub_clusters{state=\"Ready\"} "),
+    ))
+}
+
+async fn hub_counter(admin: &tether_hub::ctl::AdminClient, name: &str) -> f64 {
+    let Ok(text) = admin.get_text("/metrics").await else {
+        return 0.0;
+    };
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_sessions(
+    admin: &tether_hub::ctl::AdminClient,
+    n: usize,
+    limit: Duration,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    loop {
+        let (live, ready) = hub_counts(admin).await.unwrap_or((0, 0));
+        if live >= n && ready >= n {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(
+            t.elapsed() < limit,
+            "only {live} sessions ({ready} Ready) of {n} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn save(path: &Path, r: &Results) -> anyhow::Result<()> {
@@ -497,6 +672,42 @@ async fn bare_connect(
     Ok((ep, conn))
 }
 
+/// `n` bare mTLS connections, at most `in_flight` handshakes at a time, over shared client
+/// endpoints (as the lite swarm does). Returns the endpoints and connections to hold.
+async fn bare_swarm(
+    cfg: &quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    n: usize,
+    in_flight: usize,
+) -> anyhow::Result<(Vec<quinn::Endpoint>, Vec<quinn::Connection>)> {
+    let n_eps = n.div_ceil(crate::lite::AGENTS_PER_ENDPOINT).max(1);
+    let eps = (0..n_eps)
+        .map(|_| tether_transport::quic::client_endpoint(addr))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (ep, cfg, sem) = (eps[i % n_eps].clone(), cfg.clone(), sem.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            // Retried like an agent would: a handshake can time out under a herd.
+            let mut last = None;
+            for _ in 0..5 {
+                match ep.connect_with(cfg.clone(), addr, "localhost")?.await {
+                    Ok(c) => return Ok(c),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(anyhow::anyhow!("bare handshake failed: {last:?}"))
+        });
+    }
+    let mut conns = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        conns.push(r??);
+    }
+    Ok((eps, conns))
+}
+
 async fn quic_rtt(bare: &Bare, rounds: usize) -> anyhow::Result<Pct> {
     let addr = bare.server.local_addr()?;
     let (_ep, conn) = bare_connect(&bare.client_cfg, addr).await?;
@@ -607,6 +818,80 @@ async fn propagation(n: usize) -> anyhow::Result<Propagation> {
         join_s,
         delivered: pct(delivered_t),
         cluster_applied: pct(cluster_t),
+        hub_applied: pct(applied_t),
+        baseline_quic_rtt: baseline,
+    })
+}
+
+/// Propagation to `n` protocol-level agents (`lite.rs`) in this process: the hub's share of
+/// the work without `n` agent stores fsyncing on the same disk.
+async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    init_hub_dir(&dir.join("hub"))?;
+    let ids = provision_lite(dir, "lp", n).await?;
+    let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
+    let ca = std::fs::read_to_string(hub.cfg.data_dir.ca_cert())?;
+    let started = Instant::now();
+    let fleet = LiteFleet::start(&ids, &ca, hub.quic_addr(), LITE_CONNECTS_PER_S).await?;
+    let admin = hub.admin()?;
+    wait_sessions(&admin, n, connect_limit(n)).await?;
+    let join_s = started.elapsed().as_secs_f64();
+    admin.apply_work(&work("warm")?).await?;
+    wait_all_applied(&admin, n, 1).await?;
+    let t0 = tether_hub::util::now_ms();
+    let g = admin.apply_work(&work("measured")?).await?.generation;
+    wait_all_applied(&admin, n, g).await?;
+    let since = |ms: u64| ms.saturating_sub(t0) as f64;
+    let store = hub.running().state.store.clone();
+    let mut delivered_t = Vec::with_capacity(n);
+    for id in &ids {
+        let key = tether_store::hub::cluster_work_key(&id.name, "bench");
+        if let Some(row) = store.read(|tx| tx.get(&tether_store::hub::CLUSTER_WORKS, &key))? {
+            if row.delivered.as_ref().is_some_and(|h| h.generation == g) {
+                if let Some(at) = row.delivered_at_ms {
+                    delivered_t.push(since(at));
+                }
+            }
+        }
+    }
+    let received_t: Vec<f64> = fleet
+        .agents
+        .iter()
+        .filter_map(|a| {
+            a.received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get("bench")
+                .filter(|(gen, _)| *gen == g)
+                .map(|(_, at)| since(*at))
+        })
+        .collect();
+    // One pass over the status log (the admin API's per-cluster view scans it per call).
+    let log = store.read(|tx| tx.tail(&tether_store::hub::STATUS_LOG, usize::MAX))?;
+    let mut first = std::collections::HashMap::new();
+    for (_, e) in log {
+        if e.status.work == "bench" && e.status.generation == g {
+            first.entry(e.cluster).or_insert(e.received_at_ms);
+        }
+    }
+    let applied_t: Vec<f64> = first.values().map(|&at| since(at)).collect();
+    let bare = bare_server(&hub.cfg.data_dir)?;
+    let baseline = quic_rtt(&bare, 500).await?;
+    fleet.stop().await;
+    hub.stop().await;
+    anyhow::ensure!(
+        delivered_t.len() == n && received_t.len() == n && applied_t.len() == n,
+        "incomplete: delivered {} received {} applied {} of {n}",
+        delivered_t.len(),
+        received_t.len(),
+        applied_t.len()
+    );
+    Ok(Propagation {
+        agents: n,
+        join_s,
+        delivered: pct(delivered_t),
+        cluster_applied: pct(received_t),
         hub_applied: pct(applied_t),
         baseline_quic_rtt: baseline,
     })
@@ -794,12 +1079,24 @@ async fn idle(n: usize, window_s: u64) -> anyhow::Result<Idle> {
 
 /// `tether-sim bench-server`: a hub or a bare quinn server in its own process, so that its RSS
 /// is its own. Prints one JSON line, then runs until stdin closes.
-pub async fn server_main(mode: &str, dir: &Path) -> anyhow::Result<()> {
+pub async fn server_main(
+    mode: &str,
+    dir: &Path,
+    listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let mut line = serde_json::Map::new();
     let _keep;
     match mode {
         "hub" => {
-            let hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
+            let mut cfg = bench_hub_config(&dir.join("hub"));
+            if let Some(a) = listen {
+                cfg.listen = a;
+            }
+            if let Some(a) = admin_listen {
+                cfg.admin_listen = a;
+            }
+            let hub = LocalHub::start(&dir.join("hub"), cfg).await?;
             line.insert("quic".into(), hub.quic_addr().to_string().into());
             line.insert("admin".into(), hub.cfg.admin_listen.to_string().into());
             line.insert("ca_sha256".into(), hub.ca_sha256.clone().into());
@@ -849,63 +1146,50 @@ async fn wait_stdin_closed() {
     .await;
 }
 
-/// `tether-sim bench-swarm`: N agents (hub mode) or N bare mTLS connections in their own
-/// process. Prints `READY` once every bare connection is up, then runs until stdin closes.
-pub async fn swarm_main(
-    mode: &str,
-    n: usize,
-    quic: &str,
-    dir: &Path,
-    token: Option<String>,
-    ca_sha256: Option<String>,
-) -> anyhow::Result<()> {
-    let mut hold = Vec::new();
-    let mut agents = Vec::new();
+/// `tether-sim bench-swarm`: N protocol-level agents (`lite`, identities from `DIR/ids.jsonl`)
+/// or N bare mTLS connections (`bare`) in their own process. Prints `STARTED` once every agent
+/// is started or every bare connection is up, then runs until stdin closes.
+pub async fn swarm_main(mode: &str, n: usize, quic: &str, dir: &Path) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = quic.parse().context("--quic must be IP:PORT")?;
+    let data = tether_hub::config::DataDir::new(dir.join("hub"));
+    let mut fleet = None;
+    let mut bare = None;
     match mode {
-        "hub" => {
-            let token = token.context("--token is required in hub mode")?;
-            let ca = ca_sha256.context("--ca-sha256 is required in hub mode")?;
-            for i in 0..n {
-                agents.push(spawn_agent(
-                    &format!("s{i:06}"),
-                    &dir.join("agents"),
-                    quic,
-                    &token,
-                    &ca,
-                    MemoryExecutor::new(),
-                    Duration::from_secs(30),
-                ));
-                if i % 50 == 49 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
+        "lite" => {
+            let ids = crate::lite::load_identities(&dir.join("ids.jsonl"))?;
+            anyhow::ensure!(
+                ids.len() >= n,
+                "only {} identities for {n} agents",
+                ids.len()
+            );
+            let ca = std::fs::read_to_string(data.ca_cert())?;
+            fleet = Some(LiteFleet::start(&ids[..n], &ca, addr, LITE_CONNECTS_PER_S).await?);
         }
         "bare" => {
-            let bare_cfg = {
-                use tether_transport::{quic, tls};
-                let data = tether_hub::config::DataDir::new(dir.join("hub"));
-                let cert = Arc::new(tls::SwappableClientCert::new(
-                    &std::fs::read_to_string(data.admin_cert())?,
-                    &std::fs::read_to_string(data.admin_key())?,
-                )?);
-                quic::client_config(tls::session_client_config(
-                    &std::fs::read_to_string(data.ca_cert())?,
-                    cert,
-                    b"bench",
-                )?)?
-            };
-            let addr: std::net::SocketAddr = quic.parse()?;
-            for _ in 0..n {
-                hold.push(bare_connect(&bare_cfg, addr).await?);
-            }
+            use tether_transport::{quic, tls};
+            let cert = Arc::new(tls::SwappableClientCert::new(
+                &std::fs::read_to_string(data.admin_cert())?,
+                &std::fs::read_to_string(data.admin_key())?,
+            )?);
+            let cfg = quic::client_config(tls::session_client_config(
+                &std::fs::read_to_string(data.ca_cert())?,
+                cert,
+                b"bench",
+            )?)?;
+            bare = Some(bare_swarm(&cfg, addr, n, 64).await?);
         }
         other => anyhow::bail!("unknown mode {other:?}"),
     }
-    println!("READY");
+    println!("STARTED");
     std::io::stdout().flush()?;
     wait_stdin_closed().await;
-    drop(hold);
-    drop(agents);
+    if let Some(f) = fleet {
+        if let Some(e) = f.stats.last_failure() {
+            eprintln!("lite swarm: last session failure: {e}");
+        }
+        f.stop().await;
+    }
+    drop(bare);
     Ok(())
 }
 
@@ -943,15 +1227,12 @@ fn read_line(r: &mut BufReader<std::process::ChildStdout>) -> anyhow::Result<Str
 
 async fn sessions(n: usize) -> anyhow::Result<Sessions> {
     let tmp = tempfile::tempdir()?;
-    let dir = tmp
-        .path()
-        .to_str()
-        .context("temp dir is not UTF-8")?
-        .to_string();
+    let dir = tmp.path().to_path_buf();
+    let d = dir.to_str().context("temp dir is not UTF-8")?.to_string();
 
     // Bare quinn mTLS server first (it also initialises the certificates the hub reuses).
     let bare_kib = {
-        let (server, mut out) = spawn_self(&["bench-server", "--mode", "bare", "--dir", &dir])?;
+        let (server, mut out) = spawn_self(&["bench-server", "--mode", "bare", "--dir", &d])?;
         let info: serde_json::Value = serde_json::from_str(&read_line(&mut out)?)?;
         let quic = info["quic"]
             .as_str()
@@ -968,10 +1249,10 @@ async fn sessions(n: usize) -> anyhow::Result<Sessions> {
             "--quic",
             &quic,
             "--dir",
-            &dir,
+            &d,
         ])?;
         let line = tokio::task::spawn_blocking(move || read_line(&mut sout)).await??;
-        anyhow::ensure!(line == "READY", "bare swarm said {line:?}");
+        anyhow::ensure!(line == "STARTED", "bare swarm said {line:?}");
         tokio::time::sleep(Duration::from_secs(20)).await;
         let after = rss_kib(Some(server.child.id()));
         drop(swarm);
@@ -979,72 +1260,35 @@ async fn sessions(n: usize) -> anyhow::Result<Sessions> {
         (after.saturating_sub(before)) as f64 / n as f64
     };
 
-    let (server, mut out) = spawn_self(&["bench-server", "--mode", "hub", "--dir", &dir])?;
-    let info: serde_json::Value = serde_json::from_str(&read_line(&mut out)?)?;
-    let quic = info["quic"]
-        .as_str()
-        .context("no quic address")?
-        .to_string();
-    let admin_addr = info["admin"]
-        .as_str()
-        .context("no admin address")?
-        .to_string();
-    let ca = info["ca_sha256"].as_str().context("no CA pin")?.to_string();
-    let mut ctl = tether_hub::config::CtlConfig::load(
-        &tether_hub::config::DataDir::new(Path::new(&dir).join("hub")).ctl_config(),
-    )?;
-    ctl.admin_address = admin_addr;
-    let admin = tether_hub::ctl::AdminClient::new(&ctl)?;
-    let tok = admin
-        .create_token(&CreateTokenRequest {
-            ttl_secs: 3600,
-            uses: n as u32,
-            auto_approve: true,
-            labels: Labels::new(),
-        })
-        .await?
-        .token;
+    // The hub empty, then with n clusters registered, then with n sessions held.
+    let empty = {
+        let hub = HubProc::spawn(&dir, None)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss_kib(Some(hub.pid()))
+    };
+    provision_lite(&dir, "s", n).await?;
+    let hub = HubProc::spawn(&dir, None)?;
+    let admin = hub.admin()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = rss_kib(Some(server.child.id()));
-    let port = quic.rsplit(':').next().unwrap_or("0").to_string();
+    let before = rss_kib(Some(hub.pid()));
     let t = Instant::now();
-    let (swarm, _sout) = spawn_self(&[
-        "bench-swarm",
-        "--mode",
-        "hub",
-        "--n",
-        &n.to_string(),
-        "--quic",
-        &format!("localhost:{port}"),
-        "--dir",
-        &dir,
-        "--token",
-        &tok,
-        "--ca-sha256",
-        &ca,
-    ])?;
-    let limit = Duration::from_secs(120) + Duration::from_millis(300 * n as u64);
-    loop {
-        let ready = admin
-            .clusters()
-            .await
-            .map(|c| c.iter().filter(|c| c.state == "Ready").count())
-            .unwrap_or(0);
-        if ready >= n {
-            break;
-        }
-        anyhow::ensure!(
-            t.elapsed() < limit,
-            "only {ready} of {n} sessions Ready after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let (swarm, _sout) = spawn_lite_swarm(&dir, n, hub.quic)?;
+    wait_sessions(&admin, n, connect_limit(n)).await?;
     let connect_all_s = t.elapsed().as_secs_f64();
-    // Heartbeats flowing for a while (default interval 10 s).
+    // Heartbeats flowing for a while (default interval 10 s); every session must stay up.
+    let hb0 = hub_counter(&admin, "tether_hub_heartbeats_total").await;
+    let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let after = rss_kib(Some(server.child.id()));
+    let hb1 = hub_counter(&admin, "tether_hub_heartbeats_total").await;
+    let heartbeats_per_s = (hb1 - hb0) / window.elapsed().as_secs_f64();
+    let (live, ready) = hub_counts(&admin).await?;
+    let after = rss_kib(Some(hub.pid()));
     drop(swarm);
-    drop(server);
+    drop(hub);
+    anyhow::ensure!(
+        live >= n && ready >= n,
+        "sessions did not hold: {live} live, {ready} Ready of {n} after 20 s"
+    );
     let hub_kib = (after.saturating_sub(before)) as f64 / n as f64;
     Ok(Sessions {
         n,
@@ -1058,5 +1302,8 @@ async fn sessions(n: usize) -> anyhow::Result<Sessions> {
             0.0
         },
         connect_all_s,
+        hub_rss_empty_mib: empty as f64 / 1024.0,
+        hub_rss_registered_mib: before as f64 / 1024.0,
+        heartbeats_per_s,
     })
 }

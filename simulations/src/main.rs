@@ -73,6 +73,11 @@ enum Cmd {
         mode: String,
         #[arg(long)]
         dir: PathBuf,
+        /// Pin the QUIC address (a restarted hub keeps its port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
     },
     /// (internal) Client side of the sessions benchmark, in its own process.
     #[command(hide = true)]
@@ -85,10 +90,6 @@ enum Cmd {
         quic: String,
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long)]
-        token: Option<String>,
-        #[arg(long)]
-        ca_sha256: Option<String>,
     },
 }
 
@@ -117,15 +118,15 @@ async fn main() -> anyhow::Result<()> {
             verbose,
         } => run_scenarios(scenarios, seed, seeds, short, out, verbose).await,
         Cmd::Bench(args) => tether_sim::bench::run(args).await,
-        Cmd::BenchServer { mode, dir } => tether_sim::bench::server_main(&mode, &dir).await,
-        Cmd::BenchSwarm {
+        Cmd::BenchServer {
             mode,
-            n,
-            quic,
             dir,
-            token,
-            ca_sha256,
-        } => tether_sim::bench::swarm_main(&mode, n, &quic, &dir, token, ca_sha256).await,
+            listen,
+            admin_listen,
+        } => tether_sim::bench::server_main(&mode, &dir, listen, admin_listen).await,
+        Cmd::BenchSwarm { mode, n, quic, dir } => {
+            tether_sim::bench::swarm_main(&mode, n, &quic, &dir).await
+        }
     }
 }
 
