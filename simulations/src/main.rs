@@ -1,5 +1,9 @@
 //! `tether-sim`: run a local Tether fleet.
 
+// The allocator of the shipped (static musl) hub and agent, so that memory figures match them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
