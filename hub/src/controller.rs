@@ -155,6 +155,7 @@ pub async fn run(state: Arc<HubState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let st = state.clone();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || decide_all(&st)).await {
             Ok(Ok(changed)) => {
                 if changed {
@@ -164,13 +165,22 @@ pub async fn run(state: Arc<HubState>) {
             Ok(Err(e)) => tracing::error!(error = %e, "decision pass failed"),
             Err(e) => tracing::error!(error = %e, "decision pass panicked"),
         }
+        let took = started.elapsed();
         tokio::select! {
             r = works.changed() => if r.is_err() { return },
             _ = state.decisions_wake.notified() => {}
             _ = tick.tick() => {}
         }
+        // A pass reads every cluster and status row. Under a status storm the wake-ups never
+        // stop, and back-to-back passes would take a whole core from the sessions delivering
+        // and acknowledging; spacing passes by their own duration caps the controller at half
+        // a core, at the cost of deciding at most one pass later.
+        tokio::time::sleep(took.min(MAX_PASS_SPACING)).await;
     }
 }
+
+/// Upper bound of the spacing between decision passes (see `run`).
+const MAX_PASS_SPACING: Duration = Duration::from_secs(1);
 
 /// One pass over every work. Returns whether any cluster's allowed state changed.
 pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
