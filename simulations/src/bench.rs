@@ -1,16 +1,26 @@
 //! Fleet-scale benchmarks (`tether-sim bench`), each next to a baseline measured in the same
 //! run so that the ratio means something on a noisy machine. Numbers, not timed tests.
 //!
-//! - `propagation`: one work change to N agents (one process, loopback, no relay): time until
-//!   the hub recorded every delivery, until every simulated cluster held the new objects, and
-//!   until the hub had every Applied status; p50/p99/max. Baseline: a raw QUIC request/response
-//!   round trip (one stream per request, like the hub's) over the same TLS/QUIC settings.
+//! Two kinds of agents: real ones (`tether_agent`, `memory` executor, a redb store each) and
+//! protocol-level ones (`lite.rs`: same protocol and TLS stack, state in memory) for the fleet
+//! sizes where 10k agent stores fsyncing on the same two cores would be the figure.
+//!
+//! - `propagation`: one work change to N real agents (one process, loopback, no relay): time
+//!   until the hub recorded every delivery, until every simulated cluster held the new objects,
+//!   and until the hub had every Applied status; p50/p99/max. Baseline: a raw QUIC
+//!   request/response round trip (one stream per request, like the hub's) over the same
+//!   TLS/QUIC settings.
+//! - `lite-propagation`: the same with N protocol-level agents.
 //! - `ingest`: status entries per second committed durably through the hub's group committer
-//!   and `status::ingest` (no network) vs raw redb commits of the same entries.
+//!   and `status::ingest` (no network) vs raw redb commits of the same entries, and vs the same
+//!   data model written straight to the store with perfect batching.
 //! - `idle`: bytes on the wire per agent per hour with nothing changing, counted by the relay,
 //!   vs a bare quinn mTLS connection with the same keep-alive through the same relay.
-//! - `sessions`: hub RSS per held session (hub and agents in separate processes) vs a bare quinn
-//!   mTLS server holding the same number of connections.
+//! - `sessions`: hub RSS per held session (hub and protocol-level agents in separate processes,
+//!   heartbeats flowing) vs a bare quinn mTLS server holding the same number of connections.
+//! - `storm`: SIGKILL of the hub process under N protocol-level agents and a new process on the
+//!   same port and data directory: time until every session is back and Ready. Baseline: the
+//!   handshake capacity of a bare quinn mTLS server.
 
 use crate::fleet::LocalHub;
 use crate::lite::{LiteFleet, LiteIdentity};
