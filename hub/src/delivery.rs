@@ -15,6 +15,11 @@ use tether_store::hub::{cluster_work_key, ClusterWorkRecord, CLUSTER_WORKS};
 use tether_transport::framed::request;
 
 /// Record what the agent says it holds, so `describe work` is right even before any delivery.
+///
+/// The inventory is the agent's committed desired state, so it is also the truth about what it
+/// does *not* hold: a row the hub still has for a work missing from it is stale (the agent
+/// committed a removal whose `WorkAck` was lost with the session) and goes, as it would have
+/// when the ack arrived. Found by `singleton-failover` (full form, seed 4).
 pub async fn record_inventory(
     state: &HubState,
     cluster: &str,
@@ -38,6 +43,14 @@ pub async fn record_inventory(
                     row.delivered = Some(h.clone());
                     row.delivered_at_ms = Some(now);
                     tx.put(&CLUSTER_WORKS, &key, &row)?;
+                }
+            }
+            let prefix = cluster_work_key(&cluster, "");
+            for (key, row) in tx.list_prefix(&CLUSTER_WORKS, &prefix)? {
+                let work = &key[prefix.len()..];
+                if row.delivered.is_some() && !held.contains_key(work) {
+                    tracing::info!(%cluster, %work, "agent no longer holds this work; forgetting the delivery");
+                    tx.remove(&CLUSTER_WORKS, &key)?;
                 }
             }
             Ok(())
