@@ -8,7 +8,7 @@ use crate::registry::{Registry, Revocation};
 use crate::sessions::Sessions;
 use crate::util::now_ms;
 use anyhow::Context;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,10 +74,59 @@ pub struct HubState {
     pub committer: crate::committer::Committer,
     /// Best-effort audit events from hot paths (handshake rejections); bounded, batched.
     audit_queue: mpsc::Sender<AuditEvent>,
+    /// Health transitions not yet stored (see `apply_transitions`).
+    pending_health: Mutex<BTreeMap<String, Transition>>,
+    health_dirty: tokio::sync::Notify,
+}
+
+fn store_transitions(
+    tx: &tether_store::WriteTx,
+    transitions: &BTreeMap<String, Transition>,
+) -> Result<(), StoreError> {
+    for t in transitions.values() {
+        if let Some(mut rec) = tx.get(&CLUSTERS, &t.cluster)? {
+            if rec.state == ClusterState::Denied {
+                continue;
+            }
+            rec.state = t.to;
+            rec.state_since_ms = t.at_ms;
+            if t.last_heartbeat_ms.is_some() {
+                rec.last_seen_ms = t.last_heartbeat_ms;
+            }
+            tx.put(&CLUSTERS, &t.cluster, &rec)?;
+        }
+    }
+    Ok(())
+}
+
+/// Store queued health transitions, one group commit per wake-up, and refresh the gauges.
+async fn persist_health(state: Arc<HubState>) {
+    loop {
+        state.health_dirty.notified().await;
+        let batch = state.take_pending_health();
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = state
+            .committer
+            .write(move |tx| store_transitions(tx, &batch))
+            .await
+        {
+            tracing::error!(error = %e, "could not persist cluster health");
+        }
+        state.refresh_state_gauges();
+    }
 }
 
 impl HubState {
-    /// Persist health transitions in one transaction and log them.
+    /// Log health transitions and queue them for persistence.
+    ///
+    /// Called from the session and tick paths on the async runtime, so nothing here touches
+    /// the disk: `persist_health` writes the queued transitions through the group committer,
+    /// newest per cluster, many per fsync. (Writing them here, one fsynced transaction per
+    /// transition, blocked the runtime's workers when tens of thousands of agents connected at
+    /// once: 60k sessions never all came up.) The live state is the tracker's; the stored one
+    /// only seeds the next start.
     pub fn apply_transitions(&self, transitions: Vec<Transition>) {
         if transitions.is_empty() {
             return;
@@ -86,26 +135,26 @@ impl HubState {
             tracing::info!(cluster = %t.cluster, from = t.from.as_str(), to = t.to.as_str(), "cluster health changed");
         }
         self.decisions_wake.notify_one();
-        let result = self.store.write(|tx| {
-            for t in &transitions {
-                if let Some(mut rec) = tx.get(&CLUSTERS, &t.cluster)? {
-                    if rec.state == ClusterState::Denied {
-                        continue;
-                    }
-                    rec.state = t.to;
-                    rec.state_since_ms = t.at_ms;
-                    if t.last_heartbeat_ms.is_some() {
-                        rec.last_seen_ms = t.last_heartbeat_ms;
-                    }
-                    tx.put(&CLUSTERS, &t.cluster, &rec)?;
-                }
+        {
+            let mut pending = self
+                .pending_health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Bounded by the number of clusters: the newest transition per cluster wins.
+            for t in transitions {
+                pending.insert(t.cluster.clone(), t);
             }
-            Ok::<_, StoreError>(())
-        });
-        if let Err(e) = result {
-            tracing::error!(error = %e, "could not persist cluster health");
         }
-        self.refresh_state_gauges();
+        self.health_dirty.notify_one();
+    }
+
+    fn take_pending_health(&self) -> BTreeMap<String, Transition> {
+        std::mem::take(
+            &mut *self
+                .pending_health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     fn refresh_state_gauges(&self) {
@@ -255,6 +304,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         started_ms: now,
         committer,
         audit_queue: audit_tx,
+        pending_health: Mutex::new(BTreeMap::new()),
+        health_dirty: tokio::sync::Notify::new(),
         cfg,
     });
     state.refresh_state_gauges();
@@ -273,6 +324,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     }
     tasks.spawn(crate::controller::run(state.clone()));
     tasks.spawn(audit_writer(state.store.clone(), audit_rx));
+    tasks.spawn(persist_health(state.clone()));
     tracing::info!(%quic_addr, %admin_addr, clusters = clusters.len(), "hub started");
     Ok(RunningHub {
         quic_addr,
@@ -320,6 +372,13 @@ impl RunningHub {
             .close(close_code::SHUTDOWN.into(), b"hub shutting down");
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // What the persister had not stored yet (the sessions just closed, among others).
+        let pending = self.state.take_pending_health();
+        if !pending.is_empty() {
+            if let Err(e) = self.state.store.write(|tx| store_transitions(tx, &pending)) {
+                tracing::error!(error = %e, "could not persist cluster health at shutdown");
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         // Release the database before returning, so the same process can start a hub on it
         // again: wait for session tasks to drop their references, then for the writer thread.
