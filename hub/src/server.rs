@@ -22,15 +22,67 @@ use tokio::task::JoinSet;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HUB_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Handshakes in progress beyond which new connections are refused at once.
+///
+/// Under a reconnect storm (a hub start under tens of thousands of agents) queued handshakes
+/// time out anyway, after costing the CPU that the sessions already up need for their
+/// heartbeats; those then drop and join the storm. Measured: 60k agents connecting to one
+/// 2-core hub collapsed to ~7k live sessions and 400k handshake timeouts. A refusal costs the
+/// hub one small Initial packet; the agent backs off (jittered, exponential) and retries.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Counts handshakes in progress; `try_admit` hands out a slot while fewer than `max` are.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+/// A handshake slot, given back when dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    pub fn new(max: usize) -> Self {
+        Self {
+            pending: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    pub fn try_admit(&self) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(self.pending.clone()))
+    }
+}
+
 pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<HubState>) {
     // Connection tasks live in this set, so aborting the loop aborts them all.
     let mut conns = JoinSet::new();
+    let admission = Admission::new(MAX_PENDING_HANDSHAKES);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => {
-                    conns.spawn(handle_incoming(incoming, state.clone()));
-                }
+                Some(incoming) => match admission.try_admit() {
+                    Some(slot) => {
+                        conns.spawn(handle_incoming(incoming, slot, state.clone()));
+                    }
+                    None => {
+                        state.metrics.reject("overloaded");
+                        incoming.refuse();
+                    }
+                },
                 None => break,
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -49,9 +101,11 @@ fn counted_by_verifier(e: &quinn::ConnectionError) -> bool {
     }
 }
 
-async fn handle_incoming(incoming: quinn::Incoming, state: Arc<HubState>) {
+async fn handle_incoming(incoming: quinn::Incoming, slot: Admitted, state: Arc<HubState>) {
     let peer = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+    drop(slot);
+    let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             if !counted_by_verifier(&e) {
@@ -550,5 +604,23 @@ async fn handle_session_message(
             ErrorCode::UnexpectedMessage,
             format!("{} is not a request a hub accepts", other.kind()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::Admission;
+
+    #[test]
+    fn admits_up_to_the_limit_and_frees_slots_when_dropped() {
+        let a = Admission::new(2);
+        let first = a.try_admit().expect("first");
+        let second = a.try_admit().expect("second");
+        assert!(a.try_admit().is_none(), "third must be refused");
+        drop(first);
+        let third = a.try_admit().expect("a freed slot is reusable");
+        assert!(a.try_admit().is_none());
+        drop((second, third));
+        assert!(a.try_admit().is_some());
     }
 }
