@@ -308,8 +308,9 @@ async fn run_agent(
     stats: Arc<LiteStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // The real agent's reconnect policy (jittered exponential backoff, capped).
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    // The real agent's reconnect policy and defaults (jittered exponential backoff, capped).
+    let defaults = tether_agent::RunOptions::new(std::path::PathBuf::new());
+    let mut backoff = Backoff::new(defaults.backoff_base, defaults.backoff_cap);
     loop {
         let r = tokio::select! {
             r = session(&agent, &endpoint, hub, &stats, &mut backoff) => r,
