@@ -347,6 +347,15 @@ fn load_or_create_reset_secret(path: &std::path::Path) -> anyhow::Result<[u8; 32
             Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
         }
     }
+    // 64 hex digits and a newline at most; anything much larger is not ours to read whole.
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= 128,
+        "{} is {len} bytes, not a 64-hex-digit secret; delete it to make a new one",
+        path.display()
+    );
     let text = read(path.to_path_buf())?;
     let bytes = hex::decode(text.trim())
         .ok()

@@ -22,7 +22,7 @@
 //!   same port and data directory: time until every session is back and Ready. Baseline: the
 //!   handshake capacity of a bare quinn mTLS server.
 
-use crate::fleet::LocalHub;
+use crate::fleet::{metric, LocalHub};
 use crate::lite::{LiteFleet, LiteIdentity};
 use crate::relay::{LinkProfile, Relay};
 use anyhow::Context;
@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 use tether_agent::executor::memory::MemoryExecutor;
 use tether_agent::executor::AnyExecutor;
 use tether_agent::{JoinOptions, RunOptions, Shutdown};
-use tether_hub::api::CreateTokenRequest;
 use tether_hub::HubConfig;
 use tether_protocol::Labels;
 
@@ -270,7 +269,13 @@ async fn storm(n: usize, control: bool) -> anyhow::Result<Storm> {
     provision_lite(&dir, "st", n).await?;
     let mut hub = HubProc::spawn(&dir, None)?;
     let (swarm, _sout) = spawn_lite_swarm(&dir, n, hub.quic)?;
-    wait_sessions(&hub.admin()?, n, connect_limit(n)).await?;
+    wait_sessions(
+        &hub.admin()?,
+        n,
+        connect_limit(n),
+        Duration::from_millis(500),
+    )
+    .await?;
 
     let (hub_back_s, all_ready_s) = kill_and_restart(&dir, &mut hub, n, false).await?;
     let control_all_ready_s = if control {
@@ -316,19 +321,14 @@ async fn kill_and_restart(
     }
     *hub = HubProc::spawn(dir, Some(addrs))?;
     let back = started.elapsed().as_secs_f64();
-    let admin = hub.admin()?;
     // The restarted hub loads every cluster's last state; only live sessions count as back.
-    loop {
-        let (live, ready) = hub_counts(&admin).await.unwrap_or((0, 0));
-        if live >= n && ready >= n {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {live} of {n} agents back 600 s after the hub restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_sessions(
+        &hub.admin()?,
+        n,
+        Duration::from_secs(600),
+        Duration::from_millis(100),
+    )
+    .await?;
     Ok((back, started.elapsed().as_secs_f64()))
 }
 
@@ -446,34 +446,25 @@ fn spawn_lite_swarm(
 /// Live sessions and clusters Ready, from the hub's metrics (cheap at 100k, unlike listing).
 async fn hub_counts(admin: &tether_hub::ctl::AdminClient) -> anyhow::Result<(usize, usize)> {
     let text = admin.get_text("/metrics").await?;
-    let value = |prefix: &str| {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |v| v as usize)
-    };
     Ok((
-        value("tether_hub_live_sessions "),
-        value("tether_hub_clusters{state=\"Ready\"} "),
+        metric(&text, "tether_hub_live_sessions") as usize,
+        metric(&text, "tether_hub_clusters{state=\"Ready\"}") as usize,
     ))
 }
 
 async fn hub_counter(admin: &tether_hub::ctl::AdminClient, name: &str) -> f64 {
-    let Ok(text) = admin.get_text("/metrics").await else {
-        return 0.0;
-    };
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
+    admin
+        .get_text("/metrics")
+        .await
+        .map_or(0.0, |text| metric(&text, name))
 }
 
+/// Poll (every `poll`) until `n` sessions are live and Ready; seconds it took.
 async fn wait_sessions(
     admin: &tether_hub::ctl::AdminClient,
     n: usize,
     limit: Duration,
+    poll: Duration,
 ) -> anyhow::Result<f64> {
     let t = Instant::now();
     loop {
@@ -485,7 +476,7 @@ async fn wait_sessions(
             t.elapsed() < limit,
             "only {live} sessions ({ready} Ready) of {n} after {limit:?}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -541,22 +532,9 @@ fn bench_hub_config(dir: &Path) -> HubConfig {
     cfg
 }
 
-async fn token(hub: &LocalHub, uses: usize) -> anyhow::Result<String> {
-    Ok(hub
-        .admin()?
-        .create_token(&CreateTokenRequest {
-            ttl_secs: 3600,
-            uses: uses as u32,
-            auto_approve: true,
-            labels: Labels::new(),
-        })
-        .await?
-        .token)
-}
-
 /// Start one agent (join, then run) as a task of this process.
 #[allow(clippy::too_many_arguments)]
-pub fn spawn_agent(
+fn spawn_agent(
     name: &str,
     dir: &Path,
     hub: &str,
@@ -751,7 +729,7 @@ async fn propagation(n: usize) -> anyhow::Result<Propagation> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
-    let tok = token(&hub, n).await?;
+    let tok = hub.token(u32::try_from(n)?, true, Labels::new()).await?;
     let addr = format!("localhost:{}", hub.quic_addr().port());
     let started = Instant::now();
     let mut agents = Vec::with_capacity(n);
@@ -855,7 +833,7 @@ async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
     let started = Instant::now();
     let fleet = LiteFleet::start(&ids, &ca, hub.quic_addr(), LITE_CONNECTS_PER_S).await?;
     let admin = hub.admin()?;
-    wait_sessions(&admin, n, connect_limit(n)).await?;
+    wait_sessions(&admin, n, connect_limit(n), Duration::from_millis(500)).await?;
     let join_s = started.elapsed().as_secs_f64();
     admin.apply_work(&work("warm")?).await?;
     wait_all_applied(&admin, n, 1).await?;
@@ -1073,7 +1051,7 @@ async fn idle(n: usize, window_s: u64, heartbeat_s: Option<u64>) -> anyhow::Resu
     }
     let hb = cfg.health.heartbeat_interval;
     let mut hub = LocalHub::start(&dir.join("hub"), cfg).await?;
-    let tok = token(&hub, n).await?;
+    let tok = hub.token(u32::try_from(n)?, true, Labels::new()).await?;
     let mut relays = Vec::new();
     let mut agents = Vec::new();
     for i in 0..n {
@@ -1325,7 +1303,7 @@ async fn sessions(n: usize) -> anyhow::Result<Sessions> {
     let before = rss_kib(Some(hub.pid()));
     let t = Instant::now();
     let (swarm, _sout) = spawn_lite_swarm(&dir, n, hub.quic)?;
-    wait_sessions(&admin, n, connect_limit(n)).await?;
+    wait_sessions(&admin, n, connect_limit(n), Duration::from_millis(500)).await?;
     let connect_all_s = t.elapsed().as_secs_f64();
     // Heartbeats flowing for a while (default interval 10 s); every session must stay up.
     let hb0 = hub_counter(&admin, "tether_hub_heartbeats_total").await;

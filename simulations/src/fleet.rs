@@ -184,6 +184,13 @@ async fn run_agent(spec: AgentSpec, shutdown: Shutdown) -> Result<(), AgentError
     tether_agent::run(&run, spec.executor, shutdown).await
 }
 
+/// One series of the hub's Prometheus text (`name` with its labels, if any); 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// Poll the admin API until `pred` holds for the cluster list, or time out.
 pub async fn wait_for(
     admin: &AdminClient,

@@ -160,12 +160,6 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// The hub's status history of one cluster has no duplicates and no gaps: sequence numbers
 /// strictly increase, and (after the agent stopped) they end at what the agent had acknowledged
 /// with nothing left in its outbox.

@@ -6,15 +6,11 @@
 mod common;
 
 use common::*;
+use tether_sim::fleet::metric;
 use tether_sim::lite::{provision, LiteFleet};
 
-async fn metric(admin: &tether_hub::ctl::AdminClient, name: &str) -> f64 {
-    let text = admin.get_text("/metrics").await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+async fn hub_metric(admin: &tether_hub::ctl::AdminClient, name: &str) -> f64 {
+    metric(&admin.get_text("/metrics").await.unwrap(), name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +59,7 @@ async fn lite_agents_hold_sessions_take_works_and_report_exactly_once() {
         let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1], "{}: status log {log:?}", id.name);
     }
-    let delivered = metric(&admin, "tether_hub_deliveries_total").await;
+    let delivered = hub_metric(&admin, "tether_hub_deliveries_total").await;
     assert_eq!(delivered, 3.0);
 
     // Restart: the agents reconnect with their inventory; nothing is sent again.
@@ -71,8 +67,11 @@ async fn lite_agents_hold_sessions_take_works_and_report_exactly_once() {
     let admin = h.admin().unwrap();
     ready(admin.clone()).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(metric(&admin, "tether_hub_deliveries_total").await, 0.0);
-    assert_eq!(metric(&admin, "tether_hub_status_gaps_total").await, 0.0);
+    assert_eq!(hub_metric(&admin, "tether_hub_deliveries_total").await, 0.0);
+    assert_eq!(
+        hub_metric(&admin, "tether_hub_status_gaps_total").await,
+        0.0
+    );
     assert!(
         fleet
             .stats

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use tether_sim::fleet::{all_in_state, wait_for};
+use tether_sim::fleet::{all_in_state, metric, wait_for};
 
 fn file(dir: &Path, cluster: &str, work: &str) -> std::path::PathBuf {
     manifests_dir(dir, cluster).join(format!("tether-{work}.yaml"))

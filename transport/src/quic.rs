@@ -15,6 +15,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum QuicError {
     #[error("TLS configuration is not usable for QUIC: {0}")]
     Crypto(String),
+    #[error("no async runtime to drive the QUIC endpoint (start it inside tokio)")]
+    NoRuntime,
     #[error("could not bind UDP socket {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -58,8 +60,7 @@ pub fn server_endpoint(
     cfg.transport_config(Arc::new(transport(None, 8)));
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| QuicError::Crypto("no async runtime for the QUIC endpoint".into()))?;
+    let runtime = quinn::default_runtime().ok_or(QuicError::NoRuntime)?;
     quinn::Endpoint::new(endpoint_config(reset_secret), Some(cfg), socket, runtime)
         .map_err(|source| QuicError::Bind { addr, source })
 }
