@@ -1,6 +1,6 @@
 //! Hand-written SVG line charts of a run: no plotting crate, opens in any browser.
 
-use crate::sim::Report;
+use crate::sim::{Report, WorkSample};
 use std::fmt::Write;
 
 const W: f64 = 900.0;
@@ -220,48 +220,33 @@ pub fn convergence(r: &Report) -> String {
     );
     decorate(&mut c, r);
     for (i, w) in r.works.keys().enumerate() {
-        let pts: Vec<(f64, f64)> = r
-            .samples
-            .iter()
-            .filter_map(|s| {
-                s.works.get(w).map(|ws| {
-                    (
-                        s.t_s,
-                        if ws.targeted == 0 {
+        // Share of targeted clusters that have reached the latest generation, by one count.
+        let share = |count: fn(&WorkSample) -> usize| -> Vec<(f64, f64)> {
+            r.samples
+                .iter()
+                .filter_map(|s| {
+                    s.works.get(w).map(|ws| {
+                        let share = if ws.targeted == 0 {
                             1.0
                         } else {
-                            ws.applied as f64 / ws.targeted as f64
-                        },
-                    )
+                            count(ws) as f64 / ws.targeted as f64
+                        };
+                        (s.t_s, share)
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        let color = COLORS[i % COLORS.len()];
         c.line(
             &format!("{w} applied"),
-            &pts,
-            COLORS[i % COLORS.len()],
+            &share(|ws| ws.applied),
+            color,
             false,
         );
-        let pts: Vec<(f64, f64)> = r
-            .samples
-            .iter()
-            .filter_map(|s| {
-                s.works.get(w).map(|ws| {
-                    (
-                        s.t_s,
-                        if ws.targeted == 0 {
-                            1.0
-                        } else {
-                            ws.delivered as f64 / ws.targeted as f64
-                        },
-                    )
-                })
-            })
-            .collect();
         c.line(
             &format!("{w} delivered"),
-            &pts,
-            COLORS[i % COLORS.len()],
+            &share(|ws| ws.delivered),
+            color,
             true,
         );
     }
