@@ -212,6 +212,13 @@ async fn session(
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
     send_inventory(agent, &conn).await?;
+    // Answers the hub's nudges. It never ends by itself: the connection's end is classified
+    // (fatal or not) by the `conn.closed()` branch below.
+    let nudged = conn.clone();
+    tasks.spawn(async move {
+        tether_transport::nudge::answer(nudged).await;
+        std::future::pending::<AgentError>().await
+    });
     tasks.spawn(serve_deliveries(
         conn.clone(),
         agent.store.clone(),

@@ -328,8 +328,12 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
         }
         #[allow(unreachable_code)]
         Some(())
-    })
-    .await;
+    });
+    let served = tokio::select! {
+        r = served => r,
+        // The connection ended; `served` would see that on its next read.
+        _ = tether_transport::nudge::answer(conn.clone()) => return,
+    };
     if served.is_err() {
         conn.close(
             close_code::NORMAL.into(),
@@ -430,6 +434,7 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
         delivery: Mutex::new(None),
     });
     let mut streams = JoinSet::new();
+    let mut nudges = tether_transport::nudge::Responder::default();
     let end = loop {
         let (mut send, mut recv) = tokio::select! {
             r = conn.accept_bi() => match r {
@@ -437,6 +442,10 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
                 Err(e) => break e,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            Ok(d) = conn.read_datagram() => {
+                nudges.on_datagram(&conn, &d, std::time::Instant::now());
+                continue;
+            }
         };
         // Streams are served concurrently (a slow status commit must not delay heartbeats);
         // QUIC's stream limit bounds how many at once.

@@ -123,7 +123,18 @@ pub async fn request(
 ) -> Result<Message, TransportError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send_last(&mut send, msg, limits).await?;
-    match read_frame(&mut recv, limits).await? {
+    let response = read_frame(&mut recv, limits);
+    tokio::pin!(response);
+    // An answer that is late is probably stuck behind a lost packet: nudge (see `nudge`).
+    let every = crate::nudge::interval(conn.rtt());
+    let mut nudges = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let answer = loop {
+        tokio::select! {
+            r = &mut response => break r?,
+            _ = nudges.tick() => crate::nudge::ping(conn),
+        }
+    };
+    match answer {
         Message::Error(e) => Err(TransportError::Peer(e)),
         other => Ok(other),
     }

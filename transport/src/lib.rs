@@ -6,10 +6,12 @@
 //! - [`framed`]: one request frame and one response frame per stream, each with size and time limits.
 //! - [`certs`]: reading certificates (serial, validity, subject) and fingerprints.
 //! - [`backoff`]: the sans-IO reconnect schedule.
+//! - [`nudge`]: PING/PONG datagrams that keep loss recovery going while a request waits.
 
 pub mod backoff;
 pub mod certs;
 pub mod framed;
+pub mod nudge;
 pub mod quic;
 pub mod tls;
 

@@ -37,7 +37,8 @@ fn transport(keep_alive: Option<Duration>, peer_bidi_streams: u32) -> TransportC
     t.stream_receive_window(VarInt::from_u32(256 * 1024));
     t.receive_window(VarInt::from_u32(1024 * 1024));
     t.send_window(1024 * 1024);
-    t.datagram_receive_buffer_size(None);
+    // Room for nudges only (see `nudge`): no application data travels as datagrams.
+    t.datagram_receive_buffer_size(Some(crate::nudge::DATAGRAM_BUFFER));
     t
 }
 
