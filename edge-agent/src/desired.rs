@@ -58,8 +58,20 @@ impl From<tether_store::StoreError> for DeliveryError {
 }
 
 /// Decode, validate and commit a work update. Returns the acknowledgement to send.
-pub fn accept_update(store: &Store, update: WorkUpdate) -> Result<WorkAck, DeliveryError> {
+///
+/// `since_contact`: how long ago the agent last had a heartbeat acknowledged. A singleton
+/// that arrives while that is already past its `fenceAfter` is a delivery delayed in the
+/// network: the hub may have moved the work meanwhile, so it is stored fenced (kept, not run)
+/// and acknowledged as such; the hub sends it again over a fresh session if it is still ours.
+pub fn accept_update(
+    store: &Store,
+    update: WorkUpdate,
+    since_contact: Option<std::time::Duration>,
+) -> Result<WorkAck, DeliveryError> {
     let name = update.name.clone();
+    let fenced = update.fence_after_ms.is_some_and(|ms| {
+        tether_protocol::fencing::must_fence(std::time::Duration::from_millis(ms), since_contact)
+    });
     let manifests = match &update.bundle {
         Some(b) => {
             let m = bundle::unpack(b, &update.hash, MAX_BUNDLE_BYTES)
@@ -104,8 +116,8 @@ pub fn accept_update(store: &Store, update: WorkUpdate) -> Result<WorkAck, Deliv
             manifests,
             removal: None,
             fence_after_ms: update.fence_after_ms,
-            // A fresh delivery is the hub's word that this cluster holds the work again.
-            fenced: false,
+            // A timely delivery is the hub's word that this cluster holds the work again.
+            fenced,
         };
         tx.put(&DESIRED, &name, &desired)?;
         Ok(())
@@ -115,7 +127,7 @@ pub fn accept_update(store: &Store, update: WorkUpdate) -> Result<WorkAck, Deliv
         held: Some(HeldWork {
             generation: update.generation,
             hash: update.hash,
-            fenced: false,
+            fenced,
         }),
     })
 }
@@ -135,4 +147,62 @@ pub fn accept_removal(store: &Store, removal: WorkRemove) -> Result<WorkAck, Del
         name: removal.name,
         held: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn singleton_update() -> WorkUpdate {
+        let manifests = vec![serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "controller", "namespace": "default"},
+        })];
+        let packed = bundle::pack(&manifests).unwrap();
+        WorkUpdate {
+            name: "controller".into(),
+            generation: 1,
+            hash: packed.hash,
+            force_conflicts: false,
+            bundle: Some(packed.compressed),
+            fence_after_ms: Some(1_000),
+        }
+    }
+
+    fn stored(store: &Store) -> DesiredWork {
+        store
+            .read(|tx| tx.get(&DESIRED, "controller"))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_singleton_arriving_after_contact_lapsed_is_stored_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("agent.redb")).unwrap();
+        let late = accept_update(&store, singleton_update(), Some(Duration::from_secs(3))).unwrap();
+        assert!(late.held.unwrap().fenced);
+        assert!(stored(&store).fenced);
+        let never = accept_update(&store, singleton_update(), None).unwrap();
+        assert!(
+            never.held.unwrap().fenced,
+            "no contact at all is no contact"
+        );
+        // Delivered again within fenceAfter of contact: the hub's word that it is ours.
+        let timely =
+            accept_update(&store, singleton_update(), Some(Duration::from_millis(200))).unwrap();
+        assert!(!timely.held.unwrap().fenced);
+        assert!(!stored(&store).fenced);
+    }
+
+    #[test]
+    fn works_without_fencing_ignore_contact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("agent.redb")).unwrap();
+        let mut update = singleton_update();
+        update.fence_after_ms = None;
+        let ack = accept_update(&store, update, None).unwrap();
+        assert!(!ack.held.unwrap().fenced);
+    }
 }

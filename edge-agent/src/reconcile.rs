@@ -47,7 +47,7 @@ impl Signals {
         }
     }
 
-    fn since_contact(&self, now: Instant) -> Option<Duration> {
+    pub fn since_contact(&self, now: Instant) -> Option<Duration> {
         self.last_contact
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -177,7 +177,15 @@ impl<E: Executor> Reconciler<E> {
         for (_, work) in desired {
             if work.removal.is_none() {
                 if work.fenced {
-                    // Stays down until the hub delivers it again.
+                    // Stays down until the hub delivers it again. A copy still running under
+                    // it (a late delivery was stored fenced over a live one) goes now.
+                    if self
+                        .store
+                        .read(|tx| tx.get(&APPLIED, &work.name))?
+                        .is_some()
+                    {
+                        queued += self.fence(&work).await?;
+                    }
                     continue;
                 }
                 if let Some(ms) = work.fence_after_ms {

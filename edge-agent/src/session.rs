@@ -416,7 +416,8 @@ async fn serve_deliveries(
         let outcome = match msg {
             Message::WorkUpdate(u) => {
                 tracing::debug!(work = %u.name, generation = u.generation, full = u.bundle.is_some(), "work update");
-                blocking(move || desired::accept_update(&store, u)).await
+                let since_contact = signals.since_contact(std::time::Instant::now());
+                blocking(move || desired::accept_update(&store, u, since_contact)).await
             }
             Message::WorkRemove(r) => {
                 tracing::debug!(work = %r.name, orphan = r.orphan, "work removal");
@@ -434,6 +435,10 @@ async fn serve_deliveries(
         let reply = match outcome {
             Ok(Ok(ack)) => {
                 signals.desired_changed.notify_one();
+                if ack.held.as_ref().is_some_and(|h| h.fenced) {
+                    tracing::warn!(work = %ack.name, "a singleton arrived after contact with the hub had lapsed; stored fenced, reconnecting to report it");
+                    signals.fenced.notify_one();
+                }
                 Message::WorkAck(ack)
             }
             Ok(Err(e)) => {

@@ -6,6 +6,7 @@
 use crate::hub::HubState;
 use crate::placement::{self, Candidate, Choice};
 use crate::rollout::{self, ClusterProgress, Group, Limit, OfflinePolicy, Phase, Progress};
+use crate::singleton;
 use crate::util::now_ms;
 use crate::works::{Want, WorkEntry};
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tether_protocol::work::{
     CountOrPercent, Divide, FailoverMode, OfflinePolicySpec, RolloutSpec, RolloutStrategy,
 };
-use tether_protocol::{Labels, WorkPhase};
+use tether_protocol::{close_code, Labels, WorkPhase};
 use tether_store::hub::{
     work_history_key, ClusterState, ClusterWorkRecord, RolloutRecord, CLUSTERS, CLUSTER_WORKS,
     ROLLOUTS, WORK_HISTORY,
@@ -34,6 +35,10 @@ pub struct WorkDecision {
     /// Every selected cluster reports this generation applied: copies on clusters that are no
     /// longer selected may now be removed (never before: nothing is mass-deleted on reconnect).
     pub replacements_ready: bool,
+    /// A singleton: copies elsewhere go first (break before make, see `singleton`).
+    pub singleton: bool,
+    /// Singleton only: clusters that may still run it; the target waits for them.
+    pub waiting_for: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -89,13 +94,13 @@ pub fn want_from(
         return Want::Keep;
     }
     let Some(assignment) = d.selected.get(cluster) else {
-        return if d.replacements_ready {
+        return if d.replacements_ready || d.singleton {
             Want::Absent
         } else {
             Want::Keep
         };
     };
-    if d.admitted.as_ref().is_some_and(|a| !a.contains(cluster)) {
+    if d.admitted.as_ref().is_some_and(|a| !a.contains(cluster)) || !d.waiting_for.is_empty() {
         return Want::Keep;
     }
     match entry.rendered(assignment) {
@@ -283,7 +288,23 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                     .map(|((_, c), _)| c.clone())
                     .collect()
             });
-        let choices = placement::select(name, spec, &fleet, &sticky, &tainted);
+        let singleton = spec
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.mode == FailoverMode::Singleton);
+        // A singleton goes to a cluster that can take it now: sending it into a partition
+        // leaves a copy in flight that could start later next to its replacement.
+        let mut excluded = tainted.clone();
+        if singleton {
+            for (c, ready) in &online {
+                if !ready && !sticky.contains(c) {
+                    excluded.entry(c.clone()).or_insert_with(|| {
+                        "not Ready (a singleton goes to a Ready cluster)".into()
+                    });
+                }
+            }
+        }
+        let choices = placement::select(name, spec, &fleet, &sticky, &excluded);
         let labels_of = |c: &str| -> Labels {
             fleet
                 .iter()
@@ -375,6 +396,33 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                     .collect()
             })
             .unwrap_or_default();
+        let mut waiting_for = Vec::new();
+        if singleton && !selected.is_empty() {
+            let others: Vec<singleton::Other> = clusters
+                .iter()
+                .filter(|(c, _)| !selected.contains_key(c))
+                .map(|(c, _)| singleton::Other {
+                    cluster: c,
+                    may_hold: state.singleton_in_flight.contains(name, c)
+                        || status
+                            .get(&(name.clone(), c.clone()))
+                            .and_then(|r| r.delivered.as_ref())
+                            .is_some_and(|d| !d.fenced),
+                    tainted: tainted.contains_key(c),
+                    session_open: state.sessions.stable_id(c).is_some(),
+                })
+                .collect();
+            for c in singleton::sessions_to_close(others.iter().cloned()) {
+                tracing::info!(work = %name, cluster = %c, "closing the session of a tainted cluster that may hold the singleton, so nothing in flight reaches it after the move");
+                state
+                    .sessions
+                    .close(&c, close_code::NORMAL, "singleton moves away");
+            }
+            waiting_for = singleton::blockers(others.into_iter().map(|mut o| {
+                o.session_open = state.sessions.stable_id(o.cluster).is_some();
+                o
+            }));
+        }
         let mut decision = WorkDecision {
             generation,
             selected,
@@ -382,6 +430,8 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
             admitted: None,
             rollout: None,
             replacements_ready,
+            singleton,
+            waiting_for,
         };
         let progressive = spec
             .rollout
@@ -519,6 +569,7 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                 || b.selected != decision.selected
                 || b.admitted != decision.admitted
                 || b.replacements_ready != decision.replacements_ready
+                || b.waiting_for != decision.waiting_for
         }) {
             changed = true;
         }

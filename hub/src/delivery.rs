@@ -10,7 +10,7 @@ use crate::works::{plan, Action};
 use quinn::Connection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tether_protocol::{HeldWork, Message, WorkRemove, WorkUpdate};
+use tether_protocol::{close_code, HeldWork, Message, WorkRemove, WorkUpdate};
 use tether_store::hub::{cluster_work_key, ClusterWorkRecord, CLUSTER_WORKS};
 use tether_transport::framed::request;
 
@@ -188,11 +188,25 @@ async fn send(
         Message::WorkUpdate(u) => u.bundle.as_ref().map_or(0, Vec::len),
         _ => 0,
     };
+    let singleton = matches!(&msg, Message::WorkUpdate(u) if u.fence_after_ms.is_some());
+    let singleton_removal = matches!(action, Action::Remove { work, .. }
+        if works.get(work).and_then(|e| crate::controller::fence_after_ms(&e.record.document.spec)).is_some());
+    let _in_flight = singleton.then(|| state.singleton_in_flight.start(action.work(), cluster));
     let reply = match request(conn, &msg, limits).await {
         Ok(r) => r,
         Err(e) if conn.close_reason().is_some() => return Err(Failure::Connection(e.to_string())),
         Err(tether_transport::TransportError::Peer(e)) => {
             return Err(Failure::Refused(e.to_string()))
+        }
+        Err(e) if singleton => {
+            // QUIC would keep retransmitting the abandoned copy, and it could land after the
+            // work moved on (see `singleton`): end the session instead; the agent reconnects
+            // and reports its inventory.
+            conn.close(
+                close_code::NORMAL.into(),
+                b"singleton delivery unanswered; reconnect",
+            );
+            return Err(Failure::Connection(e.to_string()));
         }
         Err(e) => return Err(Failure::Retry(e.to_string())),
     };
@@ -256,6 +270,11 @@ async fn send(
     if let Err(e) = committed {
         // The agent holds it either way; the next session's inventory will set this right.
         tracing::error!(%cluster, work = %ack.name, error = %e, "could not record a delivery");
+    }
+    if singleton_removal && ack.held.is_none() {
+        state
+            .singleton_in_flight
+            .removal_acknowledged(&ack.name, cluster);
     }
     tracing::debug!(%cluster, work = %ack.name, held = ?ack.held, "delivered");
     Ok(ack.held)

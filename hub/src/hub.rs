@@ -65,6 +65,8 @@ pub struct HubState {
     pub works: crate::works::WorkIndex,
     /// Placement, overrides and rollout decisions per work (see `controller`).
     pub decisions: crate::controller::Decisions,
+    /// Singleton deliveries not yet answered (see `singleton`).
+    pub singleton_in_flight: crate::singleton::InFlight,
     /// When this hub process started: it cannot know what happened before, so no cluster is
     /// treated as unreachable for longer than this (a restart must not trigger failover).
     pub started_ms: u64,
@@ -300,6 +302,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         join_slots: Arc::new(Semaphore::new(cfg.max_join_connections)),
         works,
         decisions: Default::default(),
+        singleton_in_flight: Default::default(),
         decisions_wake: tokio::sync::Notify::new(),
         started_ms: now,
         committer,

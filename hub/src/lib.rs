@@ -19,6 +19,7 @@ pub mod render;
 pub mod rollout;
 pub mod server;
 pub mod sessions;
+pub mod singleton;
 pub mod status;
 pub mod util;
 pub mod windows;

@@ -11,6 +11,22 @@
 //! places the work elsewhere no earlier than `h + fence_after + clock_skew >= s + fence_after +
 //! r`. An agent that restarts has no contact yet and fences at once. So the old copy is gone
 //! before the new one can start. The property test below replays random runs of this model.
+//!
+//! "Until the hub delivers the work to it again" needs two more rules, because a delivery can
+//! be decided before a move and arrive after it (QUIC retransmits it when a partition heals;
+//! a simulation found exactly that):
+//! - Agent: a singleton that arrives when the agent's contact is already older than
+//!   `fence_after` is stored fenced, not run (and a copy running under it is fenced too). By
+//!   the argument above, a cluster the hub has since given up on has stale contact.
+//! - Hub (`tether_hub::singleton`): before the work starts elsewhere, every other cluster
+//!   that holds it, is being sent it, or has not yet reported its removal done either reports
+//!   it gone or is past `fence_after + clock_skew` with its session closed (a closed QUIC
+//!   connection retransmits nothing, and a new session starts from the agent's inventory).
+//!   A reachable holder therefore removes its copy before the new one is sent.
+//!
+//! The model below covers the first part (one holder, one replacement); the late-delivery
+//! rules are tested in the agent (`tests/late_singleton.rs`) and the hub (`singleton`), and
+//! end to end by the `singleton-failover` simulation.
 
 use std::time::Duration;
 
