@@ -249,9 +249,25 @@ impl<E: Executor> Reconciler<E> {
         let name = work.name.clone();
         let generation = work.generation;
         self.store.write(|tx| {
-            // The hub may have withdrawn the work while we applied; its removal wins.
+            // The hub may have withdrawn the work while we applied; its removal wins. It must
+            // still learn what this apply created, or those objects would outlive the work.
             let still = tx.get(&DESIRED, &name)?;
             if still.as_ref().is_none_or(|d| d.removal.is_some()) {
+                if still.is_some() {
+                    let mut both: std::collections::BTreeSet<_> =
+                        inventory.iter().cloned().collect();
+                    both.extend(new_inventory);
+                    tx.put(
+                        &APPLIED,
+                        &name,
+                        &AppliedWork {
+                            generation,
+                            hash: status.hash.clone(),
+                            inventory: both.into_iter().collect(),
+                            last_status: previous.map_or(status, |p| p.last_status),
+                        },
+                    )?;
+                }
                 return Ok(0);
             }
             tx.put(
