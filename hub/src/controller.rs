@@ -94,7 +94,13 @@ pub fn want_from(
         return Want::Keep;
     }
     let Some(assignment) = d.selected.get(cluster) else {
-        return if d.replacements_ready || d.singleton {
+        // A singleton's old copy goes first, but only once its successor may start (not while
+        // the successor waits for its rollout slot or maintenance window).
+        let successor_admitted = d
+            .selected
+            .keys()
+            .all(|c| d.admitted.as_ref().is_none_or(|a| a.contains(c)));
+        return if d.replacements_ready || (d.singleton && successor_admitted) {
             Want::Absent
         } else {
             Want::Keep
@@ -191,6 +197,7 @@ const MAX_PASS_SPACING: Duration = Duration::from_secs(1);
 pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
     let now = now_ms();
     let works = state.works.snapshot();
+    let in_flight = state.singleton_in_flight.snapshot();
     let (clusters, rows, rollouts) = state.store.read(|tx| {
         Ok::<_, StoreError>((
             tx.list(&CLUSTERS)?,
@@ -403,11 +410,8 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
                 .filter(|(c, _)| !selected.contains_key(c))
                 .map(|(c, _)| singleton::Other {
                     cluster: c,
-                    may_hold: state.singleton_in_flight.contains(name, c)
-                        || status
-                            .get(&(name.clone(), c.clone()))
-                            .and_then(|r| r.delivered.as_ref())
-                            .is_some_and(|d| !d.fenced),
+                    may_hold: in_flight.contains(&(name.clone(), c.clone()))
+                        || singleton::copy_may_run(status.get(&(name.clone(), c.clone()))),
                     tainted: tainted.contains_key(c),
                     session_open: state.sessions.stable_id(c).is_some(),
                 })

@@ -28,6 +28,13 @@ pub async fn record_inventory(
     let cluster = cluster.to_string();
     let held = held.clone();
     let now = now_ms();
+    let singletons: BTreeSet<String> = state
+        .works
+        .snapshot()
+        .iter()
+        .filter(|(_, e)| crate::controller::fence_after_ms(&e.record.document.spec).is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
     state
         .committer
         .write(move |tx| {
@@ -50,7 +57,15 @@ pub async fn record_inventory(
                 let work = &key[prefix.len()..];
                 if row.delivered.is_some() && !held.contains_key(work) {
                     tracing::info!(%cluster, %work, "agent no longer holds this work; forgetting the delivery");
-                    tx.remove(&CLUSTER_WORKS, &key)?;
+                    let mut row = row;
+                    row.delivered = None;
+                    // A singleton's copy may still be being removed: keep what its last
+                    // status says until the agent reports it gone (see `singleton`).
+                    if singletons.contains(work) && crate::singleton::copy_may_run(Some(&row)) {
+                        tx.put(&CLUSTER_WORKS, &key, &row)?;
+                    } else {
+                        tx.remove(&CLUSTER_WORKS, &key)?;
+                    }
                 }
             }
             Ok(())
@@ -195,9 +210,8 @@ async fn send(
     let reply = match request(conn, &msg, limits).await {
         Ok(r) => r,
         Err(e) if conn.close_reason().is_some() => return Err(Failure::Connection(e.to_string())),
-        Err(tether_transport::TransportError::Peer(e)) => {
-            return Err(Failure::Refused(e.to_string()))
-        }
+        // Answered with an error: handled below (one of them asks for the full bundle).
+        Err(tether_transport::TransportError::Peer(e)) => Message::Error(e),
         Err(e) if singleton => {
             // QUIC would keep retransmitting the abandoned copy, and it could land after the
             // work moved on (see `singleton`): end the session instead; the agent reconnects
@@ -261,7 +275,22 @@ async fn send(
                     tx.put(&CLUSTER_WORKS, &key, &row)?;
                 }
                 None => {
-                    tx.remove(&CLUSTER_WORKS, &key)?;
+                    let mut row = tx.get(&CLUSTER_WORKS, &key)?;
+                    if let Some(r) = row.as_mut() {
+                        r.delivered = None;
+                    }
+                    // A singleton's row stays until the copy is reported gone: the
+                    // acknowledgement only says the removal is committed (see `singleton`).
+                    match row {
+                        Some(r)
+                            if singleton_removal && crate::singleton::copy_may_run(Some(&r)) =>
+                        {
+                            tx.put(&CLUSTER_WORKS, &key, &r)?;
+                        }
+                        _ => {
+                            tx.remove(&CLUSTER_WORKS, &key)?;
+                        }
+                    }
                 }
             }
             Ok(())
@@ -270,11 +299,6 @@ async fn send(
     if let Err(e) = committed {
         // The agent holds it either way; the next session's inventory will set this right.
         tracing::error!(%cluster, work = %ack.name, error = %e, "could not record a delivery");
-    }
-    if singleton_removal && ack.held.is_none() {
-        state
-            .singleton_in_flight
-            .removal_acknowledged(&ack.name, cluster);
     }
     tracing::debug!(%cluster, work = %ack.name, held = ?ack.held, "delivered");
     Ok(ack.held)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tether_protocol::frame::FrameError;
 use tether_protocol::{
     close_code, CodecError, ErrorCode, HeartbeatAck, HelloAck, JoinStatus, Message, RenewResponse,
-    WorkPhase, ALPN_JOIN, ALPN_SESSION, PROTOCOL_VERSION,
+    ALPN_JOIN, ALPN_SESSION, PROTOCOL_VERSION,
 };
 use tether_store::hub::{ClusterState, CLUSTERS};
 use tether_store::StoreError;
@@ -520,17 +520,6 @@ async fn handle_session_message(
             })
         }
         Message::StatusBatch(batch) => {
-            let gone: Vec<String> = batch
-                .entries
-                .iter()
-                .filter(|e| {
-                    matches!(
-                        e.status.phase,
-                        WorkPhase::Removed | WorkPhase::Orphaned | WorkPhase::Fenced
-                    )
-                })
-                .map(|e| e.status.work.clone())
-                .collect();
             let name = cluster.to_string();
             let ingested = state
                 .committer
@@ -538,9 +527,6 @@ async fn handle_session_message(
                 .await;
             match ingested {
                 Ok(i) => {
-                    for work in &gone {
-                        state.singleton_in_flight.copy_gone(work, cluster);
-                    }
                     if i.stored > 0 {
                         state.decisions_wake.notify_one();
                     }

@@ -7,8 +7,8 @@
 //! QUIC when the link heals and could start next to the new holder. So before the new cluster
 //! gets the work, every other cluster must be unable to run it:
 //!
-//! - it neither holds an unfenced copy, nor has a delivery of one in flight, nor has a removal
-//!   acknowledged but not yet reported done; or
+//! - it neither holds an unfenced copy, nor has a delivery of one in flight, nor has a copy
+//!   whose removal it acknowledged but has not yet reported done ([`copy_may_run`]); or
 //! - it is tainted (unreachable beyond `fenceAfter + clockSkew`, so its agent has fenced) and
 //!   the hub holds no session with it, so nothing sent earlier can still reach it there. (A
 //!   new session starts from an inventory, and an agent whose contact is stale stores a late
@@ -17,52 +17,36 @@
 //! A reachable holder is thus asked to remove its copy first, and the new cluster gets the
 //! work once the removal is acknowledged: break before make.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use tether_protocol::WorkPhase;
+use tether_store::hub::ClusterWorkRecord;
 
 type Key = (String, String);
 
-/// Singleton copies the hub's store does not show but that may exist, as (work, cluster):
-/// deliveries sent and not yet answered (at most one per session: its delivery task waits for
-/// each answer), and removals acknowledged but not yet reported done (the agent acknowledges a
-/// removal once it is committed; the objects go in its next reconcile pass, which reports
-/// `Removed`). Bounded by works x clusters.
+/// Singleton deliveries sent and not yet answered, as (work, cluster) with a count (an old
+/// session's delivery may still be winding down when the next session's starts). At most one
+/// per session: its delivery task waits for each answer.
 #[derive(Debug, Default)]
-pub struct InFlight {
-    deliveries: Mutex<BTreeSet<Key>>,
-    removals: Mutex<BTreeSet<Key>>,
-}
-
-fn key(work: &str, cluster: &str) -> Key {
-    (work.to_string(), cluster.to_string())
-}
+pub struct InFlight(Mutex<BTreeMap<Key, usize>>);
 
 impl InFlight {
     /// Record a delivery about to be sent; it counts until the guard is dropped.
     pub fn start<'a>(&'a self, work: &str, cluster: &str) -> InFlightGuard<'a> {
-        let key = key(work, cluster);
-        lock(&self.deliveries).insert(key.clone());
+        let key = (work.to_string(), cluster.to_string());
+        *self.lock().entry(key.clone()).or_insert(0) += 1;
         InFlightGuard { set: self, key }
     }
 
-    /// The agent acknowledged removing its copy; it may run until the removal is reported.
-    pub fn removal_acknowledged(&self, work: &str, cluster: &str) {
-        lock(&self.removals).insert(key(work, cluster));
+    /// Take this before reading the store: a delivery that completes in between is then in
+    /// the snapshot or in the rows read, never in neither.
+    pub fn snapshot(&self) -> BTreeSet<Key> {
+        self.lock().keys().cloned().collect()
     }
 
-    /// The agent reported the copy gone (removed, orphaned on request, or fenced).
-    pub fn copy_gone(&self, work: &str, cluster: &str) {
-        lock(&self.removals).remove(&key(work, cluster));
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    pub fn contains(&self, work: &str, cluster: &str) -> bool {
-        let k = key(work, cluster);
-        lock(&self.deliveries).contains(&k) || lock(&self.removals).contains(&k)
-    }
-}
-
-fn lock(m: &Mutex<BTreeSet<Key>>) -> std::sync::MutexGuard<'_, BTreeSet<Key>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Drop it once the delivery is answered, or once its connection is closed (a closed
@@ -70,13 +54,36 @@ fn lock(m: &Mutex<BTreeSet<Key>>) -> std::sync::MutexGuard<'_, BTreeSet<Key>> {
 #[must_use]
 pub struct InFlightGuard<'a> {
     set: &'a InFlight,
-    key: (String, String),
+    key: Key,
 }
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.set.deliveries).remove(&self.key);
+        let mut map = self.set.lock();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
+}
+
+/// Whether the hub's row says a copy may be running there: an unfenced copy acknowledged, or
+/// a last reported status of a copy that was applied (or half-applied). For singletons the
+/// row outlives an acknowledged removal until the agent reports the copy `Removed` (the
+/// acknowledgement means the removal is committed, not done), and it is persisted, so this
+/// holds across sessions and hub restarts.
+pub fn copy_may_run(row: Option<&ClusterWorkRecord>) -> bool {
+    row.is_some_and(|r| {
+        r.delivered.as_ref().is_some_and(|d| !d.fenced)
+            || r.status.as_ref().is_some_and(|s| {
+                matches!(
+                    s.phase,
+                    WorkPhase::Available | WorkPhase::Applied | WorkPhase::Failed
+                )
+            })
+    })
 }
 
 /// What the hub knows about one cluster other than the singleton's target.
@@ -124,24 +131,61 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_lasts_as_long_as_its_guard() {
+    fn in_flight_lasts_as_long_as_its_last_guard() {
         let f = InFlight::default();
-        let g = f.start("w", "a");
-        assert!(f.contains("w", "a"));
-        assert!(!f.contains("w", "b"));
-        drop(g);
-        assert!(!f.contains("w", "a"));
+        let old_session = f.start("w", "a");
+        let new_session = f.start("w", "a");
+        assert!(f.snapshot().contains(&("w".into(), "a".into())));
+        drop(old_session);
+        assert!(
+            f.snapshot().contains(&("w".into(), "a".into())),
+            "the new session's delivery is still on its way"
+        );
+        drop(new_session);
+        assert!(f.snapshot().is_empty());
+    }
+
+    fn row(delivered: Option<bool>, phase: Option<WorkPhase>) -> ClusterWorkRecord {
+        ClusterWorkRecord {
+            delivered: delivered.map(|fenced| tether_protocol::HeldWork {
+                generation: 1,
+                hash: "h".into(),
+                fenced,
+            }),
+            delivered_at_ms: None,
+            status: phase.map(|phase| tether_protocol::WorkStatus {
+                work: "w".into(),
+                generation: 1,
+                hash: "h".into(),
+                phase,
+                conditions: vec![],
+                resources: vec![],
+                message: String::new(),
+                observed_at_ms: 0,
+            }),
+            status_seq: 1,
+        }
     }
 
     #[test]
-    fn an_acknowledged_removal_counts_until_the_copy_is_reported_gone() {
-        let f = InFlight::default();
-        f.removal_acknowledged("w", "a");
-        assert!(f.contains("w", "a"));
-        f.copy_gone("w", "b");
-        assert!(f.contains("w", "a"));
-        f.copy_gone("w", "a");
-        assert!(!f.contains("w", "a"));
+    fn a_copy_may_run_until_it_is_reported_gone() {
+        assert!(!copy_may_run(None));
+        assert!(copy_may_run(Some(&row(Some(false), None))), "acknowledged");
+        assert!(
+            !copy_may_run(Some(&row(Some(true), None))),
+            "acknowledged fenced"
+        );
+        // Removal acknowledged (delivery cleared), the copy not yet reported removed.
+        assert!(copy_may_run(Some(&row(None, Some(WorkPhase::Available)))));
+        assert!(copy_may_run(Some(&row(None, Some(WorkPhase::Failed)))));
+        for gone in [WorkPhase::Removed, WorkPhase::Orphaned, WorkPhase::Fenced] {
+            assert!(!copy_may_run(Some(&row(None, Some(gone)))));
+        }
+        // Fenced on arrival, but its last status (before fencing) said it ran.
+        assert!(copy_may_run(Some(&row(
+            Some(true),
+            Some(WorkPhase::Applied)
+        ))));
     }
 
     #[test]

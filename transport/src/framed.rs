@@ -126,12 +126,18 @@ pub async fn request(
     let response = read_frame(&mut recv, limits);
     tokio::pin!(response);
     // An answer that is late is probably stuck behind a lost packet: nudge (see `nudge`).
-    let every = crate::nudge::interval(conn.rtt());
-    let mut nudges = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // The spacing doubles, so a hub that is merely slow is not flooded by its waiting agents.
+    let mut every = crate::nudge::interval(conn.rtt());
+    let next = tokio::time::sleep(every);
+    tokio::pin!(next);
     let answer = loop {
         tokio::select! {
             r = &mut response => break r?,
-            _ = nudges.tick() => crate::nudge::ping(conn),
+            _ = &mut next => {
+                crate::nudge::ping(conn);
+                every = crate::nudge::backoff(every);
+                next.as_mut().reset(tokio::time::Instant::now() + every);
+            }
         }
     };
     match answer {

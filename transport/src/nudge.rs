@@ -7,8 +7,8 @@
 //! read timeout about once in 50-100 exchanges; the session is then torn down and rebuilt with
 //! a full handshake over the same bad link.
 //!
-//! While a request waits, the requester therefore sends a one-byte PING datagram every few
-//! round trips, and the peer answers each with a PONG datagram. Both are ack-eliciting, so
+//! While a request waits, the requester therefore sends a one-byte PING datagram after a few
+//! round trips (then at doubling intervals), and the peer answers each with a PONG datagram. Both are ack-eliciting, so
 //! the ACK of either tells the sender of the lost packet that a later one arrived: it
 //! retransmits after one round trip instead of after an exponentially growing timeout. Idle
 //! sessions send nothing (the idle-cost budget is untouched); a healthy request answered
@@ -37,6 +37,14 @@ const PONG_SPACING: Duration = Duration::from_millis(100);
 pub fn interval(rtt: Duration) -> Duration {
     (rtt * 3).clamp(Duration::from_millis(300), Duration::from_secs(2))
 }
+
+/// The next spacing after a nudge went unanswered: double, at most [`MAX_SPACING`].
+pub fn backoff(spacing: Duration) -> Duration {
+    (spacing * 2).min(MAX_SPACING)
+}
+
+/// Within a 10 s read timeout this still leaves several nudges (0.3, 0.6, 1.2, 2.4, 4, 4 s).
+pub const MAX_SPACING: Duration = Duration::from_secs(4);
 
 /// Send one PING. Failures are ignored: a peer without datagram support or a closing
 /// connection is not an error of the request being nudged.
@@ -101,6 +109,15 @@ mod tests {
             Duration::from_millis(600)
         );
         assert_eq!(interval(Duration::from_secs(5)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn spacing_doubles_up_to_its_cap() {
+        assert_eq!(
+            backoff(Duration::from_millis(300)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(backoff(Duration::from_secs(3)), MAX_SPACING);
     }
 
     #[test]
