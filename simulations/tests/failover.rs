@@ -163,3 +163,54 @@ async fn a_singleton_fences_itself_while_the_hub_is_unreachable_and_resumes_afte
         a.0.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_singleton_move_removes_the_old_copy_before_the_new_one_starts() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(2, true, Default::default()).await.unwrap();
+    let (a, on_a) = memory_agent(&hub, d, "m1", &token);
+    let (b, on_b) = memory_agent(&hub, d, "m2", &token);
+    wait_for(
+        &admin,
+        WAIT,
+        "2 Ready",
+        all_in_state(&names(&["m1", "m2"]), "Ready"),
+    )
+    .await
+    .unwrap();
+    let on = |cluster: &str| {
+        work_from(json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Work", "metadata": {"name": "leader"},
+            "spec": {"targets": {"clusters": [cluster]},
+                     "failover": {"mode": "Singleton", "fenceAfterSeconds": 5, "clockSkewSeconds": 1},
+                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "leader"}}]}
+        }))
+    };
+    admin.apply_work(&on("m1")).await.unwrap();
+    eventually("m1 runs it", || on_a.objects().len() == 1).await;
+
+    // Both clusters stay reachable: the old copy must be gone before the new one starts.
+    admin.apply_work(&on("m2")).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let (old, new) = (on_a.objects().len(), on_b.objects().len());
+        assert!(
+            old == 0 || new == 0,
+            "the singleton runs on m1 and m2 at once"
+        );
+        if old == 0 && new == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the move did not finish: m1 {old}, m2 {new}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
