@@ -36,6 +36,15 @@ pub fn inventory(tx: &ReadTx) -> Result<Inventory, AgentError> {
     Ok(Inventory { works })
 }
 
+/// Whether this agent holds a work that fences (a singleton): then every heartbeat must be
+/// confirmed by the hub, because the fencing deadline counts from the last confirmed one.
+pub fn holds_fencing_work(tx: &ReadTx) -> Result<bool, AgentError> {
+    Ok(tx
+        .list(&DESIRED)?
+        .into_iter()
+        .any(|(_, d)| d.fence_after_ms.is_some()))
+}
+
 /// Why an update was refused; sent back to the hub as an error reply.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tether_protocol::{
-    close_code, Condition, ErrorCode, Heartbeat, Message, RenewRequest, ALPN_SESSION,
+    close_code, Condition, ErrorCode, Facts, Heartbeat, Message, RenewRequest, ALPN_SESSION,
 };
 use tether_store::agent::{Identity, CURRENT, IDENTITY};
 use tether_store::Store;
 use tether_transport::backoff::{AddressRing, Backoff};
+use tether_transport::beat;
 use tether_transport::framed::{read_frame, request, send_last};
 use tether_transport::tls::{session_client_config, SwappableClientCert};
 use tether_transport::{certs, Limits};
@@ -48,6 +49,11 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// From now until a wall-clock deadline (zero if it passed).
+fn until_ms(deadline_ms: u64) -> Duration {
+    Duration::from_millis(deadline_ms.saturating_sub(now_ms()))
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -212,13 +218,19 @@ async fn session(
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
     send_inventory(agent, &conn).await?;
-    // Answers the hub's nudges. It never ends by itself: the connection's end is classified
-    // (fatal or not) by the `conn.closed()` branch below.
-    let nudged = conn.clone();
+    // Answers the hub's nudges and collects its heartbeat confirmations. It never ends by
+    // itself: the connection's end is classified (fatal or not) by the `conn.closed()` branch.
+    let (acks, acked) = beat::ack_channel();
+    let datagrams = conn.clone();
     tasks.spawn(async move {
-        tether_transport::nudge::answer(nudged).await;
+        beat::agent_datagrams(datagrams, acks).await;
         std::future::pending::<AgentError>().await
     });
+    let mut confirmations = beat::Confirmations::new(acked);
+    let mut datagram_beats = ack.datagram_heartbeats;
+    // Facts the hub acknowledged on a stream heartbeat of this session: while they hold, a
+    // datagram beat says the rest.
+    let mut reported: Option<Facts> = None;
     tasks.spawn(serve_deliveries(
         conn.clone(),
         agent.store.clone(),
@@ -234,19 +246,40 @@ async fn session(
     let mut heartbeat =
         tokio::time::interval(Duration::from_millis(ack.heartbeat_interval_ms.max(100)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for the whole session, reset when the renewal deadline moves: a timer made
+    // anew on every turn of the loop would lose every race against a heartbeat tick that is
+    // already due, and renewal would starve whenever a heartbeat takes longer than its period.
+    let renewal = tokio::time::sleep(until_ms(agent.current.renew_at_ms));
+    tokio::pin!(renewal);
     loop {
-        let renew_in = Duration::from_millis(agent.current.renew_at_ms.saturating_sub(now_ms()));
         tokio::select! {
             _ = heartbeat.tick() => {
-                let depth = agent.store.read(outbox::depth).unwrap_or(0);
+                let facts = current_facts(&agent.signals);
                 // Contact counts from when the acknowledged heartbeat was *sent*: the hub saw it
                 // no earlier, so the agent's fence deadline never trails the hub's view.
                 let sent = std::time::Instant::now();
-                let k8s = agent.signals.cluster_facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Err(e) = send_heartbeat(&conn, &name, depth, k8s, agent.limits).await {
-                    return Ok(End::Lost(e));
+                if !datagram_beats || reported.as_ref() != Some(&facts) {
+                    let depth = agent.store.read(outbox::depth).unwrap_or(0);
+                    if let Err(e) = send_heartbeat(&conn, &name, depth, facts.clone(), agent.limits).await {
+                        return Ok(End::Lost(e));
+                    }
+                    agent.signals.contact(sent);
+                    reported = Some(facts);
+                    continue;
                 }
-                agent.signals.contact(sent);
+                // A store error counts as holding one: a confirmation costs a packet, a missed
+                // one could let a singleton outlive its fence deadline.
+                let store = agent.store.clone();
+                let confirm = !matches!(blocking(move || store.read(desired::holds_fencing_work)).await, Ok(Ok(false)));
+                match beat::send(&conn, confirm.then_some(&mut confirmations), agent.limits.read_timeout).await {
+                    Ok(Some(confirmed)) => agent.signals.contact(confirmed),
+                    Ok(None) => {}
+                    Err(beat::BeatError::Unsupported) => {
+                        tracing::warn!("the hub offered datagram heartbeats but refuses datagrams; using stream heartbeats");
+                        datagram_beats = false;
+                    }
+                    Err(e) => return Ok(End::Lost(AgentError::Io(format!("heartbeat: {e}")))),
+                }
             }
             _ = agent.signals.fenced.notified() => {
                 conn.close(close_code::NORMAL.into(), b"singleton fenced; reconnecting to report it");
@@ -263,7 +296,7 @@ async fn session(
                 conn.close(close_code::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
                 return Ok(End::Lost(e));
             }
-            _ = tokio::time::sleep(renew_in) => {
+            _ = &mut renewal => {
                 if let Err(e) = renew(agent, &conn).await {
                     if e.is_fatal() {
                         return Err(e);
@@ -273,6 +306,7 @@ async fn session(
                     agent.current.renew_at_ms = now_ms() + (left / 10).clamp(1_000, 60_000);
                     tracing::warn!(error = %e, "certificate renewal failed; will retry");
                 }
+                renewal.as_mut().reset(tokio::time::Instant::now() + until_ms(agent.current.renew_at_ms));
             }
             reason = conn.closed() => {
                 return match classify_connection_error(&reason) {
@@ -288,16 +322,26 @@ async fn session(
     }
 }
 
+/// Host facts, with the cluster's as the executor last read them.
+fn current_facts(signals: &Signals) -> Facts {
+    let (kubernetes_version, node_count) = signals
+        .cluster_facts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut facts = facts::collect();
+    facts.kubernetes_version = kubernetes_version;
+    facts.node_count = node_count;
+    facts
+}
+
 async fn send_heartbeat(
     conn: &Connection,
     name: &str,
     outbox_depth: u64,
-    (kubernetes_version, node_count): (Option<String>, Option<u32>),
+    facts: Facts,
     limits: Limits,
 ) -> Result<(), AgentError> {
-    let mut facts = facts::collect();
-    facts.kubernetes_version = kubernetes_version;
-    facts.node_count = node_count;
     let hb = Message::Heartbeat(Heartbeat {
         facts,
         conditions: vec![Condition {

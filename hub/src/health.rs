@@ -19,10 +19,13 @@ pub struct HealthConfig {
     pub offline_grace: Duration,
 }
 
+/// 15 s: Unknown after 45 s of silence. With datagram heartbeats an idle agent costs ~17 KB
+/// per hour on the wire at this period (docs/benchmarks.md), within a metered link's budget;
+/// 10 s costs ~25 KB/h.
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(15),
             missed_heartbeats: 3,
             offline_grace: Duration::from_secs(300),
         }

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub handshakes_accepted: Family<AlpnLabel, Counter>,
     pub handshakes_rejected: Family<ReasonLabel, Counter>,
     pub heartbeats: Counter,
+    pub heartbeat_datagrams: Counter,
     pub clusters: Family<StateLabel, Gauge>,
     pub join_requests: Family<ReasonLabel, Counter>,
     pub audit_dropped: Counter,
@@ -45,6 +46,7 @@ impl Metrics {
         let handshakes_accepted = Family::<AlpnLabel, Counter>::default();
         let handshakes_rejected = Family::<ReasonLabel, Counter>::default();
         let heartbeats = Counter::default();
+        let heartbeat_datagrams = Counter::default();
         let clusters = Family::<StateLabel, Gauge>::default();
         let join_requests = Family::<ReasonLabel, Counter>::default();
         let audit_dropped = Counter::default();
@@ -64,6 +66,11 @@ impl Metrics {
             handshakes_rejected.clone(),
         );
         registry.register("heartbeats", "Heartbeats received", heartbeats.clone());
+        registry.register(
+            "heartbeat_datagrams",
+            "Heartbeats received as datagrams (counted in heartbeats too)",
+            heartbeat_datagrams.clone(),
+        );
         registry.register(
             "clusters",
             "Registered clusters by health state",
@@ -121,6 +128,7 @@ impl Metrics {
             handshakes_accepted,
             handshakes_rejected,
             heartbeats,
+            heartbeat_datagrams,
             clusters,
             join_requests,
             audit_dropped,

@@ -16,7 +16,7 @@ use tether_protocol::{
 use tether_store::hub::{ClusterState, CLUSTERS};
 use tether_store::StoreError;
 use tether_transport::framed::{read_frame, send_last, send_last_and_close};
-use tether_transport::{certs, TransportError};
+use tether_transport::{beat, certs, TransportError};
 use tokio::task::JoinSet;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,6 +181,7 @@ async fn expect_hello(conn: &Connection, state: &HubState) -> Option<()> {
                 protocol_version: PROTOCOL_VERSION,
                 hub_version: HUB_VERSION.to_string(),
                 heartbeat_interval_ms: state.cfg.health.heartbeat_interval.as_millis() as u64,
+                datagram_heartbeats: true,
             });
             send_last(&mut send, &ack, limits).await.ok()
         }
@@ -435,6 +436,7 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
     });
     let mut streams = JoinSet::new();
     let mut nudges = tether_transport::nudge::Responder::default();
+    let mut beats = beat::Gate::default();
     let end = loop {
         let (mut send, mut recv) = tokio::select! {
             r = conn.accept_bi() => match r {
@@ -443,7 +445,22 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => continue,
             Ok(d) = conn.read_datagram() => {
-                nudges.on_datagram(&conn, &d, std::time::Instant::now());
+                let now = std::time::Instant::now();
+                match beat::Datagram::parse(&d) {
+                    beat::Datagram::Beat(confirm) => {
+                        if beats.admit(now) {
+                            state.metrics.heartbeats.inc();
+                            state.metrics.heartbeat_datagrams.inc();
+                            state.health_event(|h| h.heartbeat(&cluster, now_ms()));
+                            // Only after recording it: the agent's fencing deadline counts
+                            // from this beat's send time (tether_protocol::fencing).
+                            if let Some(nonce) = confirm {
+                                beat::acknowledge(&conn, nonce);
+                            }
+                        }
+                    }
+                    _ => nudges.on_datagram(&conn, &d, now),
+                }
                 continue;
             }
         };

@@ -96,6 +96,10 @@ pub struct HelloAck {
     pub hub_version: String,
     /// Heartbeat period the hub expects, so health thresholds agree on both sides.
     pub heartbeat_interval_ms: u64,
+    /// The hub takes heartbeats as datagrams (`tether_transport::beat`). Absent from older
+    /// hubs, which get stream heartbeats only; older agents ignore it and keep sending those.
+    #[serde(default)]
+    pub datagram_heartbeats: bool,
 }
 
 /// What an agent knows about itself and its cluster. Reported at join and in every heartbeat.

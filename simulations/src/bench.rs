@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// `--heartbeat-interval`); default: the hub's default.
     #[arg(long)]
     pub idle_heartbeat_s: Option<u64>,
+    /// In the idle benchmark, give every agent a singleton of its own (failover mode
+    /// Singleton), so that its heartbeats are the confirmed kind that fencing needs.
+    #[arg(long)]
+    pub idle_singletons: bool,
     /// Seconds per side of the ingest benchmark.
     #[arg(long, default_value_t = 5)]
     pub ingest_s: u64,
@@ -159,6 +163,8 @@ pub struct Idle {
     pub agents: usize,
     pub window_s: f64,
     pub heartbeat_interval_s: f64,
+    /// Every agent held a singleton (confirmed heartbeats).
+    pub singletons: bool,
     pub bytes_per_agent_hour: f64,
     pub baseline_bare_quic_bytes_per_conn_hour: f64,
 }
@@ -221,10 +227,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if want("idle") {
-        let i = idle(args.idle_agents, args.idle_window_s, args.idle_heartbeat_s).await?;
+        let i = idle(
+            args.idle_agents,
+            args.idle_window_s,
+            args.idle_heartbeat_s,
+            args.idle_singletons,
+        )
+        .await?;
         println!(
-            "idle: {:.0} bytes per agent per hour (heartbeat every {:.0} s) vs bare QUIC keep-alive {:.0} bytes/h",
-            i.bytes_per_agent_hour, i.heartbeat_interval_s, i.baseline_bare_quic_bytes_per_conn_hour
+            "idle: {:.0} bytes per agent per hour (heartbeat every {:.0} s{}) vs bare QUIC keep-alive {:.0} bytes/h",
+            i.bytes_per_agent_hour,
+            i.heartbeat_interval_s,
+            if i.singletons { ", each agent holding a singleton" } else { "" },
+            i.baseline_bare_quic_bytes_per_conn_hour
         );
         r.idle = Some(i);
         save(&args.out, &r)?;
@@ -604,6 +619,24 @@ fn work(value: &str) -> anyhow::Result<tether_protocol::work::WorkDocument> {
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": "bench", "namespace": "default"},
                 "data": {"value": value},
+            }],
+        },
+    }))?)
+}
+
+/// A singleton placed on `cluster` alone, with a fence deadline far above the heartbeat.
+fn singleton(cluster: &str) -> anyhow::Result<tether_protocol::work::WorkDocument> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": tether_protocol::work::WORK_API_VERSION,
+        "kind": tether_protocol::work::WORK_KIND,
+        "metadata": {"name": format!("single-{cluster}")},
+        "spec": {
+            "placement": {"clusters": [cluster]},
+            "failover": {"mode": "Singleton", "fenceAfterSeconds": 300, "clockSkewSeconds": 10},
+            "manifests": [{
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "single", "namespace": "default"},
+                "data": {"leader": "true"},
             }],
         },
     }))?)
@@ -1042,7 +1075,12 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
 
 // ------------------------------------------------------------------ idle
 
-async fn idle(n: usize, window_s: u64, heartbeat_s: Option<u64>) -> anyhow::Result<Idle> {
+async fn idle(
+    n: usize,
+    window_s: u64,
+    heartbeat_s: Option<u64>,
+    singletons: bool,
+) -> anyhow::Result<Idle> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let mut cfg = bench_hub_config(&dir.join("hub"));
@@ -1070,6 +1108,13 @@ async fn idle(n: usize, window_s: u64, heartbeat_s: Option<u64>) -> anyhow::Resu
     }
     wait_ready(&hub, n, Duration::from_secs(120)).await?;
     hub.admin()?.apply_work(&work("idle")?).await?;
+    if singletons {
+        for i in 0..n {
+            hub.admin()?
+                .apply_work(&singleton(&format!("idle{i:03}"))?)
+                .await?;
+        }
+    }
     // Let the delivery, the status and a renewal-free steady state settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let bare = bare_server(&tether_hub::config::DataDir::new(dir.join("hub")))?;
@@ -1100,6 +1145,7 @@ async fn idle(n: usize, window_s: u64, heartbeat_s: Option<u64>) -> anyhow::Resu
         agents: n,
         window_s: el,
         heartbeat_interval_s: hb.as_secs_f64(),
+        singletons,
         bytes_per_agent_hour: (a1 - a0) as f64 / n as f64 * 3600.0 / el,
         baseline_bare_quic_bytes_per_conn_hour: (b1 - b0) as f64 * 3600.0 / el,
     })

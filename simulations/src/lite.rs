@@ -373,8 +373,16 @@ async fn session(
     let _up = UpGuard(&stats.up);
     let beat = Duration::from_millis(ack.heartbeat_interval_ms.max(100));
     let heartbeats = async {
+        // As the real agent: facts once on a stream heartbeat, then datagram beats (they never
+        // change here) if the hub takes them.
+        let mut facts_sent = false;
         loop {
             tokio::time::sleep(beat).await;
+            if facts_sent && ack.datagram_heartbeats {
+                tether_transport::beat::send(&conn, None, limits.read_timeout).await?;
+                stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let hb = Message::Heartbeat(Heartbeat {
                 facts: facts(&agent.name),
                 conditions: vec![Condition {
@@ -390,6 +398,7 @@ async fn session(
             match request(&conn, &hb, limits).await? {
                 Message::HeartbeatAck(_) => {
                     stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    facts_sent = true;
                 }
                 other => anyhow::bail!("expected HeartbeatAck, got {}", other.kind()),
             }

@@ -214,3 +214,46 @@ async fn a_planned_singleton_move_removes_the_old_copy_before_the_new_one_starts
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// The holder of a singleton keeps it while connected, for many times its fenceAfter: its
+/// heartbeats are the confirmed kind, so its contact with the hub stays fresh. (With plain
+/// beats, acknowledged by QUIC alone, it would fence itself one second in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_singleton_holder_never_fences() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Default::default()).await.unwrap();
+    let (agent, mem) = memory_agent(&hub, d, "keeper", &token);
+    wait_for(
+        &admin,
+        WAIT,
+        "Ready",
+        all_in_state(&names(&["keeper"]), "Ready"),
+    )
+    .await
+    .unwrap();
+    admin
+        .apply_work(&work_from(json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Work", "metadata": {"name": "leader"},
+            "spec": {"placement": {"selector": {}},
+                     "failover": {"mode": "Singleton", "fenceAfterSeconds": 1, "clockSkewSeconds": 1},
+                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "leader"}}]}
+        })))
+        .await
+        .unwrap();
+    assert_eq!(holder(&admin, "leader", 1).await, "keeper");
+    eventually("the copy runs", || mem.objects().len() == 1).await;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert_eq!(
+            mem.objects().len(),
+            1,
+            "a connected holder fenced its singleton"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop().await.unwrap();
+}

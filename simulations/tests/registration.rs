@@ -6,7 +6,7 @@ use common::*;
 use std::time::{Duration, Instant};
 use tether_agent::AgentError;
 use tether_protocol::Labels;
-use tether_sim::fleet::{all_in_state, wait_for};
+use tether_sim::fleet::{all_in_state, metric, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_pending_approve_ready() {
@@ -408,4 +408,45 @@ async fn wrong_ca_pin_is_refused_by_the_agent() {
     // Nothing was submitted: the token is unused.
     let tokens = hub.admin().unwrap().tokens().await.unwrap();
     assert_eq!(tokens[0].used, 0);
+}
+
+/// After the first heartbeat (which carries the facts) an idle agent's heartbeats are
+/// datagrams, and they alone keep its cluster Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_heartbeats_are_datagrams_and_keep_the_cluster_ready() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Labels::new()).await.unwrap();
+    let n = names(&["quiet"]);
+    let a = agent(&hub, dir.path(), "quiet", &token);
+    wait_for(&admin, WAIT, "Ready", all_in_state(&n, "Ready"))
+        .await
+        .unwrap();
+    tokio::time::sleep(HEARTBEAT * 2).await;
+    let counts = || async {
+        let text = admin.get_text("/metrics").await.unwrap();
+        (
+            metric(&text, "tether_hub_heartbeats_total"),
+            metric(&text, "tether_hub_heartbeat_datagrams_total"),
+        )
+    };
+    let (all0, datagrams0) = counts().await;
+    // 15 heartbeat periods: Unknown would come after 3 without a heartbeat.
+    tokio::time::sleep(HEARTBEAT * 15).await;
+    let (all1, datagrams1) = counts().await;
+    let datagrams = datagrams1 - datagrams0;
+    assert!(
+        datagrams >= 8.0,
+        "{datagrams} datagram heartbeats in 15 periods"
+    );
+    assert_eq!(
+        all1 - all0,
+        datagrams,
+        "a stream heartbeat was sent although the facts did not change"
+    );
+    let c = admin.cluster("quiet").await.unwrap();
+    assert_eq!(c.state, "Ready");
+    a.stop().await.unwrap();
 }

@@ -7,8 +7,10 @@
 //! - [`certs`]: reading certificates (serial, validity, subject) and fingerprints.
 //! - [`backoff`]: the sans-IO reconnect schedule.
 //! - [`nudge`]: PING/PONG datagrams that keep loss recovery going while a request waits.
+//! - [`beat`]: heartbeats as datagrams (what an idle session costs), and the datagram codec.
 
 pub mod backoff;
+pub mod beat;
 pub mod certs;
 pub mod framed;
 pub mod nudge;

@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Below the 30 s UDP mapping timeout of many consumer NATs and cellular CGNATs.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Below the 30 s UDP mapping timeout of many consumer NATs and cellular CGNATs. Above the
+/// default heartbeat (15 s): quinn restarts this timer on every packet received, so while
+/// heartbeat datagrams (`beat`) flow no keep-alive is sent, and one is only for hubs that ask
+/// for rarer heartbeats.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// A session with no packets for this long is dead (four missed keep-alives).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 

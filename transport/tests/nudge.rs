@@ -28,9 +28,11 @@ async fn a_blackholed_response_is_recovered_through_nudges() {
     let addr = front(target, blackhole.clone()).await;
     let (answered_tx, mut answered) = tokio::sync::mpsc::channel(2);
     let accept = server.clone();
+    let (server_conn_tx, server_conn) = tokio::sync::oneshot::channel();
     // Answers every request with a HelloAck and reports each answer sent.
     tokio::spawn(async move {
         let conn = accept.accept().await.unwrap().await.unwrap();
+        let _ = server_conn_tx.send(conn.clone());
         tokio::spawn(nudge::answer(conn.clone()));
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             read_frame(&mut recv, Limits::default()).await.unwrap();
@@ -38,6 +40,7 @@ async fn a_blackholed_response_is_recovered_through_nudges() {
                 protocol_version: PROTOCOL_VERSION,
                 hub_version: "test".into(),
                 heartbeat_interval_ms: 1000,
+                datagram_heartbeats: false,
             });
             send_last(&mut send, &ack, Limits::default()).await.unwrap();
             answered_tx.send(()).await.unwrap();
@@ -71,8 +74,11 @@ async fn a_blackholed_response_is_recovered_through_nudges() {
         after.frame_tx.datagram > before.frame_tx.datagram,
         "the waiting requester never nudged"
     );
+    // Counted where the PONGs are sent: while the blackhole lasts they are dropped on the way,
+    // and whether one sent after the heal arrives before the answer does is a race.
+    let server_conn = server_conn.await.unwrap();
     assert!(
-        after.frame_rx.datagram > before.frame_rx.datagram,
+        server_conn.stats().frame_tx.datagram > 0,
         "the server never answered a nudge"
     );
 }
