@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # cross/agent-cost.sh AGENT [valgrind]: one agent run on loopback against the x86_64 hub from
 # cross/out: join, session, one Work of 300 ConfigMaps applied with the dir: executor, shutdown.
-# Prints callgrind's instruction count (valgrind) or the agent's VmHWM/VmRSS after Applied (plain).
+# Prints callgrind's instruction count (valgrind) or the agent's VmHWM/VmRSS after Applied (plain),
+# and with IDLE_S=N (plain) its VmRSS again after N more seconds of an idle session.
+# HUB_DIR: where tether-hub and tetherctl are (default: the x86_64 static build in cross/out).
 # The numbers in docs/cross.md (profile and allocator tables) come from this script.
 set -euo pipefail
 AGENT=$1; MODE=${2:-plain}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-X=${CROSS_OUT:-$ROOT/cross/out}/x86_64-unknown-linux-musl
+X=${HUB_DIR:-${CROSS_OUT:-$ROOT/cross/out}/x86_64-unknown-linux-musl}
 W=$(mktemp -d /tmp/cpu.XXXX)
 Q=$(python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 A=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
@@ -30,6 +32,10 @@ until $X/tetherctl -o json describe work big 2>/dev/null | python3 -c 'import js
 if [ "$MODE" = plain ]; then
   apid=$AG
   echo "VmHWM_kB=$(awk '/VmHWM/{print $2}' /proc/$apid/status) VmRSS_kB=$(awk '/VmRSS/{print $2}' /proc/$apid/status)"
+  if [ -n "${IDLE_S:-}" ]; then
+    sleep "$IDLE_S"
+    echo "after ${IDLE_S}s idle: VmRSS_kB=$(awk '/VmRSS/{print $2}' /proc/$apid/status) VmHWM_kB=$(awk '/VmHWM/{print $2}' /proc/$apid/status)"
+  fi
 fi
 kill -TERM $AG; wait $AG || true
 kill -TERM $HUB; wait $HUB || true

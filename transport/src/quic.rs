@@ -40,10 +40,21 @@ fn transport(keep_alive: Option<Duration>, peer_bidi_streams: u32) -> TransportC
     t.stream_receive_window(VarInt::from_u32(256 * 1024));
     t.receive_window(VarInt::from_u32(1024 * 1024));
     t.send_window(1024 * 1024);
-    // Room for nudges only (see `nudge`): no application data travels as datagrams.
+    // Room for nudges and heartbeat beats (`nudge`, `beat`), a few bytes each.
     t.datagram_receive_buffer_size(Some(crate::nudge::DATAGRAM_BUFFER));
+    // quinn re-runs path MTU discovery every 600 s by default. On a path whose MTU is below
+    // the 1452 B it searches up to (tunnels, many cellular links), every run sends probes of
+    // up to 1452 B that are lost and retried: several KB per run and side, a multiple of the
+    // idle heartbeat budget (docs/benchmarks.md). An edge path's MTU rarely rises, and a
+    // black hole still lowers it at once; re-probing hourly is enough.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.interval(MTU_RECHECK);
+    t.mtu_discovery_config(Some(mtu));
     t
 }
+
+/// How long after a completed path MTU search quinn searches again.
+pub const MTU_RECHECK: Duration = Duration::from_secs(3600);
 
 /// Hub endpoint. Only the agent sends keep-alives: it is the side behind NAT, and a hub pinging
 /// 100k idle sessions would be pure overhead.
