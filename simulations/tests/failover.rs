@@ -8,6 +8,16 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tether_sim::fleet::{all_in_state, wait_for};
 
+/// A singleton on any one cluster, fencing after 1 s without confirmed contact.
+fn leader_anywhere() -> tether_protocol::work::WorkDocument {
+    work_from(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Work", "metadata": {"name": "leader"},
+        "spec": {"placement": {"selector": {}},
+                 "failover": {"mode": "Singleton", "fenceAfterSeconds": 1, "clockSkewSeconds": 1},
+                 "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "leader"}}]}
+    }))
+}
+
 async fn holder(admin: &tether_hub::ctl::AdminClient, work: &str, generation: u64) -> String {
     let start = Instant::now();
     loop {
@@ -111,15 +121,7 @@ async fn a_singleton_fences_itself_while_the_hub_is_unreachable_and_resumes_afte
     wait_for(&admin, WAIT, "2 Ready", all_in_state(&names(&all), "Ready"))
         .await
         .unwrap();
-    admin
-        .apply_work(&work_from(json!({
-            "apiVersion": "tether.dev/v1alpha1", "kind": "Work", "metadata": {"name": "leader"},
-            "spec": {"placement": {"selector": {}},
-                     "failover": {"mode": "Singleton", "fenceAfterSeconds": 1, "clockSkewSeconds": 1},
-                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "leader"}}]}
-        })))
-        .await
-        .unwrap();
+    admin.apply_work(&leader_anywhere()).await.unwrap();
     let who = holder(&admin, "leader", 1).await;
     let mem = &agents
         .iter()
@@ -235,15 +237,7 @@ async fn a_connected_singleton_holder_never_fences() {
     )
     .await
     .unwrap();
-    admin
-        .apply_work(&work_from(json!({
-            "apiVersion": "tether.dev/v1alpha1", "kind": "Work", "metadata": {"name": "leader"},
-            "spec": {"placement": {"selector": {}},
-                     "failover": {"mode": "Singleton", "fenceAfterSeconds": 1, "clockSkewSeconds": 1},
-                     "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "leader"}}]}
-        })))
-        .await
-        .unwrap();
+    admin.apply_work(&leader_anywhere()).await.unwrap();
     assert_eq!(holder(&admin, "leader", 1).await, "keeper");
     eventually("the copy runs", || mem.objects().len() == 1).await;
     let until = Instant::now() + Duration::from_secs(4);

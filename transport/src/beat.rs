@@ -89,22 +89,38 @@ fn tagged(tag: u8, nonce: u32) -> Bytes {
     Bytes::from(b)
 }
 
-/// Hub side: which beats of one connection to record.
-#[derive(Debug, Default)]
+/// At most one event per `spacing`: which beats of one connection the hub records, which
+/// PINGs it answers.
+#[derive(Debug)]
 pub struct Gate {
+    spacing: Duration,
     last: Option<Instant>,
 }
 
 impl Gate {
+    pub fn new(spacing: Duration) -> Self {
+        Self {
+            spacing,
+            last: None,
+        }
+    }
+
     pub fn admit(&mut self, now: Instant) -> bool {
         if self
             .last
-            .is_some_and(|at| now.saturating_duration_since(at) < MIN_SPACING)
+            .is_some_and(|at| now.saturating_duration_since(at) < self.spacing)
         {
             return false;
         }
         self.last = Some(now);
         true
+    }
+}
+
+impl Default for Gate {
+    /// The hub's gate for beats.
+    fn default() -> Self {
+        Self::new(MIN_SPACING)
     }
 }
 

@@ -53,9 +53,17 @@ pub fn ping(conn: &Connection) {
 }
 
 /// Answers PINGs with PONGs, rate-limited per connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Responder {
-    last_pong: Option<Instant>,
+    pongs: crate::beat::Gate,
+}
+
+impl Default for Responder {
+    fn default() -> Self {
+        Self {
+            pongs: crate::beat::Gate::new(PONG_SPACING),
+        }
+    }
 }
 
 impl Responder {
@@ -69,17 +77,7 @@ impl Responder {
     /// Anything but a PING is ignored: PONGs end here (no ping-pong loop) and other payloads
     /// are reserved for later versions.
     fn wants_pong(&mut self, datagram: &[u8], now: Instant) -> bool {
-        if datagram != [PING] {
-            return false;
-        }
-        if self
-            .last_pong
-            .is_some_and(|at| now.saturating_duration_since(at) < PONG_SPACING)
-        {
-            return false;
-        }
-        self.last_pong = Some(now);
-        true
+        datagram == [PING] && self.pongs.admit(now)
     }
 }
 
