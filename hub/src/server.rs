@@ -459,7 +459,7 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
                             }
                         }
                     }
-                    _ => nudges.on_datagram(&conn, &d, now),
+                    other => nudges.on_datagram(&conn, other, now),
                 }
                 continue;
             }

@@ -166,7 +166,7 @@ pub async fn agent_datagrams(conn: Connection, acks: watch::Sender<u32>) -> quin
                     newer
                 });
             }
-            _ => nudges.on_datagram(&conn, &d, Instant::now()),
+            other => nudges.on_datagram(&conn, other, Instant::now()),
         }
     }
 }

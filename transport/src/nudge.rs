@@ -16,7 +16,7 @@
 //!
 //! A peer that does not accept datagrams (an older version) is simply not nudged.
 
-use bytes::Bytes;
+use crate::beat::Datagram;
 use quinn::Connection;
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,6 @@ use std::time::{Duration, Instant};
 /// at once, so this only bounds what a misbehaving peer can park in memory (quinn drops the
 /// oldest beyond it). It is also the largest datagram the peer may send.
 pub const DATAGRAM_BUFFER: usize = 64;
-
-const PING: u8 = 0x01;
-const PONG: u8 = 0x02;
 
 /// At most one PONG per this interval and connection: a peer cannot turn us into an amplifier.
 const PONG_SPACING: Duration = Duration::from_millis(100);
@@ -49,7 +46,7 @@ pub const MAX_SPACING: Duration = Duration::from_secs(4);
 /// Send one PING. Failures are ignored: a peer without datagram support or a closing
 /// connection is not an error of the request being nudged.
 pub fn ping(conn: &Connection) {
-    let _ = conn.send_datagram(Bytes::from_static(&[PING]));
+    let _ = conn.send_datagram(Datagram::Ping.encode());
 }
 
 /// Answers PINGs with PONGs, rate-limited per connection.
@@ -68,16 +65,16 @@ impl Default for Responder {
 
 impl Responder {
     /// Handle one received datagram: answer it on `conn` if it deserves a PONG.
-    pub fn on_datagram(&mut self, conn: &Connection, datagram: &[u8], now: Instant) {
+    pub fn on_datagram(&mut self, conn: &Connection, datagram: Datagram, now: Instant) {
         if self.wants_pong(datagram, now) {
-            let _ = conn.send_datagram(Bytes::from_static(&[PONG]));
+            let _ = conn.send_datagram(Datagram::Pong.encode());
         }
     }
 
     /// Anything but a PING is ignored: PONGs end here (no ping-pong loop) and other payloads
     /// are reserved for later versions.
-    fn wants_pong(&mut self, datagram: &[u8], now: Instant) -> bool {
-        datagram == [PING] && self.pongs.admit(now)
+    fn wants_pong(&mut self, datagram: Datagram, now: Instant) -> bool {
+        datagram == Datagram::Ping && self.pongs.admit(now)
     }
 }
 
@@ -86,7 +83,7 @@ pub async fn answer(conn: Connection) -> quinn::ConnectionError {
     let mut responder = Responder::default();
     loop {
         match conn.read_datagram().await {
-            Ok(d) => responder.on_datagram(&conn, &d, Instant::now()),
+            Ok(d) => responder.on_datagram(&conn, Datagram::parse(&d), Instant::now()),
             Err(e) => return e,
         }
     }
@@ -122,13 +119,12 @@ mod tests {
     fn only_pings_are_answered_and_at_a_bounded_rate() {
         let mut r = Responder::default();
         let t0 = Instant::now();
-        assert!(!r.wants_pong(&[PONG], t0), "a pong is never answered");
-        assert!(
-            !r.wants_pong(&[PING, 0], t0),
-            "unknown payloads are ignored"
-        );
-        assert!(r.wants_pong(&[PING], t0));
-        assert!(!r.wants_pong(&[PING], t0 + PONG_SPACING / 2));
-        assert!(r.wants_pong(&[PING], t0 + PONG_SPACING));
+        let (ping, pong) = (Datagram::Ping.encode(), Datagram::Pong.encode());
+        let mut wants = |bytes: &[u8], at| r.wants_pong(Datagram::parse(bytes), at);
+        assert!(!wants(&pong, t0), "a pong is never answered");
+        assert!(!wants(&[ping[0], 0], t0), "unknown payloads are ignored");
+        assert!(wants(&ping, t0));
+        assert!(!wants(&ping, t0 + PONG_SPACING / 2));
+        assert!(wants(&ping, t0 + PONG_SPACING));
     }
 }
