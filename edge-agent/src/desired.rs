@@ -36,7 +36,7 @@ pub fn inventory(tx: &ReadTx) -> Result<Inventory, AgentError> {
     Ok(Inventory { works })
 }
 
-/// Whether this agent holds a work that fences (a singleton): then every heartbeat must be
+/// Whether this agent holds a work that fences (a singleton), read once per session: then every heartbeat must be
 /// confirmed by the hub, because the fencing deadline counts from the last confirmed one.
 pub fn holds_fencing_work(tx: &ReadTx) -> Result<bool, AgentError> {
     Ok(tx

@@ -35,6 +35,11 @@ pub struct Signals {
     /// A singleton was fenced: the session must start over so that its inventory tells the hub
     /// (which then re-delivers or removes it). A live session alone would never say so.
     pub fenced: Arc<Notify>,
+    /// This agent may hold a work with `fenceAfter`, so its heartbeats must be confirmed by
+    /// the hub (`tether_transport::beat`). Read from the store when a session starts, set when
+    /// such a work is delivered, cleared only by the next session's read: a stale `true` costs
+    /// a packet per heartbeat, a stale `false` would only make a singleton fence early.
+    pub holds_fencing: Arc<std::sync::atomic::AtomicBool>,
     /// Kubernetes version and node count as last read by the executor (reported in heartbeats).
     pub cluster_facts: Arc<std::sync::Mutex<(Option<String>, Option<u32>)>>,
 }

@@ -8,6 +8,7 @@ use crate::{desired, facts, open_store, outbox, renewal, AgentError, Shutdown};
 use quinn::Connection;
 use rand::Rng;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tether_protocol::{
@@ -218,6 +219,14 @@ async fn session(
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
     send_inventory(agent, &conn).await?;
+    // A store error counts as holding one: a confirmation costs a packet, a missed one could
+    // make a singleton fence while its session is fine.
+    let store = agent.store.clone();
+    let fencing = blocking(move || store.read(desired::holds_fencing_work)).await;
+    agent
+        .signals
+        .holds_fencing
+        .store(!matches!(fencing, Ok(Ok(false))), Ordering::Relaxed);
     // Answers the hub's nudges and collects its heartbeat confirmations. It never ends by
     // itself: the connection's end is classified (fatal or not) by the `conn.closed()` branch.
     let (acks, acked) = beat::ack_channel();
@@ -267,10 +276,7 @@ async fn session(
                     reported = Some(facts);
                     continue;
                 }
-                // A store error counts as holding one: a confirmation costs a packet, a missed
-                // one could let a singleton outlive its fence deadline.
-                let store = agent.store.clone();
-                let confirm = !matches!(blocking(move || store.read(desired::holds_fencing_work)).await, Ok(Ok(false)));
+                let confirm = agent.signals.holds_fencing.load(Ordering::Relaxed);
                 match beat::send(&conn, confirm.then_some(&mut confirmations), agent.limits.read_timeout).await {
                     Ok(Some(confirmed)) => agent.signals.contact(confirmed),
                     Ok(None) => {}
@@ -460,6 +466,10 @@ async fn serve_deliveries(
         let outcome = match msg {
             Message::WorkUpdate(u) => {
                 tracing::debug!(work = %u.name, generation = u.generation, full = u.bundle.is_some(), "work update");
+                if u.fence_after_ms.is_some() {
+                    // Before it is stored: from the next heartbeat on, contact is confirmed.
+                    signals.holds_fencing.store(true, Ordering::Relaxed);
+                }
                 let since_contact = signals.since_contact(std::time::Instant::now());
                 blocking(move || desired::accept_update(&store, u, since_contact)).await
             }
