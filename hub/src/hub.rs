@@ -198,18 +198,21 @@ impl HubState {
         }
     }
 
-    /// After an admin revoked a cluster: cut its live session and stop tracking its health.
+    /// After an admin revoked a cluster (the revocation is committed): cut every connection of
+    /// it, registered or still before Hello, and stop tracking its health.
     pub fn enforce_revocation(&self, revocation: &Revocation, code: u32, why: &str) -> bool {
-        let closed = self.sessions.close(&revocation.cluster, code, why);
+        let closed =
+            self.sessions
+                .close_cluster(&revocation.cluster, &revocation.serials, code, why);
         self.health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .forget(&revocation.cluster);
         self.refresh_state_gauges();
-        if closed {
-            tracing::warn!(cluster = %revocation.cluster, reason = why, "closed live session");
+        if closed > 0 {
+            tracing::warn!(cluster = %revocation.cluster, reason = why, connections = closed, "closed the cluster's connections");
         }
-        closed
+        closed > 0
     }
 }
 

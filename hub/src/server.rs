@@ -345,13 +345,14 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
 
 // ---------------------------------------------------------------- sessions
 
-/// Who the peer is, from the verified certificate only.
-/// Returns the cluster name and the serial of the certificate it presented.
-fn authorize(
-    conn: &Connection,
-    state: &HubState,
-) -> Result<(String, String), (u32, &'static str, String)> {
-    let unauthorized = |reason: &'static str, msg: String| (close_code::UNAUTHORIZED, reason, msg);
+type Refusal = (u32, &'static str, String);
+
+fn unauthorized(reason: &'static str, msg: String) -> Refusal {
+    (close_code::UNAUTHORIZED, reason, msg)
+}
+
+/// Who the peer claims to be, from the verified certificate only: (common name, serial).
+fn peer_identity(conn: &Connection) -> Result<(String, String), Refusal> {
     let chain = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -364,15 +365,20 @@ fn authorize(
         })?;
     let info = certs::inspect_der(&chain[0])
         .map_err(|e| unauthorized("invalid_certificate", format!("client certificate: {e}")))?;
+    Ok((info.common_name, info.serial_hex))
+}
+
+/// Whether the store still lets `name` in with `serial`: registered, not denied, serial live.
+fn authorize(state: &HubState, name: &str, serial: &str) -> Result<(), Refusal> {
     let record = state
         .store
-        .read(|tx| tx.get(&CLUSTERS, &info.common_name))
+        .read(|tx| tx.get(&CLUSTERS, name))
         // A storage hiccup is not the agent's fault: tell it to come back, not to give up.
         .map_err(|e: StoreError| (close_code::UNAVAILABLE, "internal", e.to_string()))?
         .ok_or_else(|| {
             unauthorized(
                 "unknown_cluster",
-                format!("{:?} is not a registered cluster", info.common_name),
+                format!("{name:?} is not a registered cluster"),
             )
         })?;
     if record.state == ClusterState::Denied {
@@ -382,35 +388,49 @@ fn authorize(
             format!("cluster {:?} has been denied", record.name),
         ));
     }
-    if !record.serials.contains(&info.serial_hex) {
+    if !record.serials.iter().any(|s| s == serial) {
         return Err(unauthorized(
             "serial_not_issued",
             format!(
-                "certificate serial {} was not issued to cluster {:?} (or has been superseded)",
-                info.serial_hex, record.name
+                "certificate serial {serial} was not issued to cluster {:?} (or has been superseded)",
+                record.name
             ),
         ));
     }
-    Ok((record.name, info.serial_hex))
+    Ok(())
+}
+
+fn refuse_session(conn: &Connection, state: &HubState, (code, reason, msg): Refusal) {
+    state.metrics.reject(reason);
+    tracing::warn!(peer = %conn.remote_address(), reason, "session refused: {msg}");
+    state.audit_async(
+        "handshake_rejected",
+        None,
+        "hub",
+        format!("{} from {}: {msg}", reason, conn.remote_address()),
+    );
+    conn.close(code.into(), msg.as_bytes());
 }
 
 async fn serve_session(conn: Connection, state: Arc<HubState>) {
-    let (cluster, serial) = match authorize(&conn, &state) {
+    let (cluster, serial) = match peer_identity(&conn) {
         Ok(who) => who,
-        Err((code, reason, msg)) => {
-            state.metrics.reject(reason);
-            tracing::warn!(peer = %conn.remote_address(), reason, "session refused: {msg}");
-            state.audit_async(
-                "handshake_rejected",
-                None,
-                "hub",
-                format!("{} from {}: {msg}", reason, conn.remote_address()),
-            );
-            conn.close(code.into(), msg.as_bytes());
-            return;
-        }
+        Err(refusal) => return refuse_session(&conn, &state, refusal),
     };
+    // Tracked before the store is asked (see `sessions`): a deny or detach that commits after
+    // this check still finds and closes the connection.
+    let _tracked = state.sessions.track(&cluster, &serial, &conn);
+    if let Err(refusal) = authorize(&state, &cluster, &serial) {
+        return refuse_session(&conn, &state, refusal);
+    }
     if expect_hello(&conn, &state).await.is_none() {
+        return;
+    }
+    // Hello may come seconds after the handshake; whatever was decided meanwhile counts.
+    if let Err(refusal) = authorize(&state, &cluster, &serial) {
+        return refuse_session(&conn, &state, refusal);
+    }
+    if conn.close_reason().is_some() {
         return;
     }
     state

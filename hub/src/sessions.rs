@@ -1,32 +1,76 @@
-//! Live authenticated sessions by cluster name, so that an admin action can close one at once.
+//! Every authorized connection, from the moment its certificate is accepted, so that an admin
+//! action can close it at once; and the one live (Hello-completed) session per cluster.
+//!
+//! A connection is tracked *before* its authorization is checked against the store, and that
+//! order is what makes revocation airtight: a deny or detach commits first and closes tracked
+//! connections second, so a connection either sees the committed revocation in its own check or
+//! is already tracked when the revocation sweeps. There is no window in which a connection is
+//! authorized but invisible (a red-team client once held one open across `clusters detach`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-pub struct Sessions {
-    by_cluster: Mutex<HashMap<String, quinn::Connection>>,
+#[derive(Default)]
+struct Inner {
+    /// Every tracked connection by QUIC stable id: cluster and serial from its certificate.
+    tracked: HashMap<usize, Tracked>,
+    /// The registered session of each cluster.
+    live: HashMap<String, quinn::Connection>,
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::new()
+struct Tracked {
+    cluster: String,
+    serial: String,
+    conn: quinn::Connection,
+}
+
+#[derive(Default, Clone)]
+pub struct Sessions {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Keeps a connection tracked until dropped (when its task ends, however it ends).
+pub struct TrackedConn {
+    inner: Arc<Mutex<Inner>>,
+    id: usize,
+}
+
+impl Drop for TrackedConn {
+    fn drop(&mut self) {
+        lock(&self.inner).tracked.remove(&self.id);
     }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sessions {
     pub fn new() -> Self {
-        Self {
-            by_cluster: Mutex::new(HashMap::new()),
+        Self::default()
+    }
+
+    /// Track a connection whose certificate names `cluster` with `serial`, before anything else
+    /// is decided about it.
+    pub fn track(&self, cluster: &str, serial: &str, conn: &quinn::Connection) -> TrackedConn {
+        let id = conn.stable_id();
+        lock(&self.inner).tracked.insert(
+            id,
+            Tracked {
+                cluster: cluster.to_string(),
+                serial: serial.to_string(),
+                conn: conn.clone(),
+            },
+        );
+        TrackedConn {
+            inner: self.inner.clone(),
+            id,
         }
     }
 
     /// Register a session; an older session of the same cluster is closed as superseded.
     pub fn insert(&self, cluster: &str, conn: quinn::Connection) {
-        let old = self
-            .by_cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cluster.to_string(), conn);
+        let old = lock(&self.inner).live.insert(cluster.to_string(), conn);
         if let Some(old) = old {
             old.close(
                 tether_protocol::close_code::SUPERSEDED.into(),
@@ -37,67 +81,78 @@ impl Sessions {
 
     /// Remove the entry only if it still belongs to this connection.
     pub fn remove(&self, cluster: &str, stable_id: usize) {
-        let mut map = self.by_cluster.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(cluster).is_some_and(|c| c.stable_id() == stable_id) {
-            map.remove(cluster);
+        let mut inner = lock(&self.inner);
+        if inner
+            .live
+            .get(cluster)
+            .is_some_and(|c| c.stable_id() == stable_id)
+        {
+            inner.live.remove(cluster);
         }
     }
 
-    /// Close a cluster's session with an application code; returns whether one was open.
+    /// Close a cluster's registered session (it will reconnect); returns whether one was open.
     pub fn close(&self, cluster: &str, code: u32, reason: &str) -> bool {
-        let conn = self
-            .by_cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(cluster);
-        match conn {
-            Some(c) => {
-                c.close(code.into(), reason.as_bytes());
-                true
-            }
-            None => false,
+        let conn = lock(&self.inner).live.remove(cluster);
+        conn.map(|c| c.close(code.into(), reason.as_bytes()))
+            .is_some()
+    }
+
+    /// Close every connection of `cluster`, and every connection presenting one of `serials`,
+    /// whether or not it has sent Hello yet. Returns how many were closed.
+    pub fn close_cluster(
+        &self,
+        cluster: &str,
+        serials: &[String],
+        code: u32,
+        reason: &str,
+    ) -> usize {
+        let doomed: Vec<quinn::Connection> = {
+            let mut inner = lock(&self.inner);
+            inner.live.remove(cluster);
+            inner
+                .tracked
+                .values()
+                .filter(|t| t.cluster == cluster || serials.contains(&t.serial))
+                .map(|t| t.conn.clone())
+                .collect()
+        };
+        for c in &doomed {
+            c.close(code.into(), reason.as_bytes());
         }
+        doomed.len()
     }
 
     pub fn stable_id(&self, cluster: &str) -> Option<usize> {
-        self.by_cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(cluster)
-            .map(|c| c.stable_id())
+        lock(&self.inner).live.get(cluster).map(|c| c.stable_id())
     }
 
+    /// Registered sessions.
     pub fn len(&self) -> usize {
-        self.by_cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        lock(&self.inner).live.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Tracked connections, registered or not.
+    pub fn tracked(&self) -> usize {
+        lock(&self.inner).tracked.len()
+    }
+
     pub fn close_all(&self, code: u32, reason: &str) {
-        let all: Vec<_> = self
-            .by_cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        for (_, c) in all {
+        let all: Vec<_> = {
+            let mut inner = lock(&self.inner);
+            inner.live.clear();
+            inner.tracked.values().map(|t| t.conn.clone()).collect()
+        };
+        for c in all {
             c.close(code.into(), reason.as_bytes());
         }
     }
-}
 
-impl Sessions {
     pub fn names(&self) -> Vec<String> {
-        self.by_cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        lock(&self.inner).live.keys().cloned().collect()
     }
 }
