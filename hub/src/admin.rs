@@ -519,14 +519,17 @@ async fn route(
             let limit = query_usize(&req, "limit").unwrap_or(1000).min(100_000);
             let n = name.to_string();
             let rows = in_blocking(state, move |s| {
-                Ok(s.store
-                    .read(|tx| tx.tail(&tether_store::hub::STATUS_LOG, usize::MAX))?)
+                Ok(s.store.read(|tx| {
+                    tx.list_prefix(
+                        &tether_store::hub::STATUS_HISTORY,
+                        &tether_store::hub::cluster_prefix(&n),
+                    )
+                })?)
                 .map(|rows| {
                     let mut mine: Vec<StatusLogView> = rows
                         .into_iter()
-                        .filter(|(_, e)| e.cluster == n)
-                        .map(|(log_seq, e)| StatusLogView {
-                            log_seq,
+                        .map(|(_, e)| StatusLogView {
+                            log_seq: e.seq,
                             cluster: e.cluster,
                             seq: e.seq,
                             work: e.status.work,

@@ -20,11 +20,20 @@ use tether_transport::framed::request;
 /// does *not* hold: a row the hub still has for a work missing from it is stale (the agent
 /// committed a removal whose `WorkAck` was lost with the session) and goes, as it would have
 /// when the ack arrived. Found by `singleton-failover` (full form, seed 4).
+///
+/// Only works that are the cluster's (`scope`) get a row; returns how many named in the
+/// inventory were not.
 pub async fn record_inventory(
     state: &HubState,
     cluster: &str,
     held: &BTreeMap<String, HeldWork>,
-) -> Result<(), crate::committer::CommitError> {
+) -> Result<usize, crate::committer::CommitError> {
+    let selected = crate::scope::selected(
+        &state.works.snapshot(),
+        &state.decisions.snapshot(),
+        cluster,
+        held.keys().map(String::as_str),
+    );
     let cluster = cluster.to_string();
     let held = held.clone();
     let now = now_ms();
@@ -38,9 +47,15 @@ pub async fn record_inventory(
     state
         .committer
         .write(move |tx| {
+            let mut foreign = 0;
             for (work, h) in &held {
                 let key = cluster_work_key(&cluster, work);
-                let mut row = tx.get(&CLUSTER_WORKS, &key)?.unwrap_or(ClusterWorkRecord {
+                let row = tx.get(&CLUSTER_WORKS, &key)?;
+                if row.is_none() && !selected.contains(work) {
+                    foreign += 1;
+                    continue;
+                }
+                let mut row = row.unwrap_or(ClusterWorkRecord {
                     delivered: None,
                     delivered_at_ms: None,
                     status: None,
@@ -68,7 +83,7 @@ pub async fn record_inventory(
                     }
                 }
             }
-            Ok(())
+            Ok(foreign)
         })
         .await
 }
@@ -111,8 +126,9 @@ pub async fn run(
         let mut retry = false;
         let works = state.works.snapshot();
         let (actions, unknown) = plan_for(&state, &cluster, &held, &works);
-        for u in unknown {
-            tracing::warn!(%cluster, work = %u, "agent holds a work this hub has no record of; leaving it alone");
+        if !unknown.is_empty() {
+            // One line, however many: the names come from the cluster.
+            tracing::warn!(%cluster, count = unknown.len(), first = ?unknown.iter().take(5).collect::<Vec<_>>(), "agent holds works this hub has no record of; leaving them alone");
         }
         for action in actions {
             if let Action::Send { work, packed, .. } = &action {

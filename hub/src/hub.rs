@@ -74,6 +74,8 @@ pub struct HubState {
     pub decisions_wake: tokio::sync::Notify,
     /// Group commit for hot-path durable writes (delivery acks, status).
     pub committer: crate::committer::Committer,
+    /// Status entries each cluster may have stored (see `budget`).
+    pub status_budget: crate::budget::Budgets,
     /// Best-effort audit events from hot paths (handshake rejections); bounded, batched.
     audit_queue: mpsc::Sender<AuditEvent>,
     /// Health transitions not yet stored (see `apply_transitions`).
@@ -245,6 +247,12 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let chain = certs::certs_from_pem(&read(dir.hub_cert())?, "hub certificate")?;
     let key = certs::key_from_pem(&read(dir.hub_key())?, "hub key")?;
     let store = Arc::new(Store::open(dir.database())?);
+    if let Some(n) = crate::status::retire_legacy_log(&store).context("retiring the status log")? {
+        tracing::warn!(
+            entries = n,
+            "dropped the global status log of an older hub version (display history only; the newest status of every cluster and work is kept)"
+        );
+    }
 
     let now = now_ms();
     let (revoked, clusters, admins) = store.read(|tx| {
@@ -309,6 +317,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         decisions_wake: tokio::sync::Notify::new(),
         started_ms: now,
         committer,
+        status_budget: crate::budget::Budgets::new(crate::budget::STATUS_ENTRIES),
         audit_queue: audit_tx,
         pending_health: Mutex::new(BTreeMap::new()),
         health_dirty: tokio::sync::Notify::new(),

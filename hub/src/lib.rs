@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub(crate) mod budget;
 pub mod committer;
 pub mod config;
 pub mod controller;
@@ -17,6 +18,7 @@ pub mod placement;
 pub mod registry;
 pub mod render;
 pub mod rollout;
+pub(crate) mod scope;
 pub mod server;
 pub mod sessions;
 pub mod singleton;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub status_entries: Counter,
     pub status_duplicates: Counter,
     pub status_gaps: Counter,
+    /// Input from clusters dropped or refused as not theirs or over a budget (see `scope`).
+    pub cluster_input_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -122,6 +124,12 @@ impl Metrics {
             "Status batches that skipped sequence numbers (lost entries; should stay 0)",
             status_gaps.clone(),
         );
+        let cluster_input_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "cluster_input_refused",
+            "Input from authenticated clusters dropped or refused, by reason (foreign_status: about a work not theirs; foreign_inventory; rate_limited; too_many_entries)",
+            cluster_input_refused.clone(),
+        );
         Self {
             registry,
             live_sessions,
@@ -138,7 +146,16 @@ impl Metrics {
             status_entries,
             status_duplicates,
             status_gaps,
+            cluster_input_refused,
         }
+    }
+
+    pub fn refuse_cluster_input(&self, reason: &str, n: u64) {
+        self.cluster_input_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
     }
 
     pub fn reject(&self, reason: &str) {

@@ -12,8 +12,9 @@ use std::time::Duration;
 use tether_protocol::names::{validate_cluster_name, validate_labels, NameError};
 use tether_protocol::{ErrorCode, JoinPoll, JoinRequest, JoinStatus, Labels};
 use tether_store::hub::{
-    AuditEvent, ClusterRecord, ClusterState, JoinDecision, JoinRequestRecord, RevokedRecord,
-    TokenRecord, AUDIT, CLUSTERS, JOIN_REQUESTS, REVOKED, TOKENS,
+    cluster_prefix, AuditEvent, ClusterRecord, ClusterState, JoinDecision, JoinRequestRecord,
+    RevokedRecord, TokenRecord, AUDIT, CLUSTERS, CLUSTER_WORKS, JOIN_REQUESTS, REVOKED,
+    STATUS_CURSORS, STATUS_HISTORY, TOKENS, WORKS,
 };
 use tether_store::{Store, StoreError, WriteTx};
 use tether_transport::tls::RevocationList;
@@ -132,6 +133,32 @@ fn same_secret(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+/// What a detached cluster leaves behind: its status history and cursor, and its per-work
+/// rows, except those saying a singleton's copy may still run there (a singleton must not start elsewhere
+/// because its holder was detached, see `singleton`). The kept rows restart their status
+/// sequence, so an agent that re-joins under the name is heard from its first status.
+fn forget_cluster_state(tx: &WriteTx, cluster: &str) -> Result<(), StoreError> {
+    let prefix = cluster_prefix(cluster);
+    tx.remove_prefix(&STATUS_HISTORY, &prefix)?;
+    tx.remove(&STATUS_CURSORS, cluster)?;
+    for (key, mut row) in tx.list_prefix(&CLUSTER_WORKS, &prefix)? {
+        let work = &key[prefix.len()..];
+        let singleton = tx.get(&WORKS, work)?.is_some_and(|w| {
+            w.document
+                .spec
+                .failover
+                .is_some_and(|f| f.mode == tether_protocol::work::FailoverMode::Singleton)
+        });
+        if singleton && crate::singleton::copy_may_run(Some(&row)) {
+            row.status_seq = 0;
+            tx.put(&CLUSTER_WORKS, &key, &row)?;
+        } else {
+            tx.remove(&CLUSTER_WORKS, &key)?;
+        }
+    }
+    Ok(())
 }
 
 impl Registry {
@@ -445,6 +472,7 @@ impl Registry {
                 Some(cluster) => {
                     let r = self.revoke_in(tx, &cluster, "detached", actor, now_ms)?;
                     tx.remove(&CLUSTERS, name)?;
+                    forget_cluster_state(tx, name)?;
                     Some(r)
                 }
                 None => None,

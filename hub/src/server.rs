@@ -11,7 +11,8 @@ use std::time::Duration;
 use tether_protocol::frame::FrameError;
 use tether_protocol::{
     close_code, CodecError, ErrorCode, HeartbeatAck, HelloAck, JoinStatus, Message, RenewResponse,
-    ALPN_JOIN, ALPN_SESSION, PROTOCOL_VERSION,
+    StatusBatch, ALPN_JOIN, ALPN_SESSION, MAX_INVENTORY_WORKS, MAX_STATUS_ENTRIES,
+    PROTOCOL_VERSION,
 };
 use tether_store::hub::{ClusterState, CLUSTERS};
 use tether_store::StoreError;
@@ -533,8 +534,29 @@ async fn handle_session_message(
     let cluster = session.cluster.as_str();
     match msg {
         Message::Inventory(inv) => {
-            if let Err(e) = crate::delivery::record_inventory(state, cluster, &inv.works).await {
-                tracing::error!(%cluster, error = %e, "could not record the agent's inventory");
+            if inv.works.len() > MAX_INVENTORY_WORKS {
+                state
+                    .metrics
+                    .refuse_cluster_input("too_many_entries", inv.works.len() as u64);
+                return Message::error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "an inventory names at most {MAX_INVENTORY_WORKS} works, this one {}",
+                        inv.works.len()
+                    ),
+                );
+            }
+            match crate::delivery::record_inventory(state, cluster, &inv.works).await {
+                Ok(0) => {}
+                Ok(foreign) => {
+                    state
+                        .metrics
+                        .refuse_cluster_input("foreign_inventory", foreign as u64);
+                    tracing::warn!(%cluster, works = foreign, "inventory names works that are not this cluster's; not recorded");
+                }
+                Err(e) => {
+                    tracing::error!(%cluster, error = %e, "could not record the agent's inventory")
+                }
             }
             let pending = crate::delivery::pending_changes(state, cluster, &inv.works);
             tracing::info!(%cluster, held = inv.works.len(), pending, "inventory received");
@@ -556,33 +578,7 @@ async fn handle_session_message(
                 pending_changes: u32::try_from(pending).unwrap_or(u32::MAX),
             })
         }
-        Message::StatusBatch(batch) => {
-            let name = cluster.to_string();
-            let ingested = state
-                .committer
-                .write(move |tx| crate::status::ingest(tx, &name, &batch, now_ms()))
-                .await;
-            match ingested {
-                Ok(i) => {
-                    if i.stored > 0 {
-                        state.decisions_wake.notify_one();
-                    }
-                    state.metrics.status_entries.inc_by(i.stored as u64);
-                    state.metrics.status_duplicates.inc_by(i.duplicates as u64);
-                    if let Some((expected, got)) = i.gap {
-                        state.metrics.status_gaps.inc();
-                        tracing::error!(%cluster, expected, got, "status sequence gap: entries were lost before reaching the hub");
-                    }
-                    Message::StatusAck(tether_protocol::StatusAck {
-                        through_seq: i.through,
-                    })
-                }
-                Err(e) => {
-                    tracing::error!(%cluster, error = %e, "could not store status");
-                    Message::error(ErrorCode::Internal, format!("status not stored: {e}"))
-                }
-            }
-        }
+        Message::StatusBatch(batch) => ingest_status(state, cluster, batch).await,
         Message::Heartbeat(hb) => {
             state.metrics.heartbeats.inc();
             // `hb.cluster` is informational; identity is the certificate's, already in `cluster`.
@@ -650,6 +646,77 @@ async fn handle_session_message(
             ErrorCode::UnexpectedMessage,
             format!("{} is not a request a hub accepts", other.kind()),
         ),
+    }
+}
+
+/// Store a status batch: bounded in size, paced by the cluster's budget, and only what is the
+/// cluster's own (`scope`).
+async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch) -> Message {
+    let n = batch.entries.len();
+    if n > MAX_STATUS_ENTRIES {
+        state
+            .metrics
+            .refuse_cluster_input("too_many_entries", n as u64);
+        return Message::error(
+            ErrorCode::TooLarge,
+            format!("a status batch holds at most {MAX_STATUS_ENTRIES} entries, this one {n}"),
+        );
+    }
+    match state
+        .status_budget
+        .take(cluster, n, std::time::Instant::now())
+    {
+        Ok(wait) if wait.is_zero() => {}
+        Ok(wait) => tokio::time::sleep(wait).await,
+        Err(wait) => {
+            state.metrics.refuse_cluster_input("rate_limited", n as u64);
+            tracing::warn!(%cluster, entries = n, "status over the cluster's budget; refused");
+            return Message::error(
+                ErrorCode::Busy,
+                format!(
+                    "status arrives faster than {}/s; retry in {} s",
+                    crate::budget::STATUS_ENTRIES.per_second,
+                    wait.as_secs() + 1
+                ),
+            );
+        }
+    }
+    let selected = crate::scope::selected(
+        &state.works.snapshot(),
+        &state.decisions.snapshot(),
+        cluster,
+        batch.entries.iter().map(|e| e.status.work.as_str()),
+    );
+    let name = cluster.to_string();
+    let ingested = state
+        .committer
+        .write(move |tx| crate::status::ingest(tx, &name, &batch, &selected, now_ms()))
+        .await;
+    match ingested {
+        Ok(i) => {
+            if i.stored > 0 {
+                state.decisions_wake.notify_one();
+            }
+            state.metrics.status_entries.inc_by(i.stored as u64);
+            state.metrics.status_duplicates.inc_by(i.duplicates as u64);
+            if i.foreign > 0 {
+                state
+                    .metrics
+                    .refuse_cluster_input("foreign_status", i.foreign as u64);
+                tracing::warn!(%cluster, entries = i.foreign, "status about works that are not this cluster's; dropped");
+            }
+            if let Some((expected, got)) = i.gap {
+                state.metrics.status_gaps.inc();
+                tracing::error!(%cluster, expected, got, "status sequence gap: entries were lost before reaching the hub");
+            }
+            Message::StatusAck(tether_protocol::StatusAck {
+                through_seq: i.through,
+            })
+        }
+        Err(e) => {
+            tracing::error!(%cluster, error = %e, "could not store status");
+            Message::error(ErrorCode::Internal, format!("status not stored: {e}"))
+        }
     }
 }
 

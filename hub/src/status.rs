@@ -4,12 +4,18 @@
 //! covers `from_seq..=to_seq`; entries at or below the cursor were stored before (a resend after
 //! a lost ack) and are dropped. A batch that starts past `cursor + 1` means entries were lost on
 //! the agent side: impossible by design, so it is logged and counted, never hidden.
+//!
+//! Entries about works that are not the cluster's (see `scope`) are dropped but still
+//! acknowledged, so a confused agent does not resend them forever. The per-cluster history
+//! keeps the newest `STATUS_HISTORY_PER_CLUSTER` entries.
 
+use std::collections::BTreeSet;
 use tether_protocol::{StatusBatch, WorkPhase};
 use tether_store::hub::{
-    cluster_work_key, ClusterWorkRecord, StatusLogEntry, CLUSTER_WORKS, STATUS_CURSORS, STATUS_LOG,
+    cluster_prefix, cluster_work_key, status_history_key, ClusterWorkRecord, StatusLogEntry,
+    CLUSTER_WORKS, LEGACY_STATUS_LOG, STATUS_CURSORS, STATUS_HISTORY, STATUS_HISTORY_PER_CLUSTER,
 };
-use tether_store::{StoreError, WriteTx};
+use tether_store::{Store, StoreError, WriteTx};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ingested {
@@ -17,14 +23,18 @@ pub struct Ingested {
     pub through: u64,
     pub stored: usize,
     pub duplicates: usize,
+    /// Entries about works that are not this cluster's (dropped).
+    pub foreign: usize,
     /// `(expected_from, got_from)` when the batch skipped sequence numbers.
     pub gap: Option<(u64, u64)>,
 }
 
+/// `selected`: the works of this batch that the hub selects for `cluster` now (`scope`).
 pub fn ingest(
     tx: &WriteTx,
     cluster: &str,
     batch: &StatusBatch,
+    selected: &BTreeSet<String>,
     now_ms: u64,
 ) -> Result<Ingested, StoreError> {
     let cursor = tx.get(&STATUS_CURSORS, cluster)?.unwrap_or(0);
@@ -48,6 +58,14 @@ pub fn ingest(
         let key = cluster_work_key(cluster, &entry.status.work);
         let row = tx.get(&CLUSTER_WORKS, &key)?;
         let withdrawn = matches!(entry.status.phase, WorkPhase::Removed | WorkPhase::Orphaned);
+        if row.is_none() && !selected.contains(&entry.status.work) {
+            // Not this cluster's work (or a late withdrawal whose row is gone): nothing to
+            // record, and nothing kept in the history either.
+            if !withdrawn {
+                out.foreign += 1;
+            }
+            continue;
+        }
         match row {
             Some(mut r) if r.status_seq < entry.seq => {
                 r.status = Some(entry.status.clone());
@@ -69,8 +87,9 @@ pub fn ingest(
                 },
             )?,
         }
-        tx.append(
-            &STATUS_LOG,
+        tx.put(
+            &STATUS_HISTORY,
+            &status_history_key(cluster, entry.seq),
             &StatusLogEntry {
                 cluster: cluster.to_string(),
                 seq: entry.seq,
@@ -83,5 +102,23 @@ pub fn ingest(
     if out.through > cursor {
         tx.put(&STATUS_CURSORS, cluster, &out.through)?;
     }
+    if out.stored > 0 {
+        tx.remove_prefix_except_newest(
+            &STATUS_HISTORY,
+            &cluster_prefix(cluster),
+            STATUS_HISTORY_PER_CLUSTER,
+        )?;
+    }
     Ok(out)
+}
+
+/// Drop the global status log of older hubs (every entry of every cluster, never pruned: a
+/// hostile cluster could grow it without bound). It was history for display only; what each
+/// cluster last reported stays in `CLUSTER_WORKS`. Returns how many entries it held, if it
+/// existed.
+pub fn retire_legacy_log(store: &Store) -> Result<Option<u64>, StoreError> {
+    let held = store.read(|tx| tx.seq_len(&LEGACY_STATUS_LOG))?;
+    // `seq_len` reads a missing table as empty; dropping tells whether it was there.
+    let existed = store.write(|tx| tx.drop_seq_table(&LEGACY_STATUS_LOG))?;
+    Ok(existed.then_some(held))
 }

@@ -275,6 +275,11 @@ pub struct WorkAck {
     pub held: Option<HeldWork>,
 }
 
+/// Entries one `StatusBatch` may hold; a hub refuses larger batches (`ErrorCode::TooLarge`).
+pub const MAX_STATUS_ENTRIES: usize = 256;
+/// Works one `Inventory` may name; a hub refuses larger inventories (`ErrorCode::TooLarge`).
+pub const MAX_INVENTORY_WORKS: usize = 10_000;
+
 /// Agent -> hub: outbox entries `from_seq..=to_seq`. Sequence numbers in the range that are not
 /// in `entries` were superseded by a newer status of the same work before being sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

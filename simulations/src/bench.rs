@@ -898,8 +898,8 @@ async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
                 .map(|(_, at)| since(*at))
         })
         .collect();
-    // One pass over the status log (the admin API's per-cluster view scans it per call).
-    let log = store.read(|tx| tx.tail(&tether_store::hub::STATUS_LOG, usize::MAX))?;
+    // One pass over every cluster's status history, oldest first within each cluster.
+    let log = store.read(|tx| tx.list(&tether_store::hub::STATUS_HISTORY))?;
     let mut first = std::collections::HashMap::new();
     for (_, e) in log {
         if e.status.work == "bench" && e.status.generation == g {
@@ -970,11 +970,14 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
             observed_at_ms: 0,
         },
     };
+    // The works the writers report on, as if the hub had selected them for every writer.
+    let selected: std::collections::BTreeSet<String> = (0..8).map(|w| format!("w{w}")).collect();
     let committer = hub.running().state.committer.clone();
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let committer = committer.clone();
+        let selected = selected.clone();
         tasks.push(tokio::spawn(async move {
             let cluster = format!("c{w:03}");
             let mut seq = 0u64;
@@ -989,8 +992,9 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
                 };
                 seq += BATCH as u64;
                 let name = cluster.clone();
+                let selected = selected.clone();
                 match committer
-                    .write(move |tx| tether_hub::status::ingest(tx, &name, &batch, 0))
+                    .write(move |tx| tether_hub::status::ingest(tx, &name, &batch, &selected, 0))
                     .await
                 {
                     Ok(i) => stored += i.stored,
@@ -1051,8 +1055,9 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
                         to_seq: seq + BATCH as u64,
                         entries: (1..=BATCH as u64).map(|k| status(seq + k)).collect(),
                     };
+                    let cluster = format!("c{w:03}");
                     stored +=
-                        tether_hub::status::ingest(tx, &format!("c{w:03}"), &batch, 0)?.stored;
+                        tether_hub::status::ingest(tx, &cluster, &batch, &selected, 0)?.stored;
                 }
                 Ok::<_, tether_store::StoreError>(())
             })?;

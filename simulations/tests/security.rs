@@ -7,7 +7,13 @@ mod peer;
 use common::*;
 use peer::*;
 use std::time::Duration;
-use tether_protocol::{close_code, Labels, PROTOCOL_VERSION};
+use tether_protocol::{
+    close_code, ErrorCode, HeldWork, Inventory, Labels, Message, StatusBatch, StatusEntry,
+    MAX_STATUS_ENTRIES, PROTOCOL_VERSION,
+};
+use tether_store::hub::{
+    cluster_prefix, CLUSTER_WORKS, STATUS_CURSORS, STATUS_HISTORY, STATUS_HISTORY_PER_CLUSTER,
+};
 use tether_transport::framed::request;
 
 /// A connection that finished the TLS handshake but has not sent Hello is closed by deny and by
@@ -47,4 +53,146 @@ async fn deny_and_detach_close_connections_before_hello() {
         hub.running().state.sessions.tracked() == 0
     })
     .await;
+}
+
+fn applied(work: &str, generation: u64) -> tether_protocol::WorkStatus {
+    tether_protocol::WorkStatus {
+        work: work.into(),
+        generation,
+        hash: "0".repeat(64),
+        phase: tether_protocol::WorkPhase::Applied,
+        conditions: vec![],
+        resources: vec![],
+        message: String::new(),
+        observed_at_ms: 0,
+    }
+}
+
+fn batch(from: u64, works: &[&str]) -> Message {
+    let entries: Vec<StatusEntry> = works
+        .iter()
+        .enumerate()
+        .map(|(i, w)| StatusEntry {
+            seq: from + i as u64,
+            status: applied(w, 1),
+        })
+        .collect();
+    Message::StatusBatch(StatusBatch {
+        from_seq: from,
+        to_seq: from + works.len() as u64 - 1,
+        entries,
+    })
+}
+
+fn rows_of(hub: &tether_sim::fleet::LocalHub, cluster: &str) -> (usize, usize, Option<u64>) {
+    let prefix = cluster_prefix(cluster);
+    hub.running()
+        .state
+        .store
+        .read(|tx| {
+            Ok::<_, tether_store::StoreError>((
+                tx.list_prefix(&CLUSTER_WORKS, &prefix)?.len(),
+                tx.list_prefix(&STATUS_HISTORY, &prefix)?.len(),
+                tx.get(&STATUS_CURSORS, cluster)?,
+            ))
+        })
+        .unwrap()
+}
+
+/// A cluster may speak only about its own works: status and inventory about another
+/// cluster's work or an invented one are acknowledged but not stored, a batch is bounded, the
+/// per-cluster history is pruned, and detach removes what the cluster left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_cannot_report_on_works_that_are_not_its_own() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(3, true, Labels::new()).await.unwrap();
+    let evil = joined_identity(&hub, dir.path(), "evil", &token).await;
+    let _good = agent(&hub, dir.path(), "good", &token);
+    admin
+        .apply_work(&config_work("theirs", only(&["good"]), &["a"], "1"))
+        .await
+        .unwrap();
+    admin
+        .apply_work(&config_work("mine", only(&["evil"]), &["a"], "1"))
+        .await
+        .unwrap();
+    wait_applied(&admin, "theirs", 1, 1).await;
+    eventually("mine is placed on evil", || {
+        hub.running()
+            .state
+            .decisions
+            .snapshot()
+            .get("mine")
+            .is_some_and(|d| d.selected.contains_key("evil"))
+    })
+    .await;
+
+    let (_ep, conn) = session(&hub, &evil).await;
+    let inventory = Message::Inventory(Inventory {
+        works: (0..50)
+            .map(|i| format!("invented-{i}"))
+            .chain(["theirs".to_string()])
+            .map(|w| {
+                (
+                    w,
+                    HeldWork {
+                        generation: 1,
+                        hash: "0".repeat(64),
+                        fenced: false,
+                    },
+                )
+            })
+            .collect(),
+    });
+    assert!(matches!(
+        request(&conn, &inventory, limits()).await.unwrap(),
+        Message::InventoryAck(_)
+    ));
+    let answer = request(&conn, &batch(1, &["theirs", "invented-1"]), limits())
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Message::StatusAck(ref a) if a.through_seq == 2),
+        "foreign entries are acknowledged (not resent forever): {answer:?}"
+    );
+    let (rows, history, _) = rows_of(&hub, "evil");
+    assert_eq!((rows, history), (0, 0), "foreign input was stored");
+    let theirs = admin.work("theirs").await.unwrap();
+    assert!(
+        theirs.clusters.iter().all(|c| c.cluster != "evil"),
+        "{theirs:#?}"
+    );
+
+    // Too many entries in one batch: a typed refusal.
+    let many: Vec<&str> = vec!["mine"; MAX_STATUS_ENTRIES + 1];
+    let (code, why) = peer_error(request(&conn, &batch(3, &many), limits()).await);
+    assert_eq!(code, ErrorCode::TooLarge, "{why}");
+
+    // Its own work: stored, and the history keeps the newest entries only.
+    let mut seq = 3;
+    for _ in 0..5 {
+        let own = vec!["mine"; 240];
+        let answer = request(&conn, &batch(seq, &own), limits()).await.unwrap();
+        assert!(matches!(answer, Message::StatusAck(_)), "{answer:?}");
+        seq += 240;
+    }
+    let (rows, history, cursor) = rows_of(&hub, "evil");
+    assert_eq!(rows, 1);
+    assert_eq!(history, STATUS_HISTORY_PER_CLUSTER);
+    assert_eq!(cursor, Some(seq - 1));
+    let refused = tether_sim::fleet::metric(
+        &admin.get_text("/metrics").await.unwrap(),
+        "tether_hub_cluster_input_refused_total{reason=\"foreign_status\"}",
+    );
+    assert_eq!(refused, 2.0);
+
+    admin.detach("evil").await.unwrap();
+    assert_eq!(
+        rows_of(&hub, "evil"),
+        (0, 0, None),
+        "detach left rows behind"
+    );
 }

@@ -26,8 +26,15 @@ pub const ROLLOUTS: StrTable<RolloutRecord> = StrTable::new("rollouts");
 pub const CLUSTER_WORKS: StrTable<ClusterWorkRecord> = StrTable::new("cluster_works");
 /// Per cluster: the highest status sequence number durably stored.
 pub const STATUS_CURSORS: StrTable<u64> = StrTable::new("status_cursors");
-/// Every status entry accepted from every cluster, in arrival order.
-pub const STATUS_LOG: SeqTable<StatusLogEntry> = SeqTable::new("status_log");
+/// The newest status entries accepted from each cluster (`cluster/<agent seq, 20 digits>`), at
+/// most `STATUS_HISTORY_PER_CLUSTER` each: keyed by cluster, so one cluster's history is read
+/// and pruned without touching another's, and detach removes it.
+pub const STATUS_HISTORY: StrTable<StatusLogEntry> = StrTable::new("status_history");
+/// Status entries kept per cluster in `STATUS_HISTORY`.
+pub const STATUS_HISTORY_PER_CLUSTER: usize = 1000;
+/// The former global status log (every entry of every cluster, unbounded). Moved into
+/// `STATUS_HISTORY` and dropped when a hub opens a store that has it.
+pub const LEGACY_STATUS_LOG: SeqTable<StatusLogEntry> = SeqTable::new("status_log");
 /// SHA-256 fingerprints (hex) of admin client certificates allowed on the admin API.
 pub const ADMINS: StrTable<AdminRecord> = StrTable::new("admins");
 
@@ -172,6 +179,16 @@ pub struct StatusLogEntry {
     pub seq: u64,
     pub received_at_ms: u64,
     pub status: WorkStatus,
+}
+
+pub fn status_history_key(cluster: &str, seq: u64) -> String {
+    format!("{}{seq:020}", cluster_prefix(cluster))
+}
+
+/// Prefix of every per-cluster key (`CLUSTER_WORKS`, `STATUS_HISTORY`) of `cluster`. Cluster
+/// names are DNS-1123 labels, so `a/` never matches the keys of `ab`.
+pub fn cluster_prefix(cluster: &str) -> String {
+    format!("{cluster}/")
 }
 
 pub fn work_history_key(work: &str, generation: u64) -> String {

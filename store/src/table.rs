@@ -57,6 +57,16 @@ fn dec<V: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<V, Stor
     })
 }
 
+/// The least string greater than every string starting with `prefix`, if one is easy to form.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let last = prefix.chars().last()?;
+    let next = char::from_u32(u32::from(last) + 1)?;
+    Some(format!(
+        "{}{next}",
+        &prefix[..prefix.len() - last.len_utf8()]
+    ))
+}
+
 pub struct WriteTx {
     txn: WriteTransaction,
 }
@@ -134,6 +144,46 @@ impl WriteTx {
             out.push((k.value().to_string(), dec(t.name, v.value())?));
         }
         Ok(out)
+    }
+
+    /// Remove every row whose key starts with `prefix`; returns how many.
+    pub fn remove_prefix<V>(&self, t: &StrTable<V>, prefix: &str) -> Result<u64, StoreError> {
+        self.remove_prefix_except_newest(t, prefix, 0)
+    }
+
+    /// Keep the `keep` rows with the greatest keys starting with `prefix` and remove the rest
+    /// (oldest first, for keys that sort by age); returns how many were removed. Reads keys
+    /// only, newest first, so the cost is `keep` plus what is removed.
+    pub fn remove_prefix_except_newest<V>(
+        &self,
+        t: &StrTable<V>,
+        prefix: &str,
+        keep: usize,
+    ) -> Result<u64, StoreError> {
+        let mut table = self.txn.open_table(t.def())?;
+        let doomed: Vec<String> = {
+            let mut doomed = Vec::new();
+            let rows = match prefix_end(prefix) {
+                Some(end) => table.range::<&str>(prefix..end.as_str())?,
+                None => table.range::<&str>(prefix..)?,
+            };
+            for row in rows.rev().skip(keep) {
+                let (k, _) = row?;
+                if k.value().starts_with(prefix) {
+                    doomed.push(k.value().to_string());
+                }
+            }
+            doomed
+        };
+        for k in &doomed {
+            table.remove(k.as_str())?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Drop a whole table (a format that was replaced); returns whether it existed.
+    pub fn drop_seq_table<V>(&self, t: &SeqTable<V>) -> Result<bool, StoreError> {
+        Ok(self.txn.delete_table(t.def())?)
     }
 
     /// Up to `limit` entries with sequence number `>= from`, in order.

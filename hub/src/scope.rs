@@ -1,0 +1,31 @@
+//! What a cluster may speak about: its own works only.
+//!
+//! Status and inventory arrive from clusters, which the hub does not trust with anyone else's
+//! state. A cluster may report on a work the hub knows that is selected for it now, or that it
+//! has a row for (delivered to it, or reported while selected, and not yet withdrawn). Anything
+//! else is dropped and counted: a fake status for another cluster's singleton must not block
+//! it, and invented work names must not grow the store.
+
+use crate::controller::WorkDecision;
+use crate::works::WorkMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Of `names`, those the hub knows and currently selects for `cluster`.
+pub fn selected<'a>(
+    works: &WorkMap,
+    decisions: &BTreeMap<String, Arc<WorkDecision>>,
+    cluster: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> BTreeSet<String> {
+    names
+        .into_iter()
+        .filter(|n| works.contains_key(*n))
+        .filter(|n| {
+            decisions
+                .get(*n)
+                .is_some_and(|d| d.selected.contains_key(cluster))
+        })
+        .map(str::to_string)
+        .collect()
+}
