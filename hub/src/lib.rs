@@ -18,7 +18,7 @@ pub mod placement;
 pub mod registry;
 pub mod render;
 pub mod rollout;
-pub(crate) mod scope;
+pub mod scope;
 pub mod server;
 pub mod sessions;
 pub mod singleton;

@@ -11,21 +11,30 @@ use crate::works::WorkMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// Of `names`, those the hub knows and currently selects for `cluster`.
-pub fn selected<'a>(
+/// For the works named in one message from one cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Known to the hub (tombstones included).
+    pub known: BTreeSet<String>,
+    /// Known, and selected for the cluster now.
+    pub selected: BTreeSet<String>,
+}
+
+pub fn of<'a>(
     works: &WorkMap,
     decisions: &BTreeMap<String, Arc<WorkDecision>>,
     cluster: &str,
     names: impl IntoIterator<Item = &'a str>,
-) -> BTreeSet<String> {
-    names
-        .into_iter()
-        .filter(|n| works.contains_key(*n))
-        .filter(|n| {
-            decisions
-                .get(*n)
-                .is_some_and(|d| d.selected.contains_key(cluster))
-        })
-        .map(str::to_string)
-        .collect()
+) -> Scope {
+    let mut scope = Scope::default();
+    for name in names.into_iter().filter(|n| works.contains_key(*n)) {
+        if decisions
+            .get(name)
+            .is_some_and(|d| d.selected.contains_key(cluster))
+        {
+            scope.selected.insert(name.to_string());
+        }
+        scope.known.insert(name.to_string());
+    }
+    scope
 }

@@ -32,58 +32,145 @@ const HUB_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// hub one small Initial packet; the agent backs off (jittered, exponential) and retries.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
-/// Counts handshakes in progress; `try_admit` hands out a slot while fewer than `max` are.
-#[derive(Debug, Clone)]
+/// Handshakes in progress beyond which a source must prove its address (QUIC Retry, RFC 9000
+/// 8.1) before it gets a slot. A Retry is stateless and costs the hub one small packet; an
+/// honest client answers it in one round trip, a flood of Initials that never completes
+/// (spoofed or not) never holds a slot. Below this load nobody pays the extra round trip.
+pub const RETRY_ABOVE: usize = 32;
+
+/// Handshakes in progress from one source: an IPv4 address or an IPv6 /64. Generous, since
+/// many agents can share one NAT address, but one source can no longer hold every slot.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
+
+/// Handshake time limit while the hub is loaded (above `RETRY_ABOVE`): a half-open handshake
+/// gives its slot back sooner. Several round trips of a slow satellite link.
+const LOADED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// What to do with a new connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept {
+        timeout: Duration,
+    },
+    /// Ask for address validation first.
+    Retry,
+    Refuse(&'static str),
+}
+
+/// The admission rule, a pure function of the load: handshakes in progress in all and from
+/// the attempt's source, and whether its address is validated (it echoed a Retry token).
+pub fn verdict(pending: usize, from_source: usize, validated: bool) -> Verdict {
+    if pending >= RETRY_ABOVE && !validated {
+        return Verdict::Retry;
+    }
+    if from_source >= MAX_HANDSHAKES_PER_SOURCE {
+        return Verdict::Refuse("source_busy");
+    }
+    if pending >= MAX_PENDING_HANDSHAKES {
+        return Verdict::Refuse("overloaded");
+    }
+    let timeout = if pending >= RETRY_ABOVE {
+        LOADED_HANDSHAKE_TIMEOUT
+    } else {
+        HANDSHAKE_TIMEOUT
+    };
+    Verdict::Accept { timeout }
+}
+
+/// The part of an address that budgets count by.
+fn source_prefix(ip: std::net::IpAddr) -> u128 {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => (u128::from(v6) >> 64) | (1 << 127),
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    by_source: std::collections::HashMap<u128, usize>,
+}
+
+/// Handshakes in progress, in all and by source.
+#[derive(Clone, Default)]
 pub struct Admission {
-    pending: Arc<std::sync::atomic::AtomicUsize>,
-    max: usize,
+    pending: Arc<Mutex<Pending>>,
 }
 
 /// A handshake slot, given back when dropped.
-#[derive(Debug)]
-pub struct Admitted(Arc<std::sync::atomic::AtomicUsize>);
+pub struct Admitted {
+    pending: Arc<Mutex<Pending>>,
+    source: u128,
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.total = p.total.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = p.by_source.entry(self.source) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 
 impl Admission {
-    pub fn new(max: usize) -> Self {
-        Self {
-            pending: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            max,
+    /// Decide on an attempt from `source`; an accepted one holds its slot until dropped.
+    pub fn admit(
+        &self,
+        source: std::net::IpAddr,
+        validated: bool,
+    ) -> Result<(Admitted, Duration), Verdict> {
+        let prefix = source_prefix(source);
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let from_source = p.by_source.get(&prefix).copied().unwrap_or(0);
+        match verdict(p.total, from_source, validated) {
+            Verdict::Accept { timeout } => {
+                p.total += 1;
+                *p.by_source.entry(prefix).or_insert(0) += 1;
+                Ok((
+                    Admitted {
+                        pending: self.pending.clone(),
+                        source: prefix,
+                    },
+                    timeout,
+                ))
+            }
+            other => Err(other),
         }
-    }
-
-    pub fn try_admit(&self) -> Option<Admitted> {
-        use std::sync::atomic::Ordering;
-        self.pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Admitted(self.pending.clone()))
     }
 }
 
 pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<HubState>) {
     // Connection tasks live in this set, so aborting the loop aborts them all.
     let mut conns = JoinSet::new();
-    let admission = Admission::new(MAX_PENDING_HANDSHAKES);
+    let admission = Admission::default();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => match admission.try_admit() {
-                    Some(slot) => {
-                        conns.spawn(handle_incoming(incoming, slot, state.clone()));
+                Some(incoming) => {
+                    let source = incoming.remote_address().ip();
+                    match admission.admit(source, incoming.remote_address_validated()) {
+                        Ok((slot, timeout)) => {
+                            conns.spawn(handle_incoming(incoming, slot, timeout, state.clone()));
+                        }
+                        Err(Verdict::Retry) if incoming.may_retry() => {
+                            state.metrics.reject("retry_sent");
+                            // Fails only if the Initial already carried a token (see may_retry).
+                            let _ = incoming.retry();
+                        }
+                        Err(Verdict::Refuse(reason)) => {
+                            state.metrics.reject(reason);
+                            incoming.refuse();
+                        }
+                        Err(_) => {
+                            state.metrics.reject("overloaded");
+                            incoming.refuse();
+                        }
                     }
-                    None => {
-                        state.metrics.reject("overloaded");
-                        incoming.refuse();
-                    }
-                },
+                }
                 None => break,
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -102,9 +189,14 @@ fn counted_by_verifier(e: &quinn::ConnectionError) -> bool {
     }
 }
 
-async fn handle_incoming(incoming: quinn::Incoming, slot: Admitted, state: Arc<HubState>) {
+async fn handle_incoming(
+    incoming: quinn::Incoming,
+    slot: Admitted,
+    timeout: Duration,
+    state: Arc<HubState>,
+) {
     let peer = incoming.remote_address();
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+    let handshake = tokio::time::timeout(timeout, incoming).await;
     drop(slot);
     let conn = match handshake {
         Ok(Ok(conn)) => conn,
@@ -681,7 +773,7 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
             );
         }
     }
-    let selected = crate::scope::selected(
+    let scope = crate::scope::of(
         &state.works.snapshot(),
         &state.decisions.snapshot(),
         cluster,
@@ -690,7 +782,7 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
     let name = cluster.to_string();
     let ingested = state
         .committer
-        .write(move |tx| crate::status::ingest(tx, &name, &batch, &selected, now_ms()))
+        .write(move |tx| crate::status::ingest(tx, &name, &batch, &scope, now_ms()))
         .await;
     match ingested {
         Ok(i) => {
@@ -722,18 +814,61 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
 
 #[cfg(test)]
 mod admission_tests {
-    use super::Admission;
+    use super::*;
+    use std::net::IpAddr;
 
     #[test]
-    fn admits_up_to_the_limit_and_frees_slots_when_dropped() {
-        let a = Admission::new(2);
-        let first = a.try_admit().expect("first");
-        let second = a.try_admit().expect("second");
-        assert!(a.try_admit().is_none(), "third must be refused");
-        drop(first);
-        let third = a.try_admit().expect("a freed slot is reusable");
-        assert!(a.try_admit().is_none());
-        drop((second, third));
-        assert!(a.try_admit().is_some());
+    fn verdicts_by_load_source_and_validation() {
+        let normal = Verdict::Accept {
+            timeout: HANDSHAKE_TIMEOUT,
+        };
+        let loaded = Verdict::Accept {
+            timeout: LOADED_HANDSHAKE_TIMEOUT,
+        };
+        assert_eq!(verdict(0, 0, false), normal);
+        assert_eq!(verdict(RETRY_ABOVE - 1, 0, false), normal);
+        assert_eq!(verdict(RETRY_ABOVE, 0, false), Verdict::Retry);
+        assert_eq!(verdict(RETRY_ABOVE, 0, true), loaded);
+        assert_eq!(
+            verdict(0, MAX_HANDSHAKES_PER_SOURCE, true),
+            Verdict::Refuse("source_busy")
+        );
+        assert_eq!(
+            verdict(MAX_PENDING_HANDSHAKES, 0, true),
+            Verdict::Refuse("overloaded")
+        );
+    }
+
+    #[test]
+    fn slots_are_counted_per_source_and_given_back() {
+        let a = Admission::default();
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        let two: IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..MAX_HANDSHAKES_PER_SOURCE)
+            .map(|_| a.admit(one, true).expect("under the source budget"))
+            .collect();
+        assert_eq!(
+            a.admit(one, true).err(),
+            Some(Verdict::Refuse("source_busy"))
+        );
+        // Another source is not affected, but the load now asks it to validate first.
+        assert_eq!(a.admit(two, false).err(), Some(Verdict::Retry));
+        assert!(a.admit(two, true).is_ok());
+        drop(held);
+        assert!(a.admit(one, false).is_ok(), "slots come back when dropped");
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_by_64_bit_prefix() {
+        let a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        assert_eq!(source_prefix(a), source_prefix(b));
+        assert_ne!(source_prefix(a), source_prefix(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(
+            source_prefix(mapped),
+            source_prefix("192.0.2.1".parse().unwrap())
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! acknowledged, so a confused agent does not resend them forever. The per-cluster history
 //! keeps the newest `STATUS_HISTORY_PER_CLUSTER` entries.
 
-use std::collections::BTreeSet;
+use crate::scope::Scope;
 use tether_protocol::{StatusBatch, WorkPhase};
 use tether_store::hub::{
     cluster_prefix, cluster_work_key, status_history_key, ClusterWorkRecord, StatusLogEntry,
@@ -29,12 +29,12 @@ pub struct Ingested {
     pub gap: Option<(u64, u64)>,
 }
 
-/// `selected`: the works of this batch that the hub selects for `cluster` now (`scope`).
+/// `scope`: what the hub knows and selects of the works this batch names.
 pub fn ingest(
     tx: &WriteTx,
     cluster: &str,
     batch: &StatusBatch,
-    selected: &BTreeSet<String>,
+    scope: &Scope,
     now_ms: u64,
 ) -> Result<Ingested, StoreError> {
     let cursor = tx.get(&STATUS_CURSORS, cluster)?.unwrap_or(0);
@@ -58,12 +58,12 @@ pub fn ingest(
         let key = cluster_work_key(cluster, &entry.status.work);
         let row = tx.get(&CLUSTER_WORKS, &key)?;
         let withdrawn = matches!(entry.status.phase, WorkPhase::Removed | WorkPhase::Orphaned);
-        if row.is_none() && !selected.contains(&entry.status.work) {
-            // Not this cluster's work (or a late withdrawal whose row is gone): nothing to
-            // record, and nothing kept in the history either.
-            if !withdrawn {
-                out.foreign += 1;
-            }
+        let work = &entry.status.work;
+        // A late withdrawal of a known work (its row went with the removal's ack) still
+        // belongs in the history; anything else without a row must be selected for us.
+        let late_withdrawal = withdrawn && scope.known.contains(work);
+        if row.is_none() && !scope.selected.contains(work) && !late_withdrawal {
+            out.foreign += 1;
             continue;
         }
         match row {

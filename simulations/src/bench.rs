@@ -971,7 +971,11 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
         },
     };
     // The works the writers report on, as if the hub had selected them for every writer.
-    let selected: std::collections::BTreeSet<String> = (0..8).map(|w| format!("w{w}")).collect();
+    let works: std::collections::BTreeSet<String> = (0..8).map(|w| format!("w{w}")).collect();
+    let selected = tether_hub::scope::Scope {
+        known: works.clone(),
+        selected: works,
+    };
     let committer = hub.running().state.committer.clone();
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod fleet;
+pub mod flood;
 pub mod lite;
 pub mod plot;
 pub mod relay;

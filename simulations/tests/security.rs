@@ -196,3 +196,45 @@ async fn a_cluster_cannot_report_on_works_that_are_not_its_own() {
         "detach left rows behind"
     );
 }
+
+/// Honest agents still get in while a flood of 1,000 Initials a second that never complete
+/// runs from another address; the flood used to hold every handshake slot for 10 s each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_handshakes_succeed_during_an_initial_flood() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let token = hub.token(1, true, Labels::new()).await.unwrap();
+    let id = joined_identity(&hub, dir.path(), "honest", &token).await;
+    let flood =
+        tether_sim::flood::Flood::start(hub.quic_addr(), "127.0.0.2".parse().unwrap(), 1000)
+            .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = 20;
+    let mut ok = 0;
+    for _ in 0..attempts {
+        let tls = session_tls(&id.ca_pem, &id.cert_pem, &id.key_pem);
+        let r = tokio::time::timeout(Duration::from_secs(10), dial(&hub, tls)).await;
+        if let Ok(Ok((_ep, conn))) = r {
+            if matches!(
+                request(&conn, &hello_msg(PROTOCOL_VERSION), limits()).await,
+                Ok(Message::HelloAck(_))
+            ) {
+                ok += 1;
+            }
+            conn.close(0u32.into(), b"done");
+        }
+    }
+    let sent = flood.sent();
+    drop(flood);
+    let metrics = hub.admin().unwrap().get_text("/metrics").await.unwrap();
+    println!(
+        "{ok}/{attempts} honest sessions during a flood of {sent} Initials; retries sent {}",
+        tether_sim::fleet::metric(
+            &metrics,
+            "tether_hub_handshakes_rejected_total{reason=\"retry_sent\"}"
+        )
+    );
+    assert!(sent > 1000, "the flood did not run: {sent}");
+    assert!(ok * 100 >= attempts * 95, "{ok}/{attempts} honest sessions");
+}
