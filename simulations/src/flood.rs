@@ -46,7 +46,7 @@ impl Flood {
                 let mut buf = Vec::with_capacity(1500);
                 let mut next = Instant::now();
                 while !stop2.load(Ordering::Relaxed) {
-                    if made % PER_ENDPOINT == 0 {
+                    if made.is_multiple_of(PER_ENDPOINT) {
                         endpoint = Some(quinn_proto::Endpoint::new(
                             Arc::new(quinn_proto::EndpointConfig::default()),
                             None,
