@@ -420,9 +420,7 @@ const AUDIT_CHUNK: u64 = 4_096;
 /// the log's order to skip rows, allowing for a clock step up to this size.
 pub const AUDIT_CLOCK_SLACK_MS: u64 = 3_600_000;
 
-fn audit_query(
-    req: &Request<Incoming>,
-) -> Result<(AuditFilter, Option<u64>, usize), Response<Body>> {
+fn audit_query(req: &Request<Incoming>) -> Result<(AuditFilter, Option<u64>, usize), String> {
     let mut f = AuditFilter::default();
     let mut before = None;
     let mut limit = 100;
@@ -434,15 +432,10 @@ fn audit_query(
         .filter(|kv| !kv.is_empty())
     {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let v = percent_decode(v)
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("bad encoding in {k}")))?;
+        let v = percent_decode(v).ok_or_else(|| format!("bad percent-encoding in {k}"))?;
         let num = |v: &str| {
-            v.parse::<u64>().map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("{k}={v:?}: expected a non-negative integer"),
-                )
-            })
+            v.parse::<u64>()
+                .map_err(|_| format!("{k}={v:?}: expected a non-negative integer"))
         };
         match k {
             "kind" => f.kind = Some(v),
@@ -453,9 +446,8 @@ fn audit_query(
             "before" => before = Some(num(&v)?),
             "limit" => limit = (num(&v)? as usize).clamp(1, MAX_AUDIT_LIMIT),
             _ => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown audit query parameter {k:?} (kind, cluster, actor, since, until, before, limit)"),
+                return Err(format!(
+                    "unknown audit query parameter {k:?} (kind, cluster, actor, since, until, before, limit)"
                 ))
             }
         }
@@ -625,13 +617,16 @@ async fn handle(state: Arc<HubState>, req: Request<Incoming>, peer: &Peer) -> Re
             Some(fp) => format!("certificate sha256 {fp} is not an admin credential"),
         };
         // Coalesced: a flood of 401s costs a counter and a couple of audit rows a minute.
-        state.registry.coalesced.record(
+        let first = state.registry.coalesced.record(
             "admin_unauthorized",
             "anonymous",
             format!("{method} {path} from {}: {who}", peer.addr),
             &peer.addr.to_string(),
             now_ms(),
         );
+        if first {
+            tracing::warn!(peer = %peer.addr, %method, %path, "admin request refused: {who} (more this minute are only counted)");
+        }
         return error(
             StatusCode::UNAUTHORIZED,
             "an admin client certificate is required (use the tetherctl.yaml written by `tether-hub init`)",
@@ -809,7 +804,8 @@ async fn route(
         (&Method::GET, ["v1", "audit"]) => {
             // The original shape (a bare array), kept for older tetherctl; filters work here
             // too, the cursor only on /v1/audit/page.
-            let (filter, before, limit) = audit_query(&req)?;
+            let (filter, before, limit) =
+                audit_query(&req).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
             let page = in_blocking(state, move |s| {
                 Ok(s.store.read(|tx| audit_page(tx, &filter, before, limit))?)
             })
@@ -817,7 +813,8 @@ async fn route(
             Ok(json(StatusCode::OK, &page.events))
         }
         (&Method::GET, ["v1", "audit", "page"]) => {
-            let (filter, before, limit) = audit_query(&req)?;
+            let (filter, before, limit) =
+                audit_query(&req).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
             let page = in_blocking(state, move |s| {
                 Ok(s.store.read(|tx| audit_page(tx, &filter, before, limit))?)
             })
@@ -1018,5 +1015,99 @@ async fn route(
             StatusCode::NOT_FOUND,
             format!("no route for {method} /{}", seg.join("/")),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_store::Store;
+
+    fn event(at_ms: u64, kind: &str, actor: &str) -> AuditEvent {
+        AuditEvent {
+            at_ms,
+            kind: kind.into(),
+            cluster: None,
+            actor: actor.into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn audit_pages_reach_every_event_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("a.redb")).unwrap();
+        let n = AUDIT_SCAN_BUDGET + 50_000;
+        store
+            .write(|tx| {
+                tx.append(&AUDIT, &event(1_000, "token_created", "admin"))?;
+                for i in 0..n {
+                    // 100 ms apart: the log spans more than the clock slack.
+                    tx.append(
+                        &AUDIT,
+                        &event(10_000_000 + i * 100, "cert_renewed", "agent:a"),
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let kind = AuditFilter {
+            kind: Some("token_created".into()),
+            ..Default::default()
+        };
+        // More rows than one request may read: the first page ends early with a cursor.
+        let p1 = store.read(|tx| audit_page(tx, &kind, None, 10)).unwrap();
+        assert!(p1.events.is_empty());
+        assert!(p1.scanned <= AUDIT_SCAN_BUDGET + AUDIT_CHUNK);
+        let p2 = store
+            .read(|tx| audit_page(tx, &kind, p1.next_before, 10))
+            .unwrap();
+        assert_eq!(p2.events.len(), 1);
+        assert_eq!(p2.events[0].seq, 1);
+        assert_eq!(p2.next_before, None);
+        // `until` jumps over the newer rows by binary search: one page, few rows read.
+        let until = AuditFilter {
+            until_ms: Some(5_000),
+            ..Default::default()
+        };
+        let p = store.read(|tx| audit_page(tx, &until, None, 10)).unwrap();
+        assert_eq!(p.events.len(), 1);
+        assert!(p.scanned < 10, "{}", p.scanned);
+        // `since` stops the scan (past the clock slack) instead of reading to the start.
+        let since = AuditFilter {
+            since_ms: Some(10_000_000 + (n - 100) * 100),
+            ..Default::default()
+        };
+        let p = store
+            .read(|tx| audit_page(tx, &since, None, 10_000))
+            .unwrap();
+        assert_eq!(p.events.len(), 100);
+        assert_eq!(p.next_before, None);
+        assert!(p.scanned < AUDIT_SCAN_BUDGET, "{}", p.scanned);
+        // A limit-sized page continues from its oldest event.
+        let all = AuditFilter::default();
+        let p = store.read(|tx| audit_page(tx, &all, None, 3)).unwrap();
+        assert_eq!(
+            p.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![n - 1, n, n + 1]
+        );
+        assert_eq!(p.next_before, Some(n - 1));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            percent_decode("token%3Aab+c").as_deref(),
+            Some("token:ab c")
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+
+    #[test]
+    fn limits_are_named_in_human_units() {
+        assert_eq!(human_bytes(MAX_WORK_BODY), "32 MiB");
+        assert_eq!(human_bytes(MAX_CONTROL_BODY), "64 KiB");
+        assert_eq!(human_bytes(1000), "1000 bytes");
     }
 }

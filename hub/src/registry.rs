@@ -200,7 +200,16 @@ impl AuditCoalescer {
         );
     }
 
-    pub fn record(&self, kind: &'static str, actor: &str, detail: String, peer: &str, now_ms: u64) {
+    /// Returns whether this event opened a window (callers log the first at a louder level:
+    /// the hub log must not grow with a flood either).
+    pub fn record(
+        &self,
+        kind: &'static str,
+        actor: &str,
+        detail: String,
+        peer: &str,
+        now_ms: u64,
+    ) -> bool {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut key = (kind, actor.to_string());
         if !open.contains_key(&key) && open.len() >= COALESCE_KEYS {
@@ -223,6 +232,7 @@ impl AuditCoalescer {
                     w.peers.insert(peer);
                 }
                 w.last_detail = detail;
+                false
             }
             None => {
                 let first = AuditEvent {
@@ -242,6 +252,7 @@ impl AuditCoalescer {
                         last_detail: detail,
                     },
                 );
+                true
             }
         }
     }
@@ -598,11 +609,10 @@ impl Registry {
         });
         if let Err(RegistryError::TokenRefused(why)) = &r {
             // The joiner learns nothing; the operator learns everything, at a bounded cost.
-            tracing::warn!(cluster = %req.name, peer = peer_addr, token = why.token_id().unwrap_or("-"), reason = why.reason(), "join refused: bad bootstrap token");
             let actor = why
                 .token_id()
                 .map_or_else(|| "anonymous".to_string(), |id| format!("token:{id}"));
-            self.coalesced.record(
+            let first = self.coalesced.record(
                 "join_refused",
                 &actor,
                 format!(
@@ -613,6 +623,11 @@ impl Registry {
                 peer_addr,
                 now_ms,
             );
+            if first {
+                tracing::warn!(cluster = %req.name, peer = peer_addr, token = why.token_id().unwrap_or("-"), reason = why.reason(), "join refused: bad bootstrap token (more like it this minute are only counted in the audit log)");
+            } else {
+                tracing::debug!(cluster = %req.name, peer = peer_addr, token = why.token_id().unwrap_or("-"), reason = why.reason(), "join refused: bad bootstrap token");
+            }
         }
         r
     }
