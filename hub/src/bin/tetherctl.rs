@@ -49,7 +49,8 @@ enum Cmd {
     #[command(subcommand)]
     Clusters(ClustersCmd),
     /// Security audit events, newest last. Filters combine; any event, however old, is
-    /// reachable: the output ends with the `--before` value that pages further back.
+    /// reachable: when older events may match, the `--before` value that pages further back
+    /// is printed on stderr.
     Audit {
         /// How many events to show (the newest matching ones below --before).
         #[arg(long, default_value_t = 50)]
@@ -150,10 +151,10 @@ enum DeleteCmd {
 enum TokenCmd {
     /// Create a token. It is printed once; the hub stores only its hash.
     Create {
-        /// How long the token can be used.
+        /// How long the token can be used (at most 30d).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
-        /// How many clusters may join with it.
+        /// How many clusters may join with it (at most 100000).
         #[arg(long, default_value_t = 1)]
         uses: u32,
         /// Approve join requests made with this token without a human step.
