@@ -441,7 +441,8 @@ async fn a_flood_of_401s_is_audited_in_a_few_rows_and_counted() {
         let err = intruder.clusters().await.expect_err("not an admin");
         assert!(format!("{err:#}").contains("401"), "{err:#}");
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The last 1 s window closes, is flushed (1 s tick) and committed.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     let rows: Vec<_> = admin
         .audit(10_000)
         .await
