@@ -30,6 +30,22 @@ pub struct JoinRequestView {
     pub created_at_ms: u64,
 }
 
+/// Largest request body of `PUT /v1/works`. A work's bundle is limited to the frame size
+/// (4 MiB by default) after CBOR and zstd; manifests compress several times, so the JSON of a
+/// work that fits a frame can be well over 4 MiB.
+pub const MAX_WORK_BODY: usize = 32 * 1024 * 1024;
+/// Largest request body of every other admin request (tokens, deny reasons): they are small.
+pub const MAX_CONTROL_BODY: usize = 64 * 1024;
+
+/// `64 KiB`, `32 MiB`: how limits are named in errors and docs.
+pub fn human_bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenView {
     pub id: String,
@@ -38,15 +54,23 @@ pub struct TokenView {
     pub used: u32,
     pub auto_approve: bool,
     pub labels: Labels,
+    /// Label keys agents may request with the token; empty: any unreserved key.
+    #[serde(default)]
+    pub allowed_labels: Vec<String>,
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateTokenRequest {
     pub ttl_secs: u64,
     pub uses: u32,
     pub auto_approve: bool,
     #[serde(default)]
     pub labels: Labels,
+    /// When set, agents joining with the token may request only these label keys.
+    #[serde(default)]
+    pub allowed_labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -71,6 +95,31 @@ pub struct AuditView {
     pub cluster: Option<String>,
     pub actor: String,
     pub detail: String,
+}
+
+/// Filters of an audit query; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    pub kind: Option<String>,
+    pub cluster: Option<String>,
+    pub actor: Option<String>,
+    /// Only events at or after this hub time (Unix ms).
+    pub since_ms: Option<u64>,
+    /// Only events at or before this hub time (Unix ms).
+    pub until_ms: Option<u64>,
+}
+
+/// One page of `GET /v1/audit/page`: the newest matching events below the cursor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Oldest first.
+    pub events: Vec<AuditView>,
+    /// Pass as `before` to continue with older events; `None` once the start of the log (or
+    /// of `since`) was reached. A page can hold fewer events than asked for and still have a
+    /// cursor: each request scans a bounded number of rows.
+    pub next_before: Option<u64>,
+    /// Rows read for this page.
+    pub scanned: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

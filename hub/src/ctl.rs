@@ -172,8 +172,65 @@ impl AdminClient {
         self.get("/v1/tokens").await
     }
 
+    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<TokenView> {
+        self.post(&format!("/v1/tokens/{id}/revoke"), serde_json::json!({}))
+            .await
+    }
+
+    /// The newest `limit` audit events, oldest first.
     pub async fn audit(&self, limit: usize) -> anyhow::Result<Vec<AuditView>> {
         self.get(&format!("/v1/audit?limit={limit}")).await
+    }
+
+    /// One page of matching audit events below `before` (see `AuditPage`).
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<AuditPage> {
+        let mut q = vec![format!("limit={limit}")];
+        let mut text = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", percent_encode(v)));
+            }
+        };
+        text("kind", &filter.kind);
+        text("cluster", &filter.cluster);
+        text("actor", &filter.actor);
+        for (k, v) in [
+            ("since", filter.since_ms),
+            ("until", filter.until_ms),
+            ("before", before),
+        ] {
+            if let Some(v) = v {
+                q.push(format!("{k}={v}"));
+            }
+        }
+        self.get(&format!("/v1/audit/page?{}", q.join("&"))).await
+    }
+
+    /// Up to `limit` matching events below `before`, newest ones, following the hub's cursors
+    /// over as many pages as it takes. Returns them oldest first, with the cursor to continue
+    /// (`None`: nothing older matches).
+    pub async fn audit_search(
+        &self,
+        filter: &AuditFilter,
+        mut before: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<AuditView>, Option<u64>)> {
+        let mut out: Vec<AuditView> = Vec::new();
+        loop {
+            let page = self.audit_page(filter, before, limit - out.len()).await?;
+            // Pages go backwards: prepend the older page.
+            let mut events = page.events;
+            events.append(&mut out);
+            out = events;
+            before = page.next_before;
+            if out.len() >= limit || before.is_none() {
+                return Ok((out, before));
+            }
+        }
     }
 
     pub async fn apply_work(
@@ -245,6 +302,19 @@ impl AdminClient {
         let bytes = self.call(Method::GET, path, None).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
+}
+
+/// Percent-encode a query value (everything but unreserved characters).
+fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Parse a (multi-document) YAML file of Works. Every problem names its document.

@@ -266,6 +266,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         }
     }
     let metrics = Arc::new(Metrics::new());
+    metrics.set_certificate_expiry(&crate::pki::check_certificates(&dir, &admins, now)?);
     let (audit_tx, audit_rx) = mpsc::channel(1024);
 
     let reject_metrics = metrics.clone();

@@ -21,6 +21,12 @@ pub struct StateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabel {
+    /// `hub`, `ca` or `admin:<name>`.
+    pub cert: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub live_sessions: Gauge,
@@ -39,6 +45,10 @@ pub struct Metrics {
     pub status_gaps: Counter,
     /// Input from clusters dropped or refused as not theirs or over a budget (see `scope`).
     pub cluster_input_refused: Family<ReasonLabel, Counter>,
+    pub admin_connections: Gauge,
+    pub admin_connections_refused: Family<ReasonLabel, Counter>,
+    pub admin_unauthorized: Counter,
+    pub certificate_expiry: Family<CertLabel, Gauge>,
 }
 
 impl Metrics {
@@ -130,8 +140,36 @@ impl Metrics {
             "Input from authenticated clusters dropped or refused, by reason (foreign_status: about a work not theirs; foreign_inventory; rate_limited; too_many_entries)",
             cluster_input_refused.clone(),
         );
+        let admin_connections = Gauge::default();
+        registry.register(
+            "admin_connections",
+            "Admin API connections currently open (authenticated or not)",
+            admin_connections.clone(),
+        );
+        let admin_connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "admin_connections_refused",
+            "Admin API connections closed by the connection limits: evicted (oldest unauthenticated connection, to make room) or admin_limit (too many admin connections)",
+            admin_connections_refused.clone(),
+        );
+        let admin_unauthorized = Counter::default();
+        registry.register(
+            "admin_unauthorized",
+            "Admin API requests refused with 401 (no admin certificate)",
+            admin_unauthorized.clone(),
+        );
+        let certificate_expiry = Family::<CertLabel, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "When a certificate of the hub expires, in seconds since the Unix epoch (alert on this minus time())",
+            certificate_expiry.clone(),
+        );
         Self {
             registry,
+            admin_connections,
+            admin_connections_refused,
+            admin_unauthorized,
+            certificate_expiry,
             live_sessions,
             handshakes_accepted,
             handshakes_rejected,
@@ -164,6 +202,16 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    pub fn set_certificate_expiry(&self, certs: &[crate::pki::CertExpiry]) {
+        for c in certs {
+            self.certificate_expiry
+                .get_or_create(&CertLabel {
+                    cert: c.label.clone(),
+                })
+                .set(c.not_after_s);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -198,6 +198,125 @@ impl CertificateAuthority {
     }
 }
 
+/// Warn loudly this long before a hub certificate expires.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertCheckError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Invalid {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("the {what} {path} expired at {at} ({days} days ago): agents and tetherctl refuse it, so the hub will not start. There is no renewal tooling yet; `tether-hub init` a new data directory (agents must join again)")]
+    Expired {
+        what: &'static str,
+        path: std::path::PathBuf,
+        at: String,
+        days: i64,
+    },
+    #[error("the {what} {path} is not valid before {at}: check the system clock")]
+    NotYetValid {
+        what: &'static str,
+        path: std::path::PathBuf,
+        at: String,
+    },
+}
+
+/// One of the hub's own certificates, as checked at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// `hub`, `ca` or `admin:<name>` (the metric label).
+    pub label: String,
+    pub path: std::path::PathBuf,
+    pub not_after_s: i64,
+}
+
+fn inspect_file(
+    path: std::path::PathBuf,
+) -> Result<(tether_transport::certs::CertInfo, std::path::PathBuf), CertCheckError> {
+    let pem = std::fs::read_to_string(&path).map_err(|source| CertCheckError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let info = tether_transport::certs::inspect_pem(&pem).map_err(|e| CertCheckError::Invalid {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok((info, path))
+}
+
+/// Check the hub's serving certificate, its CA and the admin credential made by `init`.
+///
+/// An expired (or not yet valid) serving certificate or CA is an error: every agent and
+/// `tetherctl` would refuse the hub, and starting anyway looks healthy while nothing can
+/// connect. An expired admin certificate only locks out that admin, so it is logged as an
+/// error and the hub starts. Anything expiring within `EXPIRY_WARNING` is logged as a warning.
+/// `admins` names admin fingerprints (the `admins` table).
+pub fn check_certificates(
+    dir: &crate::config::DataDir,
+    admins: &[(String, tether_store::hub::AdminRecord)],
+    now_ms: u64,
+) -> Result<Vec<CertExpiry>, CertCheckError> {
+    let now_s = (now_ms / 1000) as i64;
+    let warn_s = EXPIRY_WARNING.as_secs() as i64;
+    let mut out = Vec::new();
+    for (label, what, path) in [
+        ("ca", "hub CA certificate", dir.ca_cert()),
+        ("hub", "hub serving certificate", dir.hub_cert()),
+    ] {
+        let (info, path) = inspect_file(path)?;
+        if info.not_after <= now_s {
+            return Err(CertCheckError::Expired {
+                what,
+                path,
+                at: crate::util::rfc3339(info.not_after as u64 * 1000),
+                days: (now_s - info.not_after) / 86_400,
+            });
+        }
+        if info.not_before > now_s {
+            return Err(CertCheckError::NotYetValid {
+                what,
+                path,
+                at: crate::util::rfc3339(info.not_before as u64 * 1000),
+            });
+        }
+        out.push(CertExpiry {
+            label: label.into(),
+            path,
+            not_after_s: info.not_after,
+        });
+    }
+    // The admin credential `init` wrote; others (added by hand) are not on disk.
+    if dir.admin_cert().exists() {
+        let (info, path) = inspect_file(dir.admin_cert())?;
+        let name = admins
+            .iter()
+            .find(|(fp, _)| *fp == info.sha256)
+            .map_or(info.common_name.clone(), |(_, a)| a.name.clone());
+        if info.not_after <= now_s {
+            tracing::error!(admin = %name, path = %path.display(), expired = %crate::util::rfc3339(info.not_after as u64 * 1000), "admin certificate has EXPIRED: tetherctl with it is refused");
+        }
+        out.push(CertExpiry {
+            label: format!("admin:{name}"),
+            path,
+            not_after_s: info.not_after,
+        });
+    }
+    for c in &out {
+        let left = c.not_after_s - now_s;
+        if left > 0 && left <= warn_s {
+            tracing::warn!(cert = %c.label, path = %c.path.display(), expires = %crate::util::rfc3339(c.not_after_s as u64 * 1000), days_left = left / 86_400, "certificate expires soon");
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,12 +25,14 @@ const MAX_LIVE_SERIALS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown bootstrap token")]
-    TokenInvalid,
-    #[error("bootstrap token {0} has expired")]
-    TokenExpired(String),
-    #[error("bootstrap token {0} has no uses left")]
-    TokenExhausted(String),
+    /// Deliberately one message for every reason: the joiner is anonymous, and telling it a
+    /// token exists (expired, used up, revoked) or naming its id helps an attacker guessing or
+    /// replaying tokens. The reason is in the hub log and the audit log.
+    #[error("bootstrap token refused (unknown, expired, used up or revoked); ask an administrator for a new one")]
+    TokenRefused(TokenRefusal),
+    /// An agent asked for a label it may not set; the message names the key.
+    #[error("{0}")]
+    LabelRefused(String),
     #[error("{0}")]
     NameTaken(String),
     #[error(transparent)]
@@ -54,9 +56,12 @@ pub enum RegistryError {
 impl RegistryError {
     pub fn wire_code(&self) -> ErrorCode {
         match self {
-            RegistryError::TokenInvalid => ErrorCode::TokenInvalid,
-            RegistryError::TokenExpired(_) => ErrorCode::TokenExpired,
-            RegistryError::TokenExhausted(_) => ErrorCode::TokenExhausted,
+            // TokenExpired and TokenExhausted stay in the protocol for older hubs; this hub
+            // sends one code for every bad token.
+            RegistryError::TokenRefused(_) => ErrorCode::TokenInvalid,
+            // The code agents already get for invalid labels (`NameError` covers labels); a new
+            // code would not decode in older agents.
+            RegistryError::LabelRefused(_) => ErrorCode::NameInvalid,
             RegistryError::NameTaken(_) | RegistryError::Conflict(_) => ErrorCode::NameTaken,
             RegistryError::Name(_) => ErrorCode::NameInvalid,
             RegistryError::Csr(_) => ErrorCode::CsrInvalid,
@@ -70,6 +75,47 @@ impl RegistryError {
     }
 }
 
+/// Why a join's token was refused. Only for the hub log and the audit log: the joiner gets
+/// the same answer for all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Expired { id: String },
+    UsedUp { id: String },
+    Revoked { id: String },
+}
+
+impl TokenRefusal {
+    /// The token id, when the presented token exists.
+    pub fn token_id(&self) -> Option<&str> {
+        match self {
+            TokenRefusal::Unknown => None,
+            TokenRefusal::Expired { id }
+            | TokenRefusal::UsedUp { id }
+            | TokenRefusal::Revoked { id } => Some(id),
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenRefusal::Unknown => "unknown token",
+            TokenRefusal::Expired { .. } => "token expired",
+            TokenRefusal::UsedUp { .. } => "token used up",
+            TokenRefusal::Revoked { .. } => "token revoked",
+        }
+    }
+}
+
+/// Longest lifetime of a bootstrap token. A token is a bearer secret that is typed into
+/// installers and CI: past a month it is more likely leaked than still needed.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Most joins one token admits: a whole fleet (the hub is benchmarked at this size) can enroll
+/// with one token, but a leaked one cannot register clusters without bound.
+pub const MAX_TOKEN_USES: u32 = 100_000;
+/// Agents may not request labels under this prefix: they carry hub semantics (facts, the
+/// maintenance window). Token labels, set by an administrator, may.
+pub const RESERVED_LABEL_PREFIX: &str = "tether.dev/";
+
 /// Options for a new bootstrap token.
 #[derive(Debug, Clone)]
 pub struct TokenSpec {
@@ -77,6 +123,8 @@ pub struct TokenSpec {
     pub uses: u32,
     pub auto_approve: bool,
     pub labels: Labels,
+    /// Label keys agents may request with this token; empty: any unreserved key.
+    pub allowed_labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -99,6 +147,152 @@ pub struct Registry {
     ca: CertificateAuthority,
     revoked: Arc<RevocationList>,
     cert_validity: Duration,
+    /// Audit events from anonymous peers (bad-token joins, admin 401s), coalesced so a flood
+    /// costs a few rows; the hub drains it into the bounded audit queue.
+    pub coalesced: AuditCoalescer,
+}
+
+/// How many distinct (kind, actor) pairs are tracked per window; beyond that they are folded
+/// into `(kind, "anonymous")`, so an attacker cycling through actors cannot grow the map.
+const COALESCE_KEYS: usize = 64;
+/// Peer addresses named in one aggregated event.
+const COALESCE_SAMPLES: usize = 8;
+/// Longest detail kept for an aggregated event (details can carry peer-chosen names).
+const COALESCE_DETAIL: usize = 256;
+
+/// Coalesces repeated audit events from unauthenticated sources: the first of each kind and
+/// actor in a window is audited at once, later ones are counted and audited as one event when
+/// the window closes. A flood of any size costs at most two rows per window per key, and
+/// memory bounded by `COALESCE_KEYS`.
+pub struct AuditCoalescer {
+    window_ms: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), CoalescedWindow>>,
+}
+
+struct CoalescedWindow {
+    opened_ms: u64,
+    /// The first event of the window, not yet handed out.
+    first: Option<AuditEvent>,
+    /// Events after the first.
+    more: u64,
+    peers: std::collections::BTreeSet<String>,
+    last_detail: String,
+}
+
+impl Default for AuditCoalescer {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
+}
+
+impl AuditCoalescer {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window_ms: (window.as_millis() as u64).into(),
+            open: Default::default(),
+        }
+    }
+
+    /// Shorten or lengthen the window (tests use short ones).
+    pub fn set_window(&self, window: Duration) {
+        self.window_ms.store(
+            window.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Returns whether this event opened a window (callers log the first at a louder level:
+    /// the hub log must not grow with a flood either).
+    pub fn record(
+        &self,
+        kind: &'static str,
+        actor: &str,
+        detail: String,
+        peer: &str,
+        now_ms: u64,
+    ) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut key = (kind, actor.to_string());
+        if !open.contains_key(&key) && open.len() >= COALESCE_KEYS {
+            key.1 = "anonymous".into();
+        }
+        // The address without the port: one peer reconnecting is one peer.
+        let peer = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip).to_string();
+        let mut detail = detail;
+        if detail.len() > COALESCE_DETAIL {
+            let mut cut = COALESCE_DETAIL;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        match open.get_mut(&key) {
+            Some(w) => {
+                w.more += 1;
+                if w.peers.len() < COALESCE_SAMPLES {
+                    w.peers.insert(peer);
+                }
+                w.last_detail = detail;
+                false
+            }
+            None => {
+                let first = AuditEvent {
+                    at_ms: now_ms,
+                    kind: kind.to_string(),
+                    cluster: None,
+                    actor: key.1.clone(),
+                    detail: detail.clone(),
+                };
+                open.insert(
+                    key,
+                    CoalescedWindow {
+                        opened_ms: now_ms,
+                        first: Some(first),
+                        more: 0,
+                        peers: Default::default(),
+                        last_detail: detail,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Events to write now: first events not yet handed out, and one aggregate per window that
+    /// has closed.
+    pub fn drain(&self, now_ms: u64) -> Vec<AuditEvent> {
+        let window_ms = self.window_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        open.retain(|(kind, actor), w| {
+            out.extend(w.first.take());
+            if now_ms.saturating_sub(w.opened_ms) < window_ms {
+                return true;
+            }
+            if w.more > 0 {
+                out.push(AuditEvent {
+                    at_ms: now_ms,
+                    kind: kind.to_string(),
+                    cluster: None,
+                    actor: actor.clone(),
+                    detail: format!(
+                        "{} more in the {}s after the first (coalesced; peers: {}{}); last: {}",
+                        w.more,
+                        now_ms.saturating_sub(w.opened_ms) / 1000,
+                        w.peers.iter().cloned().collect::<Vec<_>>().join(", "),
+                        if w.peers.len() >= COALESCE_SAMPLES {
+                            ", ..."
+                        } else {
+                            ""
+                        },
+                        w.last_detail
+                    ),
+                });
+            }
+            false
+        });
+        out
+    }
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -173,6 +367,7 @@ impl Registry {
             ca,
             revoked,
             cert_validity,
+            coalesced: AuditCoalescer::default(),
         }
     }
 
@@ -195,12 +390,40 @@ impl Registry {
                 "a token needs at least one use".into(),
             ));
         }
+        if spec.uses > MAX_TOKEN_USES {
+            return Err(RegistryError::BadRequest(format!(
+                "a token admits at most {MAX_TOKEN_USES} joins, {} requested; create several tokens",
+                spec.uses
+            )));
+        }
         if spec.ttl.is_zero() {
             return Err(RegistryError::BadRequest(
                 "token ttl must be positive".into(),
             ));
         }
+        if spec.ttl > MAX_TOKEN_TTL {
+            return Err(RegistryError::BadRequest(format!(
+                "token ttl {}s exceeds the maximum of 30d ({}s)",
+                spec.ttl.as_secs(),
+                MAX_TOKEN_TTL.as_secs()
+            )));
+        }
         validate_labels(&spec.labels)?;
+        let allowed: Labels = spec
+            .allowed_labels
+            .iter()
+            .map(|k| (k.clone(), String::new()))
+            .collect();
+        validate_labels(&allowed)?;
+        if let Some(k) = spec
+            .allowed_labels
+            .iter()
+            .find(|k| k.starts_with(RESERVED_LABEL_PREFIX))
+        {
+            return Err(RegistryError::BadRequest(format!(
+                "label {k:?} is reserved ({RESERVED_LABEL_PREFIX}*): agents may never request it; set it as a token label instead"
+            )));
+        }
         let secret: [u8; 32] = rand::random();
         let token = format!("tether1.{}", hex::encode(secret));
         let hash = sha256_hex(&token);
@@ -214,6 +437,9 @@ impl Registry {
             used: 0,
             auto_approve: spec.auto_approve,
             labels: spec.labels.clone(),
+            allowed_labels: spec.allowed_labels.clone(),
+            revoked_at_ms: None,
+            revoked_by: None,
         };
         self.store.write(|tx| {
             tx.put(&TOKENS, &hash, &record)?;
@@ -224,10 +450,15 @@ impl Registry {
                 None,
                 actor,
                 format!(
-                    "token {id}: uses={} auto_approve={} expires={}",
+                    "token {id}: uses={} auto_approve={} expires={}{}",
                     spec.uses,
                     spec.auto_approve,
-                    crate::util::rfc3339(expires_at_ms)
+                    crate::util::rfc3339(expires_at_ms),
+                    if spec.allowed_labels.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" allowed_labels={}", spec.allowed_labels.join(","))
+                    }
                 ),
             )?;
             Ok::<_, RegistryError>(())
@@ -236,6 +467,59 @@ impl Registry {
             token,
             id,
             expires_at_ms,
+        })
+    }
+
+    /// Revoke a token by its public id: it admits no further joins. Join requests already
+    /// made with it are left for an administrator to decide.
+    pub fn revoke_token(
+        &self,
+        id: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<TokenRecord, RegistryError> {
+        // The id is the first 12 hex digits of the key (the token's SHA-256), so a prefix scan
+        // finds it; anything else could match several tokens.
+        if id.len() != 12
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(RegistryError::BadRequest(format!(
+                "{id:?} is not a token id (12 lowercase hex digits, as `tetherctl token list` shows)"
+            )));
+        }
+        self.store.write(|tx| {
+            let mut rows = tx.list_prefix(&TOKENS, id)?;
+            let (hash, mut token) = match rows.len() {
+                1 => rows.remove(0),
+                0 => return Err(RegistryError::NotFound(format!("token {id}"))),
+                _ => {
+                    return Err(RegistryError::Conflict(format!(
+                        "token id {id} is ambiguous"
+                    )))
+                }
+            };
+            if token.revoked_at_ms.is_some() {
+                return Err(RegistryError::Conflict(format!(
+                    "token {id} is already revoked"
+                )));
+            }
+            token.revoked_at_ms = Some(now_ms);
+            token.revoked_by = Some(actor.to_string());
+            tx.put(&TOKENS, &hash, &token)?;
+            audit(
+                tx,
+                now_ms,
+                "token_revoked",
+                None,
+                actor,
+                format!(
+                    "token {id}: {} of {} uses spent",
+                    token.used, token.max_uses
+                ),
+            )?;
+            Ok(token)
         })
     }
 
@@ -253,10 +537,19 @@ impl Registry {
                 "request secret must be 32-128 characters".into(),
             ));
         }
+        if let Some(k) = req
+            .labels
+            .keys()
+            .find(|k| k.starts_with(RESERVED_LABEL_PREFIX))
+        {
+            return Err(RegistryError::LabelRefused(format!(
+                "label {k:?} is reserved for the hub ({RESERVED_LABEL_PREFIX}*); an administrator can set it with a token label"
+            )));
+        }
         CertificateAuthority::check_csr(&req.csr_pem)?;
         let secret_hash = sha256_hex(&req.request_secret);
         let token_hash = sha256_hex(&req.token);
-        self.store.write(|tx| {
+        let r = self.store.write(|tx| {
             if let Some(existing) = tx.get(&JOIN_REQUESTS, &req.name)? {
                 if same_secret(&existing.secret_sha256, &secret_hash) {
                     // A retry after a lost answer: report, do not spend the token again.
@@ -265,12 +558,28 @@ impl Registry {
             }
             let mut token = tx
                 .get(&TOKENS, &token_hash)?
-                .ok_or(RegistryError::TokenInvalid)?;
+                .ok_or(RegistryError::TokenRefused(TokenRefusal::Unknown))?;
+            let id = token.id.clone();
+            if token.revoked_at_ms.is_some() {
+                return Err(RegistryError::TokenRefused(TokenRefusal::Revoked { id }));
+            }
             if now_ms >= token.expires_at_ms {
-                return Err(RegistryError::TokenExpired(token.id));
+                return Err(RegistryError::TokenRefused(TokenRefusal::Expired { id }));
             }
             if token.used >= token.max_uses {
-                return Err(RegistryError::TokenExhausted(token.id));
+                return Err(RegistryError::TokenRefused(TokenRefusal::UsedUp { id }));
+            }
+            if !token.allowed_labels.is_empty() {
+                if let Some(k) = req
+                    .labels
+                    .keys()
+                    .find(|k| !token.allowed_labels.contains(k))
+                {
+                    return Err(RegistryError::LabelRefused(format!(
+                        "label {k:?} is not allowed by this token (allowed: {})",
+                        token.allowed_labels.join(", ")
+                    )));
+                }
             }
             if tx.get(&CLUSTERS, &req.name)?.is_some() {
                 return Err(RegistryError::NameTaken(format!(
@@ -324,7 +633,30 @@ impl Registry {
             }
             tx.put(&JOIN_REQUESTS, &req.name, &record)?;
             Ok(self.status_of(&record))
-        })
+        });
+        if let Err(RegistryError::TokenRefused(why)) = &r {
+            // The joiner learns nothing; the operator learns everything, at a bounded cost.
+            let actor = why
+                .token_id()
+                .map_or_else(|| "anonymous".to_string(), |id| format!("token:{id}"));
+            let first = self.coalesced.record(
+                "join_refused",
+                &actor,
+                format!(
+                    "{} for cluster {:?} from {peer_addr}",
+                    why.reason(),
+                    req.name
+                ),
+                peer_addr,
+                now_ms,
+            );
+            if first {
+                tracing::warn!(cluster = %req.name, peer = peer_addr, token = why.token_id().unwrap_or("-"), reason = why.reason(), "join refused: bad bootstrap token (more like it this minute are only counted in the audit log)");
+            } else {
+                tracing::debug!(cluster = %req.name, peer = peer_addr, token = why.token_id().unwrap_or("-"), reason = why.reason(), "join refused: bad bootstrap token");
+            }
+        }
+        r
     }
 
     pub fn poll_join(&self, poll: &JoinPoll) -> Result<JoinStatus, RegistryError> {
@@ -622,6 +954,7 @@ mod tests {
             uses,
             auto_approve: auto,
             labels: Labels::from([("region".to_string(), "forced".to_string())]),
+            allowed_labels: vec![],
         }
     }
 
@@ -634,12 +967,12 @@ mod tests {
         // Unknown token.
         assert!(matches!(
             r.submit_join(&join("tether1.nope", "c1", &s1), "p", NOW),
-            Err(RegistryError::TokenInvalid)
+            Err(RegistryError::TokenRefused(TokenRefusal::Unknown))
         ));
         // Expired.
         assert!(matches!(
             r.submit_join(&join(&t.token, "c1", &s1), "p", NOW + 60_000),
-            Err(RegistryError::TokenExpired(_))
+            Err(RegistryError::TokenRefused(TokenRefusal::Expired { .. }))
         ));
         assert_eq!(
             r.submit_join(&join(&t.token, "c1", &s1), "p", NOW).unwrap(),
@@ -653,7 +986,7 @@ mod tests {
         // Reused single-use token.
         assert!(matches!(
             r.submit_join(&join(&t.token, "c2", &"b".repeat(32)), "p", NOW),
-            Err(RegistryError::TokenExhausted(_))
+            Err(RegistryError::TokenRefused(TokenRefusal::UsedUp { .. }))
         ));
         // The token's labels win over the agent's.
         let rec = r
@@ -809,5 +1142,157 @@ mod tests {
                 NOW
             )
             .is_err());
+    }
+
+    #[test]
+    fn revoked_tokens_admit_no_joins_and_all_refusals_look_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let t = r.create_token(&spec(5, false), "admin", NOW).unwrap();
+        assert!(r
+            .submit_join(&join(&t.token, "c1", &"a".repeat(32)), "p", NOW)
+            .is_ok());
+        let revoked = r.revoke_token(&t.id, "admin", NOW).unwrap();
+        assert_eq!(revoked.revoked_at_ms, Some(NOW));
+        assert!(matches!(
+            r.revoke_token(&t.id, "admin", NOW),
+            Err(RegistryError::Conflict(_))
+        ));
+        assert!(matches!(
+            r.revoke_token("nothex", "admin", NOW),
+            Err(RegistryError::BadRequest(_))
+        ));
+        assert!(matches!(
+            r.revoke_token("0123456789ab", "admin", NOW),
+            Err(RegistryError::NotFound(_))
+        ));
+        let e = r
+            .submit_join(&join(&t.token, "c2", &"b".repeat(32)), "p", NOW)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            RegistryError::TokenRefused(TokenRefusal::Revoked { .. })
+        ));
+        // A retry of the join made before the revocation still reads its status.
+        assert_eq!(
+            r.submit_join(&join(&t.token, "c1", &"a".repeat(32)), "p", NOW)
+                .unwrap(),
+            JoinStatus::Pending
+        );
+        let unknown = r
+            .submit_join(&join("tether1.x", "c3", &"c".repeat(32)), "p", NOW)
+            .unwrap_err();
+        assert_eq!(e.wire_code(), ErrorCode::TokenInvalid);
+        assert_eq!(unknown.wire_code(), ErrorCode::TokenInvalid);
+        assert_eq!(e.to_string(), unknown.to_string());
+        assert!(!e.to_string().contains(&t.id));
+        let kinds: Vec<_> = r
+            .store
+            .read(|tx| tx.tail(&AUDIT, 100))
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.kind)
+            .collect();
+        assert!(kinds.contains(&"token_revoked".to_string()), "{kinds:?}");
+        // Both refusals are queued for the audit log: the first per actor at once.
+        let queued = r.coalesced.drain(NOW);
+        assert_eq!(queued.len(), 2, "{queued:?}");
+        assert!(queued
+            .iter()
+            .any(|e| e.actor == format!("token:{}", t.id) && e.detail.contains("revoked")));
+    }
+
+    #[test]
+    fn token_ttl_uses_and_label_allow_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let too_long = TokenSpec {
+            ttl: MAX_TOKEN_TTL + Duration::from_secs(1),
+            ..spec(1, false)
+        };
+        assert!(matches!(
+            r.create_token(&too_long, "a", NOW),
+            Err(RegistryError::BadRequest(_))
+        ));
+        let too_many = TokenSpec {
+            uses: MAX_TOKEN_USES + 1,
+            ..spec(1, false)
+        };
+        assert!(matches!(
+            r.create_token(&too_many, "a", NOW),
+            Err(RegistryError::BadRequest(_))
+        ));
+        let reserved = TokenSpec {
+            allowed_labels: vec!["tether.dev/maintenance-window".into()],
+            ..spec(1, false)
+        };
+        assert!(r.create_token(&reserved, "a", NOW).is_err());
+        let t = r
+            .create_token(
+                &TokenSpec {
+                    allowed_labels: vec!["region".into(), "zone".into()],
+                    labels: Labels::new(),
+                    ..spec(3, false)
+                },
+                "admin",
+                NOW,
+            )
+            .unwrap();
+        // `join` asks for region only: allowed.
+        assert!(r
+            .submit_join(&join(&t.token, "c1", &"a".repeat(32)), "p", NOW)
+            .is_ok());
+        let mut other = join(&t.token, "c2", &"b".repeat(32));
+        other.labels.insert("site".into(), "x".into());
+        let e = r.submit_join(&other, "p", NOW).unwrap_err();
+        assert!(matches!(e, RegistryError::LabelRefused(_)), "{e}");
+        assert_eq!(e.wire_code(), ErrorCode::NameInvalid);
+        let mut reserved = join(&t.token, "c3", &"c".repeat(32));
+        reserved
+            .labels
+            .insert("tether.dev/maintenance-window".into(), "never".into());
+        assert!(matches!(
+            r.submit_join(&reserved, "p", NOW),
+            Err(RegistryError::LabelRefused(_))
+        ));
+        // Refusals did not spend uses.
+        let tok = r.store.read(|tx| tx.list(&TOKENS)).unwrap();
+        assert_eq!(tok[0].1.used, 1);
+    }
+
+    #[test]
+    fn coalescer_bounds_rows_and_memory() {
+        let c = AuditCoalescer::new(Duration::from_secs(60));
+        for i in 0..10_000u64 {
+            c.record(
+                "admin_unauthorized",
+                "anonymous",
+                format!("GET /v1/x{i}"),
+                &format!("10.0.{}.{}:{}", i % 3, i % 7, 1000 + i),
+                NOW + i,
+            );
+        }
+        let first = c.drain(NOW + 10_000);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].detail, "GET /v1/x0");
+        assert!(c.drain(NOW + 20_000).is_empty(), "window still open");
+        let agg = c.drain(NOW + 60_000);
+        assert_eq!(agg.len(), 1);
+        assert!(agg[0].detail.starts_with("9999 more"), "{}", agg[0].detail);
+        assert!(c.drain(NOW + 120_000).is_empty());
+        // Many actors: bounded keys.
+        for i in 0..1_000 {
+            c.record(
+                "join_refused",
+                &format!("token:{i}"),
+                "x".repeat(10_000),
+                "p:1",
+                NOW,
+            );
+        }
+        let rows = c.drain(NOW);
+        // One overflow key per kind on top of the bound.
+        assert!(rows.len() <= COALESCE_KEYS + 1, "{}", rows.len());
+        assert!(rows.iter().all(|r| r.detail.len() <= COALESCE_DETAIL));
     }
 }

@@ -112,6 +112,7 @@ impl LocalHub {
                 uses,
                 auto_approve,
                 labels,
+                allowed_labels: Vec::new(),
             })
             .await?;
         Ok(created.token)

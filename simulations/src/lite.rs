@@ -60,6 +60,7 @@ pub fn provision(hub_dir: &Path, prefix: &str, n: usize) -> anyhow::Result<Vec<L
             uses: u32::try_from(n).context("too many agents")?,
             auto_approve: true,
             labels: Default::default(),
+            allowed_labels: Vec::new(),
         },
         "bench",
         now,

@@ -655,6 +655,7 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
             uses: plan.agents as u32,
             auto_approve: true,
             labels: Labels::new(),
+            allowed_labels: Vec::new(),
         })
         .await
         .context("creating a join token")?

@@ -373,13 +373,22 @@ async fn a_cluster_outside_its_maintenance_window_is_not_updated() {
     let d = dir.path();
     let hub = hub(d).await;
     let admin = hub.admin().unwrap();
-    let token = hub.token(2, true, Default::default()).await.unwrap();
-    let mut closed = spec(&hub, d, "closed", &token);
-    closed
-        .labels
-        .insert("tether.dev/maintenance-window".into(), "newyear".into());
+    let token = hub.token(1, true, Default::default()).await.unwrap();
+    // tether.dev/ labels are reserved: only an administrator sets them, through the token.
+    let window = hub
+        .token(
+            1,
+            true,
+            [(
+                "tether.dev/maintenance-window".to_string(),
+                "newyear".to_string(),
+            )]
+            .into(),
+        )
+        .await
+        .unwrap();
     let agents = vec![
-        tether_sim::fleet::LocalAgent::spawn(closed),
+        agent(&hub, d, "closed", &window),
         agent(&hub, d, "open", &token),
     ];
     wait_for(

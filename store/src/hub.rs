@@ -113,6 +113,15 @@ pub struct TokenRecord {
     pub auto_approve: bool,
     /// Labels every cluster joining with this token receives (they override agent labels).
     pub labels: Labels,
+    /// Label keys an agent joining with this token may request; empty: any key outside the
+    /// reserved `tether.dev/` prefix. Absent in stores written before it existed.
+    #[serde(default)]
+    pub allowed_labels: Vec<String>,
+    /// Set when an administrator revoked the token; a revoked token admits no more joins.
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
+    #[serde(default)]
+    pub revoked_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_hub::api::{ClusterView, CreateTokenRequest, JoinRequestView};
+use tether_hub::api::{AuditFilter, ClusterView, CreateTokenRequest, JoinRequestView};
 use tether_hub::config::CtlConfig;
 use tether_hub::ctl::AdminClient;
 use tether_hub::util::{now_ms, parse_duration, rfc3339};
@@ -48,10 +48,32 @@ enum Cmd {
     /// Registered clusters and join requests.
     #[command(subcommand)]
     Clusters(ClustersCmd),
-    /// Security audit events, newest last.
+    /// Security audit events, newest last. Filters combine; any event, however old, is
+    /// reachable: when older events may match, the `--before` value that pages further back
+    /// is printed on stderr.
     Audit {
+        /// How many events to show (the newest matching ones below --before).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only this kind, e.g. token_created, join_refused, admin_unauthorized, cert_renewed.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events about this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only this actor: admin, hub, anonymous, agent:NAME, token:ID.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events at or after this time: RFC 3339 (2026-01-31T12:00:00Z) or an age (90m, 2d).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        /// Only events at or before this time: RFC 3339 or an age.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<u64>,
+        /// Only events with a sequence number below this one (page back: pass the value the
+        /// previous run printed).
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// Create or update Works from a YAML file (multi-document; `-` reads stdin). Idempotent.
     Apply {
@@ -129,21 +151,30 @@ enum DeleteCmd {
 enum TokenCmd {
     /// Create a token. It is printed once; the hub stores only its hash.
     Create {
-        /// How long the token can be used.
+        /// How long the token can be used (at most 30d).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
-        /// How many clusters may join with it.
+        /// How many clusters may join with it (at most 100000).
         #[arg(long, default_value_t = 1)]
         uses: u32,
         /// Approve join requests made with this token without a human step.
         #[arg(long)]
         auto_approve: bool,
-        /// Label given to every cluster joining with this token (repeatable, k=v).
+        /// Label given to every cluster joining with this token (repeatable, k=v). Token
+        /// labels override the agent's and may use the reserved tether.dev/ prefix.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Label key agents joining with this token may request (repeatable). When given,
+        /// a join asking for any other key is refused; without it, any key outside
+        /// tether.dev/ is accepted.
+        #[arg(long = "allow-label")]
+        allow_labels: Vec<String>,
     },
     /// List tokens (ids only; secrets are never shown again).
     List,
+    /// Revoke a token by its id (from `token list`): it admits no more joins. Clusters that
+    /// already joined with it are not affected.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +196,17 @@ enum ClustersCmd {
     },
     /// Remove a cluster: revoke its certificates, close its session, free its name.
     Detach { name: String },
+}
+
+/// `--since`/`--until`: RFC 3339, or an age such as `90m` or `2d` (that long ago).
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return u64::try_from(t.timestamp_millis()).map_err(|_| format!("{s:?} is before 1970"));
+    }
+    let age = parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor an age (90m, 2d)")
+    })?;
+    Ok(now_ms().saturating_sub(age.as_millis() as u64))
 }
 
 fn print<T: serde::Serialize>(
@@ -266,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             uses,
             auto_approve,
             labels,
+            allow_labels,
         }) => {
             let created = client
                 .create_token(&CreateTokenRequest {
@@ -273,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     uses,
                     auto_approve,
                     labels: labels.into_iter().collect(),
+                    allowed_labels: allow_labels,
                 })
                 .await?;
             print(out, &created, || {
@@ -289,19 +333,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let rows = client.tokens().await?;
             print(out, &rows, || {
                 println!(
-                    "{:<14} {:<22} {:<6} {:<6} AUTO-APPROVE",
-                    "ID", "EXPIRES", "USED", "USES"
+                    "{:<14} {:<22} {:<6} {:<6} {:<12} {:<9} ALLOWED LABELS",
+                    "ID", "EXPIRES", "USED", "USES", "AUTO-APPROVE", "STATE"
                 );
+                let now = now_ms();
                 for t in &rows {
+                    let state = if t.revoked_at_ms.is_some() {
+                        "revoked"
+                    } else if now >= t.expires_at_ms {
+                        "expired"
+                    } else if t.used >= t.max_uses {
+                        "used up"
+                    } else {
+                        "usable"
+                    };
                     println!(
-                        "{:<14} {:<22} {:<6} {:<6} {}",
+                        "{:<14} {:<22} {:<6} {:<6} {:<12} {:<9} {}",
                         t.id,
                         rfc3339(t.expires_at_ms),
                         t.used,
                         t.max_uses,
-                        t.auto_approve
+                        t.auto_approve,
+                        state,
+                        if t.allowed_labels.is_empty() {
+                            "(any)".to_string()
+                        } else {
+                            t.allowed_labels.join(",")
+                        }
                     );
                 }
+            })?;
+        }
+        Cmd::Token(TokenCmd::Revoke { id }) => {
+            let t = client.revoke_token(&id).await?;
+            print(out, &t, || {
+                println!(
+                    "token {} revoked ({} of {} uses spent); clusters that joined with it are unaffected",
+                    t.id, t.used, t.max_uses
+                )
             })?;
         }
         Cmd::Clusters(ClustersCmd::List) => {
@@ -561,8 +630,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
         }
-        Cmd::Audit { limit } => {
-            let rows = client.audit(limit).await?;
+        Cmd::Audit {
+            limit,
+            kind,
+            cluster,
+            actor,
+            since,
+            until,
+            before,
+        } => {
+            if limit == 0 {
+                bail!("--limit must be at least 1");
+            }
+            let filter = AuditFilter {
+                kind,
+                cluster,
+                actor,
+                since_ms: since,
+                until_ms: until,
+            };
+            let (rows, older) = client.audit_search(&filter, before, limit).await?;
+            if let Some(seq) = older {
+                // On stderr, so that -o json stays parseable.
+                eprintln!("older events may exist: repeat with --before {seq}");
+            }
             print(out, &rows, || {
                 for e in &rows {
                     println!(
