@@ -33,6 +33,8 @@ pub struct HubConfig {
     pub max_join_connections: usize,
     /// A join connection is closed after this long; the agent reconnects and polls again.
     pub join_connection_lifetime: Duration,
+    /// A join connection with no request for this long is closed (an agent polls every 2 s).
+    pub join_idle_timeout: Duration,
 }
 
 impl HubConfig {
@@ -48,6 +50,7 @@ impl HubConfig {
             limits: Limits::default(),
             max_join_connections: 256,
             join_connection_lifetime: Duration::from_secs(300),
+            join_idle_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct HubState {
     pub metrics: Arc<Metrics>,
     pub admin_fingerprints: HashSet<String>,
     pub join_slots: Arc<Semaphore>,
+    /// Open join connections by source (see `admission`).
+    pub(crate) join_sources: crate::admission::JoinSources,
     pub works: crate::works::WorkIndex,
     /// Placement, overrides and rollout decisions per work (see `controller`).
     pub decisions: crate::controller::Decisions,
@@ -312,6 +317,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         metrics,
         admin_fingerprints: admins.into_iter().map(|(k, _)| k).collect(),
         join_slots: Arc::new(Semaphore::new(cfg.max_join_connections)),
+        join_sources: Default::default(),
         works,
         decisions: Default::default(),
         singleton_in_flight: Default::default(),

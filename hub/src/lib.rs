@@ -2,6 +2,7 @@
 //! the admin API used by `tetherctl`.
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub(crate) mod budget;
 pub mod committer;

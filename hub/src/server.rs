@@ -20,133 +20,13 @@ use tether_transport::framed::{read_frame, send_last, send_last_and_close};
 use tether_transport::{beat, certs, TransportError};
 use tokio::task::JoinSet;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::admission::HANDSHAKE_TIMEOUT;
 const HUB_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Handshakes in progress beyond which new connections are refused at once.
-///
-/// Under a reconnect storm (a hub start under tens of thousands of agents) queued handshakes
-/// time out anyway, after costing the CPU that the sessions already up need for their
-/// heartbeats; those then drop and join the storm. Measured: 60k agents connecting to one
-/// 2-core hub collapsed to ~7k live sessions and 400k handshake timeouts. A refusal costs the
-/// hub one small Initial packet; the agent backs off (jittered, exponential) and retries.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
-
-/// Handshakes in progress beyond which a source must prove its address (QUIC Retry, RFC 9000
-/// 8.1) before it gets a slot. A Retry is stateless and costs the hub one small packet; an
-/// honest client answers it in one round trip, a flood of Initials that never completes
-/// (spoofed or not) never holds a slot. Below this load nobody pays the extra round trip.
-pub const RETRY_ABOVE: usize = 32;
-
-/// Handshakes in progress from one source: an IPv4 address or an IPv6 /64. Generous, since
-/// many agents can share one NAT address, but one source can no longer hold every slot.
-pub const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
-
-/// Handshake time limit while the hub is loaded (above `RETRY_ABOVE`): a half-open handshake
-/// gives its slot back sooner. Several round trips of a slow satellite link.
-const LOADED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// What to do with a new connection attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Accept {
-        timeout: Duration,
-    },
-    /// Ask for address validation first.
-    Retry,
-    Refuse(&'static str),
-}
-
-/// The admission rule, a pure function of the load: handshakes in progress in all and from
-/// the attempt's source, and whether its address is validated (it echoed a Retry token).
-pub fn verdict(pending: usize, from_source: usize, validated: bool) -> Verdict {
-    if pending >= RETRY_ABOVE && !validated {
-        return Verdict::Retry;
-    }
-    if from_source >= MAX_HANDSHAKES_PER_SOURCE {
-        return Verdict::Refuse("source_busy");
-    }
-    if pending >= MAX_PENDING_HANDSHAKES {
-        return Verdict::Refuse("overloaded");
-    }
-    let timeout = if pending >= RETRY_ABOVE {
-        LOADED_HANDSHAKE_TIMEOUT
-    } else {
-        HANDSHAKE_TIMEOUT
-    };
-    Verdict::Accept { timeout }
-}
-
-/// The part of an address that budgets count by.
-fn source_prefix(ip: std::net::IpAddr) -> u128 {
-    match ip.to_canonical() {
-        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        std::net::IpAddr::V6(v6) => (u128::from(v6) >> 64) | (1 << 127),
-    }
-}
-
-#[derive(Default)]
-struct Pending {
-    total: usize,
-    by_source: std::collections::HashMap<u128, usize>,
-}
-
-/// Handshakes in progress, in all and by source.
-#[derive(Clone, Default)]
-pub struct Admission {
-    pending: Arc<Mutex<Pending>>,
-}
-
-/// A handshake slot, given back when dropped.
-pub struct Admitted {
-    pending: Arc<Mutex<Pending>>,
-    source: u128,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.total = p.total.saturating_sub(1);
-        if let std::collections::hash_map::Entry::Occupied(mut e) = p.by_source.entry(self.source) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
-    }
-}
-
-impl Admission {
-    /// Decide on an attempt from `source`; an accepted one holds its slot until dropped.
-    pub fn admit(
-        &self,
-        source: std::net::IpAddr,
-        validated: bool,
-    ) -> Result<(Admitted, Duration), Verdict> {
-        let prefix = source_prefix(source);
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let from_source = p.by_source.get(&prefix).copied().unwrap_or(0);
-        match verdict(p.total, from_source, validated) {
-            Verdict::Accept { timeout } => {
-                p.total += 1;
-                *p.by_source.entry(prefix).or_insert(0) += 1;
-                Ok((
-                    Admitted {
-                        pending: self.pending.clone(),
-                        source: prefix,
-                    },
-                    timeout,
-                ))
-            }
-            other => Err(other),
-        }
-    }
-}
 
 pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<HubState>) {
     // Connection tasks live in this set, so aborting the loop aborts them all.
     let mut conns = JoinSet::new();
-    let admission = Admission::default();
+    let admission = crate::admission::Admission::default();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -156,12 +36,12 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<HubState>) {
                         Ok((slot, timeout)) => {
                             conns.spawn(handle_incoming(incoming, slot, timeout, state.clone()));
                         }
-                        Err(Verdict::Retry) if incoming.may_retry() => {
+                        Err(crate::admission::Verdict::Retry) if incoming.may_retry() => {
                             state.metrics.reject("retry_sent");
                             // Fails only if the Initial already carried a token (see may_retry).
                             let _ = incoming.retry();
                         }
-                        Err(Verdict::Refuse(reason)) => {
+                        Err(crate::admission::Verdict::Refuse(reason)) => {
                             state.metrics.reject(reason);
                             incoming.refuse();
                         }
@@ -191,7 +71,7 @@ fn counted_by_verifier(e: &quinn::ConnectionError) -> bool {
 
 async fn handle_incoming(
     incoming: quinn::Incoming,
-    slot: Admitted,
+    slot: crate::admission::Slot,
     timeout: Duration,
     state: Arc<HubState>,
 ) {
@@ -341,7 +221,19 @@ fn registry_error(e: &RegistryError) -> Message {
 
 // ---------------------------------------------------------------- join channel
 
+/// Largest frame on the join channel: a join request is a CSR, a name, labels and facts, a few
+/// KiB; anonymous peers get no more room than that.
+pub const MAX_JOIN_FRAME: usize = 64 * 1024;
+
 async fn serve_join(conn: Connection, state: Arc<HubState>) {
+    let Some(_source_slot) = state.join_sources.admit(conn.remote_address().ip()) else {
+        state.metrics.reject("join_source_busy");
+        conn.close(
+            close_code::SHUTDOWN.into(),
+            b"hub busy: too many join connections from this address, retry later",
+        );
+        return;
+    };
     let Ok(_permit) = state.join_slots.clone().try_acquire_owned() else {
         state.metrics.reject("join_busy");
         conn.close(
@@ -358,11 +250,24 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
         })
         .inc();
     let lifetime = state.cfg.join_connection_lifetime;
+    let limits = tether_transport::Limits {
+        max_frame: state.cfg.limits.max_frame.min(MAX_JOIN_FRAME),
+        ..state.cfg.limits
+    };
     let served = tokio::time::timeout(lifetime, async {
         expect_hello(&conn, &state).await?;
         loop {
-            let (mut send, mut recv) = conn.accept_bi().await.ok()?;
-            let msg = match read_frame(&mut recv, state.cfg.limits).await {
+            let Ok(next) =
+                tokio::time::timeout(state.cfg.join_idle_timeout, conn.accept_bi()).await
+            else {
+                conn.close(
+                    close_code::NORMAL.into(),
+                    b"join connection idle, reconnect to poll",
+                );
+                return None;
+            };
+            let (mut send, mut recv) = next.ok()?;
+            let msg = match read_frame(&mut recv, limits).await {
                 Ok(m) => m,
                 Err(e) => {
                     refuse(&conn, &mut send, &e, &state).await;
@@ -372,7 +277,8 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
             let peer = conn.remote_address().to_string();
             let reply = match msg {
                 Message::JoinRequest(req) => {
-                    let name = req.name.clone();
+                    // Unvalidated until the registry has looked at it: never logged raw.
+                    let name = crate::util::loggable(&req.name, 64);
                     let r = blocking(&state, move |s| {
                         s.registry.submit_join(&req, &peer, now_ms())
                     })
@@ -394,6 +300,7 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
                         Ok(status) => {
                             tracing::info!(cluster = %name, outcome, "join request");
                             if matches!(status, JoinStatus::Approved { .. }) {
+                                // Valid: the registry accepted it.
                                 state.health_event(|h| {
                                     h.track(&name, ClusterState::Unknown, None, now_ms());
                                     None
@@ -402,7 +309,7 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
                             Message::JoinStatus(status)
                         }
                         Err(e) => {
-                            tracing::warn!(cluster = %name, error = %e, "join request refused");
+                            tracing::info!(cluster = %name, error = %crate::util::loggable(&e.to_string(), 200), "join request refused");
                             registry_error(&e)
                         }
                     }
@@ -418,7 +325,7 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
                     format!("{} is not allowed on the join channel", other.kind()),
                 ),
             };
-            let _ = send_last(&mut send, &reply, state.cfg.limits).await;
+            let _ = send_last(&mut send, &reply, limits).await;
         }
         #[allow(unreachable_code)]
         Some(())
@@ -809,66 +716,5 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
             tracing::error!(%cluster, error = %e, "could not store status");
             Message::error(ErrorCode::Internal, format!("status not stored: {e}"))
         }
-    }
-}
-
-#[cfg(test)]
-mod admission_tests {
-    use super::*;
-    use std::net::IpAddr;
-
-    #[test]
-    fn verdicts_by_load_source_and_validation() {
-        let normal = Verdict::Accept {
-            timeout: HANDSHAKE_TIMEOUT,
-        };
-        let loaded = Verdict::Accept {
-            timeout: LOADED_HANDSHAKE_TIMEOUT,
-        };
-        assert_eq!(verdict(0, 0, false), normal);
-        assert_eq!(verdict(RETRY_ABOVE - 1, 0, false), normal);
-        assert_eq!(verdict(RETRY_ABOVE, 0, false), Verdict::Retry);
-        assert_eq!(verdict(RETRY_ABOVE, 0, true), loaded);
-        assert_eq!(
-            verdict(0, MAX_HANDSHAKES_PER_SOURCE, true),
-            Verdict::Refuse("source_busy")
-        );
-        assert_eq!(
-            verdict(MAX_PENDING_HANDSHAKES, 0, true),
-            Verdict::Refuse("overloaded")
-        );
-    }
-
-    #[test]
-    fn slots_are_counted_per_source_and_given_back() {
-        let a = Admission::default();
-        let one: IpAddr = "192.0.2.1".parse().unwrap();
-        let two: IpAddr = "192.0.2.2".parse().unwrap();
-        let held: Vec<_> = (0..MAX_HANDSHAKES_PER_SOURCE)
-            .map(|_| a.admit(one, true).expect("under the source budget"))
-            .collect();
-        assert_eq!(
-            a.admit(one, true).err(),
-            Some(Verdict::Refuse("source_busy"))
-        );
-        // Another source is not affected, but the load now asks it to validate first.
-        assert_eq!(a.admit(two, false).err(), Some(Verdict::Retry));
-        assert!(a.admit(two, true).is_ok());
-        drop(held);
-        assert!(a.admit(one, false).is_ok(), "slots come back when dropped");
-    }
-
-    #[test]
-    fn ipv6_sources_are_counted_by_64_bit_prefix() {
-        let a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:0:2::1".parse().unwrap();
-        assert_eq!(source_prefix(a), source_prefix(b));
-        assert_ne!(source_prefix(a), source_prefix(c));
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(
-            source_prefix(mapped),
-            source_prefix("192.0.2.1".parse().unwrap())
-        );
     }
 }

@@ -74,3 +74,31 @@ mod tests {
         assert!(parse_duration("").is_err());
     }
 }
+
+/// A string from an untrusted peer, safe to put in a log line or a terminal: control
+/// characters escaped (no forged lines, no terminal escapes), at most `max` characters kept.
+pub fn loggable(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).flat_map(char::escape_debug).collect();
+    if s.chars().nth(max).is_some() {
+        out.push_str(&format!("... ({} bytes)", s.len()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod loggable_tests {
+    use super::loggable;
+
+    #[test]
+    fn escapes_control_characters_and_truncates() {
+        assert_eq!(loggable("store-042", 64), "store-042");
+        assert_eq!(
+            loggable("a\n2026 INFO forged\u{1b}[2J", 64),
+            "a\\n2026 INFO forged\\u{1b}[2J"
+        );
+        let long = "x".repeat(4 * 1024 * 1024);
+        let l = loggable(&long, 64);
+        assert!(l.len() < 100, "{}", l.len());
+        assert!(l.ends_with("(4194304 bytes)"));
+    }
+}

@@ -6,15 +6,19 @@ mod peer;
 
 use common::*;
 use peer::*;
+use std::sync::Arc;
 use std::time::Duration;
+use tether_hub::admission::MAX_JOINS_PER_SOURCE;
 use tether_protocol::{
-    close_code, ErrorCode, HeldWork, Inventory, Labels, Message, StatusBatch, StatusEntry,
-    MAX_STATUS_ENTRIES, PROTOCOL_VERSION,
+    close_code, ErrorCode, HeldWork, Inventory, JoinPoll, JoinRequest, Labels, Message,
+    StatusBatch, StatusEntry, ALPN_JOIN, MAX_STATUS_ENTRIES, PROTOCOL_VERSION,
 };
 use tether_store::hub::{
     cluster_prefix, CLUSTER_WORKS, STATUS_CURSORS, STATUS_HISTORY, STATUS_HISTORY_PER_CLUSTER,
 };
 use tether_transport::framed::request;
+use tether_transport::tls::{self, PinnedCaVerifier};
+use tether_transport::{certs, quic, TransportError};
 
 /// A connection that finished the TLS handshake but has not sent Hello is closed by deny and by
 /// detach at once; it used to send Hello afterwards and get a working session.
@@ -237,4 +241,101 @@ async fn honest_handshakes_succeed_during_an_initial_flood() {
     );
     assert!(sent > 1000, "the flood did not run: {sent}");
     assert!(ok * 100 >= attempts * 95, "{ok}/{attempts} honest sessions");
+}
+
+fn join_tls(hub: &tether_sim::fleet::LocalHub) -> rustls::ClientConfig {
+    let pin = certs::parse_fingerprint(&hub.ca_sha256).unwrap();
+    tls::join_client_config(Arc::new(PinnedCaVerifier::new(pin)), ALPN_JOIN).unwrap()
+}
+
+/// A join connection from `from` that has said Hello.
+async fn join_conn(
+    hub: &tether_sim::fleet::LocalHub,
+    from: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let mut ep = quinn::Endpoint::client(format!("{from}:0").parse().unwrap()).unwrap();
+    ep.set_default_client_config(quic::client_config(join_tls(hub)).unwrap());
+    let conn = ep
+        .connect(hub.quic_addr(), "localhost")
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
+    match request(&conn, &hello_msg(PROTOCOL_VERSION), limits()).await {
+        Ok(Message::HelloAck(_)) => Ok((ep, conn)),
+        other => Err(format!("{other:?} / {:?}", conn.close_reason())),
+    }
+}
+
+/// Anonymous join connections: a small frame limit, a per-source budget, an idle timeout.
+/// 256 idle ones from one address used to lock every legitimate join out; a 4 MB name was
+/// read whole and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_connections_are_bounded_per_source_in_size_and_in_idle_time() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with(dir.path(), |c| {
+        c.join_idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+
+    // One source holds at most its budget of join connections.
+    let mut held = Vec::new();
+    for _ in 0..MAX_JOINS_PER_SOURCE {
+        held.push(
+            join_conn(&hub, "127.0.0.2")
+                .await
+                .expect("within the budget"),
+        );
+    }
+    let extra = join_conn(&hub, "127.0.0.2").await;
+    assert!(
+        extra
+            .as_ref()
+            .is_err_and(|e| e.contains("too many join connections")),
+        "{:?}",
+        extra.map(|_| ())
+    );
+    // Another address still joins, and its request gets answered.
+    let (_ep, conn) = join_conn(&hub, "127.0.0.1").await.unwrap();
+    let (code, _) = peer_error(
+        request(
+            &conn,
+            &Message::JoinPoll(JoinPoll {
+                name: "nobody".into(),
+                request_secret: "s".repeat(40),
+            }),
+            limits(),
+        )
+        .await,
+    );
+    assert_eq!(code, ErrorCode::Unauthorized);
+
+    // A join request larger than the join channel's frame limit is refused before it is read.
+    let huge = Message::JoinRequest(JoinRequest {
+        token: "tether1.x".into(),
+        name: "\u{1b}[2J".repeat(200_000),
+        labels: Labels::new(),
+        facts: Default::default(),
+        csr_pem: String::new(),
+        request_secret: "s".repeat(40),
+    });
+    // The hub answers TooLarge and closes (a protocol violation); the close may win the race.
+    let refused = match request(&conn, &huge, limits()).await {
+        Err(TransportError::Peer(e)) => e.code == ErrorCode::TooLarge,
+        Ok(Message::Error(e)) => e.code == ErrorCode::TooLarge,
+        Err(e) => format!("{e:?}").contains("exceeds the limit of 65536 bytes"),
+        Ok(other) => panic!("a huge join request was answered: {other:?}"),
+    };
+    assert!(refused);
+
+    // Idle connections are closed, which frees the source's budget.
+    for (_ep, c) in &held {
+        tokio::time::timeout(Duration::from_secs(10), c.closed())
+            .await
+            .expect("an idle join connection is closed");
+    }
+    drop(held);
+    join_conn(&hub, "127.0.0.2")
+        .await
+        .expect("the budget comes back");
 }
