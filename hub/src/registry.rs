@@ -23,6 +23,27 @@ use tether_transport::tls::RevocationList;
 /// may not have arrived). Older ones stop being accepted.
 const MAX_LIVE_SERIALS: usize = 3;
 
+/// Certificates one cluster may be issued by renewal in any 24 hours. An agent renews once per
+/// certificate lifetime (at 70-90 % of 30 days), plus a retry when an answer is lost; a stolen
+/// certificate renewed in a loop (30,018 times in 25 s, in the red-team run) gets this many.
+pub const RENEWALS_PER_DAY: usize = 6;
+const DAY_MS: u64 = 86_400_000;
+
+/// Whether another renewal may be issued now, given the issue times of recent ones; `Err`
+/// carries when the next one may be.
+pub fn renewal_allowed(recent_ms: &[u64], now_ms: u64) -> Result<(), u64> {
+    let in_window: Vec<u64> = recent_ms
+        .iter()
+        .copied()
+        .filter(|&t| now_ms.saturating_sub(t) < DAY_MS && t <= now_ms)
+        .collect();
+    if in_window.len() < RENEWALS_PER_DAY {
+        return Ok(());
+    }
+    let oldest = in_window.iter().copied().min().unwrap_or(now_ms);
+    Err(oldest + DAY_MS)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// Deliberately one message for every reason: the joiner is anonymous, and telling it a
@@ -49,6 +70,8 @@ pub enum RegistryError {
     Denied(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("cluster {cluster:?} was issued {RENEWALS_PER_DAY} certificates in the last 24 hours; the next renewal is allowed at {}", crate::util::rfc3339(*next_ms))]
+    RenewalRateLimited { cluster: String, next_ms: u64 },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
 }
@@ -70,6 +93,7 @@ impl RegistryError {
             }
             RegistryError::Denied(_) => ErrorCode::Denied,
             RegistryError::BadRequest(_) => ErrorCode::BadRequest,
+            RegistryError::RenewalRateLimited { .. } => ErrorCode::Busy,
             RegistryError::Store(_) => ErrorCode::Internal,
         }
     }
@@ -704,6 +728,7 @@ impl Registry {
             cert_serial: issued.serial_hex.clone(),
             cert_not_after_ms: issued.not_after_ms,
             serials: vec![issued.serial_hex.clone()],
+            renewals_ms: Vec::new(),
         };
         tx.put(&CLUSTERS, &record.name, &cluster)?;
         record.decision = JoinDecision::Approved {
@@ -872,12 +897,18 @@ impl Registry {
         csr_pem: &str,
         now_ms: u64,
     ) -> Result<String, RegistryError> {
-        self.store.write(|tx| {
+        let (cert_pem, superseded) = self.store.write(|tx| {
             let mut record = tx
                 .get(&CLUSTERS, cluster)?
                 .ok_or_else(|| RegistryError::NotFound(format!("cluster {cluster:?}")))?;
             if record.state == ClusterState::Denied {
                 return Err(RegistryError::Denied(cluster.to_string()));
+            }
+            if let Err(next_ms) = renewal_allowed(&record.renewals_ms, now_ms) {
+                return Err(RegistryError::RenewalRateLimited {
+                    cluster: cluster.to_string(),
+                    next_ms,
+                });
             }
             let issued = self
                 .ca
@@ -885,11 +916,31 @@ impl Registry {
             record.cert_serial = issued.serial_hex.clone();
             record.cert_not_after_ms = issued.not_after_ms;
             record.serials.push(issued.serial_hex.clone());
+            record
+                .renewals_ms
+                .retain(|&t| now_ms.saturating_sub(t) < DAY_MS && t <= now_ms);
+            record.renewals_ms.push(now_ms);
+            // A serial leaving the live set is revoked at once, so that the live set is every
+            // serial of the cluster the TLS layer accepts, and deny or detach (which revoke
+            // the live set) leave none behind.
+            let mut superseded = Vec::new();
             while record.serials.len() > MAX_LIVE_SERIALS {
                 match record.serials.iter().position(|s| s != presented_serial) {
-                    Some(oldest_other) => record.serials.remove(oldest_other),
+                    Some(oldest_other) => superseded.push(record.serials.remove(oldest_other)),
                     None => break,
                 };
+            }
+            for serial in &superseded {
+                tx.put(
+                    &REVOKED,
+                    serial,
+                    &RevokedRecord {
+                        serial: serial.clone(),
+                        cluster: cluster.to_string(),
+                        at_ms: now_ms,
+                        reason: "superseded".into(),
+                    },
+                )?;
             }
             tx.put(&CLUSTERS, cluster, &record)?;
             audit(
@@ -899,13 +950,23 @@ impl Registry {
                 Some(cluster),
                 &format!("agent:{cluster}"),
                 format!(
-                    "serial {} valid until {}",
+                    "serial {} valid until {}{}",
                     issued.serial_hex,
-                    crate::util::rfc3339(issued.not_after_ms)
+                    crate::util::rfc3339(issued.not_after_ms),
+                    if superseded.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; superseded and revoked: {}", superseded.join(", "))
+                    }
                 ),
             )?;
-            Ok(issued.cert_pem)
-        })
+            Ok((issued.cert_pem, superseded))
+        })?;
+        // Only after the commit, as for deny and detach.
+        for serial in &superseded {
+            self.revoked.revoke(serial);
+        }
+        Ok(cert_pem)
     }
 }
 
@@ -1111,6 +1172,69 @@ mod tests {
             c.serials.contains(&first),
             "the presented certificate was dropped"
         );
+    }
+
+    #[test]
+    fn renewals_are_rate_limited_and_every_serial_ever_issued_ends_up_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let t = r.create_token(&spec(1, true), "admin", NOW).unwrap();
+        r.submit_join(&join(&t.token, "c1", &"a".repeat(32)), "p", NOW)
+            .unwrap();
+        let first = r
+            .store
+            .read(|tx| tx.get(&CLUSTERS, "c1"))
+            .unwrap()
+            .unwrap()
+            .cert_serial;
+        let mut issued = vec![first.clone()];
+        for i in 0..RENEWALS_PER_DAY as u64 {
+            r.renew("c1", &first, &csr(), NOW + i).unwrap();
+            issued.push(
+                r.store
+                    .read(|tx| tx.get(&CLUSTERS, "c1"))
+                    .unwrap()
+                    .unwrap()
+                    .cert_serial,
+            );
+        }
+        assert!(matches!(
+            r.renew("c1", &first, &csr(), NOW + 3_600_000),
+            Err(RegistryError::RenewalRateLimited { ref next_ms, .. }) if *next_ms == NOW + DAY_MS
+        ));
+        // A day after the first of them, one more is allowed.
+        r.renew("c1", &first, &csr(), NOW + DAY_MS).unwrap();
+        let c = r.store.read(|tx| tx.get(&CLUSTERS, "c1")).unwrap().unwrap();
+        issued.push(c.cert_serial.clone());
+        // Serials that left the live set are revoked in the store and in memory.
+        let revoked: Vec<String> = r
+            .store
+            .read(|tx| tx.list(&REVOKED))
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for s in issued.iter().filter(|s| !c.serials.contains(s)) {
+            assert!(revoked.contains(s), "{s} superseded but not revoked");
+            assert!(r.revoked.is_revoked(s));
+        }
+        // Deny revokes the live set: then nothing ever issued to the cluster is accepted.
+        r.deny("c1", "stolen", "admin", NOW + DAY_MS).unwrap();
+        for s in &issued {
+            assert!(r.revoked.is_revoked(s), "{s} still accepted after deny");
+        }
+    }
+
+    #[test]
+    fn renewal_window_is_a_sliding_day() {
+        assert_eq!(renewal_allowed(&[], NOW), Ok(()));
+        let five = [NOW; RENEWALS_PER_DAY - 1];
+        assert_eq!(renewal_allowed(&five, NOW), Ok(()));
+        let six = [NOW - 10, NOW - 5, NOW, NOW, NOW, NOW];
+        assert_eq!(renewal_allowed(&six, NOW), Err(NOW - 10 + DAY_MS));
+        assert_eq!(renewal_allowed(&six, NOW - 10 + DAY_MS), Ok(()));
+        // Times from the future (a clock stepped back) do not count against the cluster.
+        assert_eq!(renewal_allowed(&[NOW + 1; 6], NOW), Ok(()));
     }
 
     #[test]

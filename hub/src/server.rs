@@ -402,13 +402,21 @@ fn authorize(state: &HubState, name: &str, serial: &str) -> Result<(), Refusal> 
 
 fn refuse_session(conn: &Connection, state: &HubState, (code, reason, msg): Refusal) {
     state.metrics.reject(reason);
-    tracing::warn!(peer = %conn.remote_address(), reason, "session refused: {msg}");
-    state.audit_async(
+    let peer = conn.remote_address();
+    // Coalesced per reason: a flood of refused sessions costs a counter and a couple of audit
+    // rows (and log lines) a minute.
+    let first = state.registry.coalesced.record(
         "handshake_rejected",
-        None,
-        "hub",
-        format!("{} from {}: {msg}", reason, conn.remote_address()),
+        reason,
+        format!("{reason} from {peer}: {msg}"),
+        &peer.to_string(),
+        now_ms(),
     );
+    if first {
+        tracing::warn!(%peer, reason, "session refused: {msg} (more like it this minute are only counted)");
+    } else {
+        tracing::debug!(%peer, reason, "session refused: {msg}");
+    }
     conn.close(code.into(), msg.as_bytes());
 }
 

@@ -9,9 +9,10 @@ use peer::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tether_hub::admission::MAX_JOINS_PER_SOURCE;
+use tether_hub::registry::RENEWALS_PER_DAY;
 use tether_protocol::{
     close_code, ErrorCode, HeldWork, Inventory, JoinPoll, JoinRequest, Labels, Message,
-    StatusBatch, StatusEntry, ALPN_JOIN, MAX_STATUS_ENTRIES, PROTOCOL_VERSION,
+    RenewRequest, StatusBatch, StatusEntry, ALPN_JOIN, MAX_STATUS_ENTRIES, PROTOCOL_VERSION,
 };
 use tether_store::hub::{
     cluster_prefix, CLUSTER_WORKS, STATUS_CURSORS, STATUS_HISTORY, STATUS_HISTORY_PER_CLUSTER,
@@ -338,4 +339,49 @@ async fn join_connections_are_bounded_per_source_in_size_and_in_idle_time() {
     join_conn(&hub, "127.0.0.2")
         .await
         .expect("the budget comes back");
+}
+
+/// A stolen certificate cannot be renewed in a loop: a cluster is issued at most
+/// `RENEWALS_PER_DAY` certificates a day, and every one of them dies with a deny.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_is_rate_limited_and_deny_revokes_every_issued_serial() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Labels::new()).await.unwrap();
+    let id = joined_identity(&hub, dir.path(), "stolen", &token).await;
+    let (_ep, conn) = session(&hub, &id).await;
+    let mut certs_issued = vec![id.cert_pem.clone()];
+    let mut refused = 0;
+    for _ in 0..RENEWALS_PER_DAY + 4 {
+        let (_key, csr) = tether_agent::join::key_and_csr("stolen").unwrap();
+        let req = Message::RenewRequest(RenewRequest { csr_pem: csr });
+        match request(&conn, &req, limits()).await {
+            Ok(Message::RenewResponse(r)) => certs_issued.push(r.cert_pem),
+            other => {
+                let (code, why) = peer_error(other);
+                assert_eq!(code, ErrorCode::Busy, "{why}");
+                assert!(why.contains("next renewal is allowed at"), "{why}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(certs_issued.len(), RENEWALS_PER_DAY + 1);
+    assert_eq!(refused, 4);
+    admin.deny("stolen", "stolen certificate").await.unwrap();
+    let revoked = hub
+        .running()
+        .state
+        .store
+        .read(|tx| tx.list(&tether_store::hub::REVOKED))
+        .unwrap();
+    for pem in &certs_issued {
+        let der = certs::certs_from_pem(pem, "cert").unwrap().remove(0);
+        let serial = certs::inspect_der(&der).unwrap().serial_hex;
+        assert!(
+            revoked.iter().any(|(s, _)| *s == serial),
+            "serial {serial} was issued but is not revoked"
+        );
+    }
 }

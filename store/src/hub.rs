@@ -74,8 +74,12 @@ pub struct ClusterRecord {
     /// Serial (hex) of the newest certificate issued to this cluster.
     pub cert_serial: String,
     pub cert_not_after_ms: u64,
-    /// Every serial ever issued to the cluster and not yet expired: a session must present one.
+    /// The live serials: a session must present one. Every other serial ever issued to the
+    /// cluster is in `REVOKED` (revoked when it left this list).
     pub serials: Vec<String>,
+    /// When the recent renewals were issued (the last 24 hours), for the renewal rate limit.
+    #[serde(default)]
+    pub renewals_ms: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
