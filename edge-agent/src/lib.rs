@@ -1,6 +1,8 @@
 //! Tether edge agent: joins a hub (double opt-in) and keeps one outbound mutual-TLS QUIC
 //! session, with heartbeats and certificate renewal.
 
+#![forbid(unsafe_code)]
+
 pub mod desired;
 pub mod dial;
 pub mod error;

@@ -1,5 +1,7 @@
 //! `tether-agent`: the edge side of a Tether fleet. Dials out only.
 
+#![forbid(unsafe_code)]
+
 // Static musl builds (cross/): mimalloc, as musl's malloc collapses under contention.
 #[cfg(target_env = "musl")]
 #[global_allocator]

@@ -1,6 +1,8 @@
 //! Tether hub: registration (double opt-in), authenticated agent sessions, cluster health, and
 //! the admin API used by `tetherctl`.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod admission;
 pub mod api;

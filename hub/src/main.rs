@@ -1,5 +1,7 @@
 //! `tether-hub`: initialise a hub data directory, or serve.
 
+#![forbid(unsafe_code)]
+
 // Static musl builds (cross/): mimalloc, as musl's malloc collapses under contention.
 #[cfg(target_env = "musl")]
 #[global_allocator]

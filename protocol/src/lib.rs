@@ -3,6 +3,8 @@
 //! Pure data and pure functions: nothing here performs I/O, so the same code runs in the hub,
 //! the agent, tests and the simulator.
 
+#![forbid(unsafe_code)]
+
 pub mod bundle;
 pub mod codec;
 pub mod fencing;

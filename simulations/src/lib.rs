@@ -2,6 +2,8 @@
 //! QUIC. Used by `tether-sim demo`, by the end-to-end tests, by the fault-injection simulator
 //! (`tether-sim run SCENARIO.toml`) and by the fleet-scale benchmarks (`tether-sim bench`).
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod fleet;
 pub mod flood;

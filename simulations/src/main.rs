@@ -1,5 +1,7 @@
 //! `tether-sim`: run a local Tether fleet.
 
+#![forbid(unsafe_code)]
+
 // The allocator of the shipped (static musl) hub and agent, so that memory figures match them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -3,6 +3,8 @@
 //! Durability rule: [`Store::write`] commits with `Durability::Immediate` (fsync) before it
 //! returns, so anything the caller tells a peer after `write` returns survives a crash.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod hub;
 mod table;

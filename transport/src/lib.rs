@@ -9,6 +9,8 @@
 //! - [`nudge`]: PING/PONG datagrams that keep loss recovery going while a request waits.
 //! - [`beat`]: heartbeats as datagrams (what an idle session costs), and the datagram codec.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod beat;
 pub mod certs;

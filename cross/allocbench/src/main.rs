@@ -5,6 +5,8 @@
 //!
 //! Usage: tether-allocbench [OPS_PER_THREAD] [THREADS...]   (defaults: 2000000, 1 2 4 8)
 
+#![forbid(unsafe_code)]
+
 use std::sync::mpsc;
 use std::time::Instant;
 

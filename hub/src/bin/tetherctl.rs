@@ -1,5 +1,7 @@
 //! `tetherctl`: the administrator's command line for a Tether hub.
 
+#![forbid(unsafe_code)]
+
 // Static musl builds (cross/): mimalloc, as musl's malloc collapses under contention.
 #[cfg(target_env = "musl")]
 #[global_allocator]
