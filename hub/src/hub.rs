@@ -276,15 +276,37 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
 
     let reject_metrics = metrics.clone();
     let reject_audit = audit_tx.clone();
+    // At most one log line and audit row per reason a second; the counter has every one. A
+    // flood of bad certificates must not become a flood of fsynced rows.
+    let reject_gate: Mutex<BTreeMap<&'static str, (u64, u64)>> = Mutex::new(BTreeMap::new());
     let on_reject: tether_transport::tls::RejectHook = Arc::new(move |reason| {
         reject_metrics.reject(reason);
-        tracing::warn!(reason, "TLS handshake rejected: client certificate refused");
+        let now = now_ms();
+        let suppressed = {
+            let mut gate = reject_gate.lock().unwrap_or_else(|p| p.into_inner());
+            let (last, held_back) = gate.entry(reason).or_insert((0, 0));
+            if now.saturating_sub(*last) < 1000 {
+                *held_back += 1;
+                return;
+            }
+            *last = now;
+            std::mem::take(held_back)
+        };
+        tracing::warn!(
+            reason,
+            suppressed,
+            "TLS handshake rejected: client certificate refused"
+        );
         let _ = reject_audit.try_send(AuditEvent {
-            at_ms: now_ms(),
+            at_ms: now,
             kind: "handshake_rejected".into(),
             cluster: None,
             actor: "hub".into(),
-            detail: format!("client certificate refused: {reason}"),
+            detail: if suppressed > 0 {
+                format!("client certificate refused: {reason} (and {suppressed} more since the last such event)")
+            } else {
+                format!("client certificate refused: {reason}")
+            },
         });
     });
     let ca_der = certs::certs_from_pem(&ca_pem, "CA certificate")?

@@ -355,11 +355,8 @@ async fn flood(attempts: usize, rate: u32) -> anyhow::Result<FloodResult> {
         &id.cert_pem,
         &id.key_pem,
     )?);
-    let tls = tether_transport::tls::session_client_config(
-        &ca_pem,
-        cert,
-        tether_protocol::ALPN_SESSION,
-    )?;
+    let tls =
+        tether_transport::tls::session_client_config(&ca_pem, cert, tether_protocol::ALPN_SESSION)?;
     let addr = hub.quic_addr();
     let (baseline_succeeded, baseline) = honest_handshakes(addr, &tls, attempts).await?;
     let flood = crate::flood::Flood::start(addr, "127.0.0.2".parse()?, rate)?;

@@ -385,3 +385,45 @@ async fn renewal_is_rate_limited_and_deny_revokes_every_issued_serial() {
         );
     }
 }
+
+/// A flood of handshakes with certificates the hub refuses is counted in full but audited and
+/// logged at most once per reason a second; each used to be an audit row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_certificates_are_counted_but_audited_sparingly() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let now = tether_hub::util::now_ms();
+    let other = tether_hub::pki::generate("evil-hub", &[], now).unwrap();
+    let other_ca =
+        tether_hub::pki::CertificateAuthority::load(&other.ca_pem, &other.ca_key_pem).unwrap();
+    let (key, csr) = tether_agent::join::key_and_csr("nobody").unwrap();
+    let forged = other_ca
+        .sign_cluster(&csr, "nobody", Duration::from_secs(3600), now)
+        .unwrap();
+    let ca_pem = std::fs::read_to_string(hub.cfg.data_dir.ca_cert()).unwrap();
+    let attempts = 40;
+    for _ in 0..attempts {
+        let _ = dial(&hub, session_tls(&ca_pem, &forged.cert_pem, &key)).await;
+    }
+    let metrics = admin.get_text("/metrics").await.unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tether_hub_handshakes_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(counted >= attempts as f64, "{metrics}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = admin
+        .audit(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "handshake_rejected")
+        .count();
+    assert!(
+        (1..=10).contains(&rows),
+        "{rows} audit rows for {attempts} refused handshakes"
+    );
+}
