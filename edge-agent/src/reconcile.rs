@@ -4,6 +4,7 @@
 //! Each pass applies every work (executors are idempotent and correct drift) and records a
 //! status in the outbox when it changed, in the same transaction as the applied state.
 
+use crate::desired::{self, Loaded, Quarantine};
 use crate::executor::{ApplyReport, ExecError, Executor};
 use crate::outbox;
 use std::sync::Arc;
@@ -107,6 +108,28 @@ pub fn status_for(
     }
 }
 
+/// Status of a quarantined work (pure): Failed, with a `Quarantined` condition.
+pub fn quarantine_status(work: &DesiredWork, q: &Quarantine, at_ms: u64) -> WorkStatus {
+    WorkStatus {
+        work: work.name.clone(),
+        generation: work.generation,
+        hash: work.hash.clone(),
+        phase: WorkPhase::Failed,
+        conditions: vec![
+            crate::executor::condition(
+                tether_protocol::bundle::QUARANTINED_CONDITION,
+                true,
+                q.reason.as_str(),
+                q.detail.clone(),
+            ),
+            crate::executor::condition("Applied", false, q.reason.as_str(), q.detail.clone()),
+        ],
+        resources: Vec::new(),
+        message: format!("quarantined ({}): {}", q.reason.as_str(), q.detail),
+        observed_at_ms: at_ms,
+    }
+}
+
 /// Two statuses that differ only in observation time are the same news.
 fn same_news(a: &WorkStatus, b: &WorkStatus) -> bool {
     WorkStatus {
@@ -166,34 +189,36 @@ impl<E: Executor> Reconciler<E> {
 
     fn next_fence_in(&self) -> Option<Duration> {
         let since = self.signals.since_contact(Instant::now())?;
-        let desired = self.store.read(|tx| tx.list(&DESIRED)).ok()?;
+        let desired = self.store.read(crate::desired::heads).ok()?;
         desired
             .iter()
-            .filter(|(_, d)| !d.fenced && d.removal.is_none())
-            .filter_map(|(_, d)| d.fence_after_ms)
+            .filter(|d| !d.fenced && d.removal.is_none())
+            .filter_map(|d| d.fence_after_ms)
             .map(|ms| Duration::from_millis(ms).saturating_sub(since) + Duration::from_millis(10))
             .min()
     }
 
     /// One pass over every work. Returns how many statuses were queued.
+    ///
+    /// Works are listed without their manifests; each is then loaded within the bundle limits,
+    /// so a record that cannot be used (a bomb stored by an older agent) is quarantined here
+    /// instead of taking the agent down on every start.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let desired = self.store.read(|tx| tx.list(&DESIRED))?;
+        let heads = self.store.read(desired::heads)?;
         let mut queued = 0;
-        for (_, work) in desired {
-            if work.removal.is_none() {
-                if work.fenced {
+        for head in heads {
+            let name = head.name.clone();
+            if head.removal.is_none() {
+                let work = head.without_manifests();
+                if head.fenced {
                     // Stays down until the hub delivers it again. A copy still running under
                     // it (a late delivery was stored fenced over a live one) goes now.
-                    if self
-                        .store
-                        .read(|tx| tx.get(&APPLIED, &work.name))?
-                        .is_some()
-                    {
+                    if self.store.read(|tx| tx.get(&APPLIED, &name))?.is_some() {
                         queued += self.fence(&work).await?;
                     }
                     continue;
                 }
-                if let Some(ms) = work.fence_after_ms {
+                if let Some(ms) = head.fence_after_ms {
                     let since = self.signals.since_contact(Instant::now());
                     if must_fence(Duration::from_millis(ms), since) {
                         queued += self.fence(&work).await?;
@@ -201,20 +226,92 @@ impl<E: Executor> Reconciler<E> {
                     }
                 }
             }
-            let previous = self.store.read(|tx| tx.get(&APPLIED, &work.name))?;
+            let previous = self.store.read(|tx| tx.get(&APPLIED, &name))?;
             let inventory = previous
                 .as_ref()
                 .map(|p| p.inventory.clone())
                 .unwrap_or_default();
-            queued += match work.removal {
-                Some(removal) => self.remove(&work, &inventory, removal.orphan).await?,
-                None => self.apply(&work, previous, &inventory).await?,
+            if let Some(removal) = head.removal {
+                queued += self
+                    .remove(&head.without_manifests(), &inventory, removal.orphan)
+                    .await?;
+                continue;
+            }
+            let (loaded, quarantine) = self.store.read(|tx| {
+                Ok::<_, StoreError>((
+                    desired::load(tx, &name)?,
+                    tx.get(&desired::QUARANTINE, &name)?,
+                ))
+            })?;
+            queued += match (loaded, quarantine) {
+                (None, _) => 0,
+                (Some(Loaded::Work(w)), Some(q)) if q.hash == w.hash => {
+                    self.report_quarantine(&w, &q, previous).await?
+                }
+                (Some(Loaded::Work(w)), _) => self.apply(&w, previous, &inventory).await?,
+                (
+                    Some(Loaded::Unusable {
+                        head,
+                        reason,
+                        detail,
+                    }),
+                    _,
+                ) => {
+                    tracing::error!(work = %name, reason = reason.as_str(), %detail, "stored work cannot be used; quarantining it");
+                    let q = self
+                        .store
+                        .write(|tx| desired::quarantine_stored(tx, &head, reason, detail))?;
+                    self.report_quarantine(&head.without_manifests(), &q, previous)
+                        .await?
+                }
             };
         }
         if queued > 0 {
             self.signals.outbox_changed.notify_one();
         }
         Ok(queued)
+    }
+
+    /// Report a quarantined work (once per change): Failed, with a `Quarantined` condition whose
+    /// reason says why. Nothing is applied or pruned: whatever an earlier generation put on the
+    /// cluster stays as it was, and its inventory is kept for a later removal.
+    async fn report_quarantine(
+        &self,
+        work: &DesiredWork,
+        q: &Quarantine,
+        previous: Option<AppliedWork>,
+    ) -> Result<usize, StoreError> {
+        let status = quarantine_status(work, q, now_ms());
+        if previous
+            .as_ref()
+            .is_some_and(|p| same_news(&p.last_status, &status))
+        {
+            return Ok(0);
+        }
+        tracing::warn!(work = %work.name, generation = work.generation, reason = q.reason.as_str(), "work status changed: quarantined");
+        let name = work.name.clone();
+        self.store.write(|tx| {
+            // Withdrawn or replaced meanwhile: the next pass deals with it.
+            let still = desired::head(tx, &name)?;
+            if still
+                .as_ref()
+                .is_none_or(|d| d.removal.is_some() || d.hash != q.hash)
+            {
+                return Ok(0);
+            }
+            tx.put(
+                &APPLIED,
+                &name,
+                &AppliedWork {
+                    generation: work.generation,
+                    hash: work.hash.clone(),
+                    inventory: previous.map(|p| p.inventory).unwrap_or_default(),
+                    last_status: status.clone(),
+                },
+            )?;
+            outbox::record(tx, &status)?;
+            Ok(1)
+        })
     }
 
     async fn apply(
@@ -256,7 +353,7 @@ impl<E: Executor> Reconciler<E> {
         self.store.write(|tx| {
             // The hub may have withdrawn the work while we applied; its removal wins. It must
             // still learn what this apply created, or those objects would outlive the work.
-            let still = tx.get(&DESIRED, &name)?;
+            let still = desired::head(tx, &name)?;
             if still.as_ref().is_none_or(|d| d.removal.is_some()) {
                 if still.is_some() {
                     let mut both: std::collections::BTreeSet<_> =
@@ -314,14 +411,13 @@ impl<E: Executor> Reconciler<E> {
         let generation = work.generation;
         self.store
             .write(|tx| {
-                let Some(mut d) = tx.get(&DESIRED, &name)? else {
+                let Some(d) = desired::head(tx, &name)? else {
                     return Ok(0);
                 };
                 if d.generation != generation || d.removal.is_some() {
                     return Ok(0);
                 }
-                d.fenced = true;
-                tx.put(&DESIRED, &name, &d)?;
+                desired::modify(tx, &name, |d| d.fenced = true)?;
                 tx.remove(&APPLIED, &name)?;
                 outbox::record(tx, &status)?;
                 Ok(1)
@@ -364,13 +460,11 @@ impl<E: Executor> Reconciler<E> {
                 tracing::info!(work = %name, orphan, "work removed");
                 self.store.write(|tx| {
                     // Re-delivered in the meantime: keep it.
-                    if tx
-                        .get(&DESIRED, &name)?
-                        .is_some_and(|d| d.removal.is_none())
-                    {
+                    if desired::head(tx, &name)?.is_some_and(|d| d.removal.is_none()) {
                         return Ok(0);
                     }
                     tx.remove(&DESIRED, &name)?;
+                    tx.remove(&desired::QUARANTINE, &name)?;
                     tx.remove(&APPLIED, &name)?;
                     outbox::record(tx, &status)?;
                     Ok(1)

@@ -29,6 +29,12 @@ pub const MAX_BUNDLE_ELEMENTS: usize = 1_000_000;
 pub const MAX_BUNDLE_DEPTH: usize = 100;
 const ZSTD_LEVEL: i32 = 9;
 
+/// Condition type (status `True`, phase `Failed`) an agent reports for a work it holds but will
+/// not run because of its content: the bundle or its manifests crossed a limit or could not be
+/// read. The condition's reason says which (the agent's `QuarantineReason`, e.g.
+/// `BundleOverLimits`); only a delivery with different content lifts it.
+pub const QUARANTINED_CONDITION: &str = "Quarantined";
+
 /// Which decoding limit a bundle crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum LimitExceeded {
