@@ -5,14 +5,22 @@
 //! status in the outbox when it changed, in the same transaction as the applied state.
 
 use crate::desired::{self, Loaded, Quarantine};
-use crate::executor::{ApplyReport, ExecError, Executor};
+use crate::executor::{ApplyReport, ExecError, Executor, Managed};
 use crate::outbox;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tether_protocol::work::ObjectRef;
 use tether_protocol::{WorkPhase, WorkStatus};
 use tether_store::agent::{AppliedWork, DesiredWork, APPLIED, DESIRED};
-use tether_store::{Store, StoreError};
+use tether_store::{ReadTx, Store, StoreError, StrTable, WriteTx};
 use tokio::sync::Notify;
+
+/// Per work, the objects of its inventory that Tether adopted (they existed before its first
+/// apply), so that removal releases them instead of deleting them. Written in the same
+/// transaction as the work's `APPLIED` record and removed with it; a work without a row adopted
+/// nothing (which is also how inventories from agents before this table read).
+pub const ADOPTED: StrTable<BTreeSet<ObjectRef>> = StrTable::new("adopted_objects");
 
 /// Longest a single apply may take before the pass moves on (and retries next pass).
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -141,6 +149,26 @@ fn same_news(a: &WorkStatus, b: &WorkStatus) -> bool {
     }
 }
 
+/// What the agent last recorded as managed for a work.
+fn managed(tx: &ReadTx, name: &str) -> Result<Managed, StoreError> {
+    Ok(Managed {
+        inventory: tx
+            .get(&APPLIED, name)?
+            .map(|a| a.inventory)
+            .unwrap_or_default(),
+        adopted: tx.get(&ADOPTED, name)?.unwrap_or_default(),
+    })
+}
+
+fn put_adopted(tx: &WriteTx, name: &str, adopted: &BTreeSet<ObjectRef>) -> Result<(), StoreError> {
+    if adopted.is_empty() {
+        tx.remove(&ADOPTED, name)?;
+    } else {
+        tx.put(&ADOPTED, name, adopted)?;
+    }
+    Ok(())
+}
+
 pub struct Reconciler<E> {
     store: Arc<Store>,
     executor: Arc<E>,
@@ -226,14 +254,12 @@ impl<E: Executor> Reconciler<E> {
                     }
                 }
             }
-            let previous = self.store.read(|tx| tx.get(&APPLIED, &name))?;
-            let inventory = previous
-                .as_ref()
-                .map(|p| p.inventory.clone())
-                .unwrap_or_default();
+            let (previous, managed) = self
+                .store
+                .read(|tx| Ok::<_, StoreError>((tx.get(&APPLIED, &name)?, managed(tx, &name)?)))?;
             if let Some(removal) = head.removal {
                 queued += self
-                    .remove(&head.without_manifests(), &inventory, removal.orphan)
+                    .remove(&head.without_manifests(), &managed, removal.orphan)
                     .await?;
                 continue;
             }
@@ -248,7 +274,7 @@ impl<E: Executor> Reconciler<E> {
                 (Some(Loaded::Work(w)), Some(q)) if q.hash == w.hash => {
                     self.report_quarantine(&w, &q, previous).await?
                 }
-                (Some(Loaded::Work(w)), _) => self.apply(&w, previous, &inventory).await?,
+                (Some(Loaded::Work(w)), _) => self.apply(&w, previous, &managed).await?,
                 (
                     Some(Loaded::Unusable {
                         head,
@@ -318,10 +344,10 @@ impl<E: Executor> Reconciler<E> {
         &self,
         work: &DesiredWork,
         previous: Option<AppliedWork>,
-        inventory: &[tether_protocol::work::ObjectRef],
+        managed: &Managed,
     ) -> Result<usize, StoreError> {
         let outcome =
-            match tokio::time::timeout(APPLY_TIMEOUT, self.executor.apply(work, inventory)).await {
+            match tokio::time::timeout(APPLY_TIMEOUT, self.executor.apply(work, managed)).await {
                 Ok(r) => r,
                 Err(_) => Err(ExecError::transient(format!(
                     "apply did not finish within {APPLY_TIMEOUT:?}"
@@ -332,16 +358,18 @@ impl<E: Executor> Reconciler<E> {
         }
         let status = status_for(work, &outcome, now_ms());
         // A failed apply may have changed nothing or something: keep pruning what we knew.
-        let new_inventory = match &outcome {
-            Ok(r) => r.inventory.clone(),
-            Err(_) => inventory.to_vec(),
+        let new = match &outcome {
+            Ok(r) => r.managed(),
+            Err(_) => managed.clone(),
         };
+        let new_inventory = new.inventory.clone();
         let news = previous
             .as_ref()
             .is_none_or(|p| !same_news(&p.last_status, &status));
         let inventory_moved = previous
             .as_ref()
-            .is_none_or(|p| p.inventory != new_inventory);
+            .is_none_or(|p| p.inventory != new_inventory)
+            || new.adopted != managed.adopted;
         if !news && !inventory_moved {
             return Ok(0);
         }
@@ -356,9 +384,11 @@ impl<E: Executor> Reconciler<E> {
             let still = desired::head(tx, &name)?;
             if still.as_ref().is_none_or(|d| d.removal.is_some()) {
                 if still.is_some() {
-                    let mut both: std::collections::BTreeSet<_> =
-                        inventory.iter().cloned().collect();
+                    let mut both: BTreeSet<_> = managed.inventory.iter().cloned().collect();
                     both.extend(new_inventory);
+                    let mut adopted = managed.adopted.clone();
+                    adopted.extend(new.adopted.iter().cloned());
+                    put_adopted(tx, &name, &adopted)?;
                     tx.put(
                         &APPLIED,
                         &name,
@@ -382,6 +412,7 @@ impl<E: Executor> Reconciler<E> {
                     last_status: status.clone(),
                 },
             )?;
+            put_adopted(tx, &name, &new.adopted)?;
             if news {
                 outbox::record(tx, &status)?;
                 Ok(1)
@@ -394,13 +425,9 @@ impl<E: Executor> Reconciler<E> {
     /// Remove a singleton's objects because the hub is out of reach: another cluster may take
     /// it over after `fenceAfter` plus the hub's margin, and two copies must never run.
     async fn fence(&self, work: &DesiredWork) -> Result<usize, StoreError> {
-        let inventory = self
-            .store
-            .read(|tx| tx.get(&APPLIED, &work.name))?
-            .map(|a| a.inventory)
-            .unwrap_or_default();
+        let managed = self.store.read(|tx| managed(tx, &work.name))?;
         tracing::warn!(work = %work.name, "no hub contact for fenceAfter: fencing this singleton (removing its copy)");
-        if let Err(e) = self.executor.remove(&work.name, &inventory, false).await {
+        if let Err(e) = self.executor.remove(&work.name, &managed, false).await {
             tracing::error!(work = %work.name, error = %e, "fencing failed; will retry");
             return Ok(0);
         }
@@ -419,6 +446,7 @@ impl<E: Executor> Reconciler<E> {
                 }
                 desired::modify(tx, &name, |d| d.fenced = true)?;
                 tx.remove(&APPLIED, &name)?;
+                tx.remove(&ADOPTED, &name)?;
                 outbox::record(tx, &status)?;
                 Ok(1)
             })
@@ -432,12 +460,12 @@ impl<E: Executor> Reconciler<E> {
     async fn remove(
         &self,
         work: &DesiredWork,
-        inventory: &[tether_protocol::work::ObjectRef],
+        managed: &Managed,
         orphan: bool,
     ) -> Result<usize, StoreError> {
         let outcome = match tokio::time::timeout(
             APPLY_TIMEOUT,
-            self.executor.remove(&work.name, inventory, orphan),
+            self.executor.remove(&work.name, managed, orphan),
         )
         .await
         {
@@ -466,6 +494,7 @@ impl<E: Executor> Reconciler<E> {
                     tx.remove(&DESIRED, &name)?;
                     tx.remove(&desired::QUARANTINE, &name)?;
                     tx.remove(&APPLIED, &name)?;
+                    tx.remove(&ADOPTED, &name)?;
                     outbox::record(tx, &status)?;
                     Ok(1)
                 })

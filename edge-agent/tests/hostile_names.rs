@@ -147,9 +147,12 @@ async fn the_dir_executor_refuses_names_that_are_not_a_single_file_in_its_folder
             fence_after_ms: None,
             fenced: false,
         };
-        assert!(exec.apply(&work, &[]).await.is_err(), "applied {name:?}");
         assert!(
-            exec.remove(name, &[], false).await.is_err(),
+            exec.apply(&work, &Default::default()).await.is_err(),
+            "applied {name:?}"
+        );
+        assert!(
+            exec.remove(name, &Default::default(), false).await.is_err(),
             "removed {name:?}"
         );
     }
@@ -184,7 +187,10 @@ fn a_fifo_in_place_of_the_file_does_not_hang_the_executor() {
             fence_after_ms: None,
             fenced: false,
         };
-        let _ = tx.send(rt.block_on(exec.apply(&work, &[])).map(|_| ()));
+        let _ = tx.send(
+            rt.block_on(exec.apply(&work, &Default::default()))
+                .map(|_| ()),
+        );
     });
     let outcome = rx
         .recv_timeout(Duration::from_secs(10))

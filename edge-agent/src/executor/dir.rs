@@ -6,11 +6,10 @@
 //! file directly in the folder; whatever already sits there under that name (a symlink, a
 //! FIFO, a device) is replaced by the rename, never read through or written through.
 
-use super::{condition, refs_of, ApplyReport, ExecError, Executor};
+use super::{condition, refs_of, ApplyReport, ExecError, Executor, Managed};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use tether_protocol::names::validate_work_name;
-use tether_protocol::work::ObjectRef;
 use tether_protocol::ResourceStatus;
 use tether_store::agent::DesiredWork;
 
@@ -181,7 +180,7 @@ impl Executor for DirExecutor {
     async fn apply(
         &self,
         work: &DesiredWork,
-        _previous: &[ObjectRef],
+        _previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
         let path = self.file_for(&work.name)?;
         let refs = refs_of(work)?;
@@ -206,6 +205,7 @@ impl Executor for DirExecutor {
                 })
                 .collect(),
             inventory: refs,
+            adopted: Default::default(),
             conditions: vec![condition(
                 "Applied",
                 true,
@@ -216,12 +216,7 @@ impl Executor for DirExecutor {
         })
     }
 
-    async fn remove(
-        &self,
-        work: &str,
-        _inventory: &[ObjectRef],
-        orphan: bool,
-    ) -> Result<(), ExecError> {
+    async fn remove(&self, work: &str, _managed: &Managed, orphan: bool) -> Result<(), ExecError> {
         let path = self.file_for(work)?;
         if orphan {
             // The file stays where it is; Tether simply stops rewriting it.
