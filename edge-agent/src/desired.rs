@@ -274,6 +274,8 @@ pub enum DeliveryError {
     Name(String, NameError),
     #[error("work {0:?}: {1}")]
     Bundle(String, BundleError),
+    #[error("work {0:?}: {1:.80?} is not a content hash (sha256:<64 hex digits>)")]
+    Hash(String, String),
     #[error("work {0:?}: no content with hash {1} is held here; send the bundle")]
     MissingContent(String, String),
     #[error("this agent already holds {MAX_WORKS} works; refusing {0:?}")]
@@ -287,7 +289,9 @@ impl DeliveryError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DeliveryError::Name(..) => ErrorCode::NameInvalid,
-            DeliveryError::Bundle(..) | DeliveryError::MissingContent(..) => ErrorCode::BadRequest,
+            DeliveryError::Bundle(..)
+            | DeliveryError::Hash(..)
+            | DeliveryError::MissingContent(..) => ErrorCode::BadRequest,
             DeliveryError::TooManyWorks(_) => ErrorCode::TooLarge,
             DeliveryError::Agent(_) => ErrorCode::Internal,
         }
@@ -354,6 +358,9 @@ pub fn accept_update(
     since_contact: Option<std::time::Duration>,
 ) -> Result<WorkAck, DeliveryError> {
     validate_work_name(&update.name).map_err(|e| DeliveryError::Name(update.name.clone(), e))?;
+    if !bundle::is_content_hash(&update.hash) {
+        return Err(DeliveryError::Hash(update.name, update.hash));
+    }
     let name = update.name.clone();
     let fenced = update.fence_after_ms.is_some_and(|ms| {
         tether_protocol::fencing::must_fence(std::time::Duration::from_millis(ms), since_contact)
@@ -566,5 +573,25 @@ mod tests {
         );
         let loaded = store.read(|tx| load(tx, "controller")).unwrap();
         assert_eq!(loaded, Some(Loaded::Work(written)));
+    }
+
+    #[test]
+    fn an_announced_hash_that_is_not_a_content_hash_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("agent.redb")).unwrap();
+        // Undecodable content would be quarantined under the announced hash, which the agent
+        // cannot check: that hash must at least look like one.
+        for hash in ["sha256:00\nkind: Secret", "", &"a".repeat(100_000)] {
+            let mut update = singleton_update();
+            update.bundle = Some(b"not zstd".to_vec());
+            update.hash = hash.to_string();
+            let err = accept_update(&store, update, None).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{err}");
+        }
+        assert!(store.read(|tx| tx.list(&DESIRED)).unwrap().is_empty());
+        let mut update = singleton_update();
+        update.bundle = Some(b"not zstd".to_vec());
+        update.hash = format!("sha256:{}", "ab".repeat(32));
+        accept_update(&store, update, None).expect("quarantined under a well-formed hash");
     }
 }

@@ -74,6 +74,17 @@ pub fn content_hash(raw_cbor: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(raw_cbor)))
 }
 
+/// Whether `s` has the form [`content_hash`] produces (`sha256:` and 64 lowercase hex digits).
+/// A receiver that cannot verify an announced hash (the content did not decompress) can still
+/// refuse one that no content could have.
+pub fn is_content_hash(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Pack manifests for sending. Refuses what an agent would refuse to decode, so the hub says
 /// so when the work is submitted instead of every agent quarantining it.
 pub fn pack(manifests: &[Value]) -> Result<Packed, BundleError> {
@@ -373,6 +384,22 @@ mod tests {
             unpack(b"not zstd", &p.hash, MAX_BUNDLE_BYTES),
             Err(BundleError::Compression(_))
         ));
+    }
+
+    #[test]
+    fn content_hashes_have_one_form() {
+        let h = content_hash(b"x");
+        assert!(is_content_hash(&h));
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:00",
+            &h.to_uppercase(),
+            &format!("{h}\n"),
+            &h[1..],
+        ] {
+            assert!(!is_content_hash(bad), "{bad:?}");
+        }
     }
 
     #[test]
