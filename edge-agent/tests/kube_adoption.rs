@@ -280,6 +280,24 @@ async fn the_report_says_what_was_adopted_and_asking_for_deletion_deletes_it() {
 }
 
 #[tokio::test]
+async fn asking_for_release_keeps_an_object_an_old_inventory_calls_created() {
+    let (server, exec) = cluster_with_coredns().await;
+    let mut coredns = config_map("coredns", json!({"Corefile": ".:53 {}"}));
+    coredns["metadata"]["annotations"] = json!({ON_REMOVAL_ANNOTATION: "release"});
+    // An inventory from an agent before adoption records: coredns reads as created.
+    let legacy = Managed::created(vec![cm_ref("coredns")]);
+    let r = exec
+        .apply(&work(1, vec![coredns]), &legacy)
+        .await
+        .expect("apply");
+    assert!(r.adopted.is_empty(), "an old inventory says created");
+    exec.remove("dns", &r.managed(), false)
+        .await
+        .expect("remove");
+    assert_released(&server, "coredns", "Corefile", ".:53 {}");
+}
+
+#[tokio::test]
 async fn an_adoption_seen_in_a_failed_pass_is_not_forgotten() {
     let (server, exec) = cluster_with_coredns().await;
     let r = exec

@@ -12,7 +12,7 @@
 //! existed already (the cluster's own `coredns`, say) was adopted: it is released instead,
 //! meaning Tether's label, annotation and `managedFields` entry are removed with one merge patch
 //! (guarded by `resourceVersion`) and every value stays. The manifest annotation
-//! `tether.dev/on-removal: delete` asks for deletion of an adopted object anyway.
+//! `tether.dev/on-removal: delete|release` overrides this per object.
 
 use super::{condition, ApplyReport, ExecError, Executor, Managed};
 use k8s_openapi::api::core::v1::Node;
@@ -37,7 +37,9 @@ pub const FIELD_MANAGER: &str = "tether-agent";
 pub const WORK_LABEL: &str = "tether.dev/work";
 /// Annotation with the work generation that last applied an object.
 pub const GENERATION_ANNOTATION: &str = "tether.dev/generation";
-/// On an adopted object (in the work's manifest): delete it on removal instead of releasing it.
+/// In a manifest, overrides what removal and pruning do with the object: `delete` deletes it
+/// even if adopted, `release` releases it even if Tether created it (or an inventory from
+/// before adoption records says so).
 pub const ON_REMOVAL_ANNOTATION: &str = "tether.dev/on-removal";
 /// Attempts at releasing an object that keeps changing under us (resourceVersion conflicts).
 const RELEASE_ATTEMPTS: usize = 3;
@@ -475,13 +477,18 @@ impl KubeExecutor {
                 }
                 let was_adopted =
                     adopted.contains(&r) || self.remembered(work, &r) == Some(Origin::Adopted);
-                let delete_anyway = obj
+                let policy = obj
                     .metadata
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(ON_REMOVAL_ANNOTATION))
-                    .is_some_and(|v| v == "delete");
-                let release = orphan || (was_adopted && !delete_anyway);
+                    .map(String::as_str);
+                let release = orphan
+                    || match policy {
+                        Some("delete") => false,
+                        Some("release") => true,
+                        _ => was_adopted,
+                    };
                 let api = self.api(&resolved, r.namespace.as_deref());
                 let outcome = if release {
                     self.release(&api, work, obj).await
