@@ -4,7 +4,6 @@ use crate::AgentError;
 use serde::{Deserialize, Serialize};
 use tether_protocol::bundle::{self, BundleError, MAX_BUNDLE_BYTES};
 use tether_protocol::names::{validate_work_name, NameError};
-use tether_protocol::work::ObjectRef;
 use tether_protocol::{ErrorCode, HeldWork, Inventory, WorkAck, WorkRemove, WorkUpdate};
 use tether_store::agent::{DesiredWork, Removal, DESIRED};
 use tether_store::{ReadTx, Store, StoreError, StrTable, WriteTx};
@@ -327,7 +326,7 @@ fn quarantine_reason(e: &BundleError) -> QuarantineReason {
 /// Everything the executors rely on, checked once at delivery instead of on every pass.
 fn check_manifests(manifests: &[serde_json::Value]) -> Result<(), (QuarantineReason, String)> {
     for (i, manifest) in manifests.iter().enumerate() {
-        ObjectRef::of(manifest).map_err(|e| {
+        crate::executor::object_ref(manifest).map_err(|e| {
             (
                 QuarantineReason::ManifestInvalid,
                 format!("manifest {i}: {e}"),
@@ -389,7 +388,15 @@ pub fn accept_update(
         });
     }
     let quarantined = store.write(|tx| {
-        let existing = head(tx, &name)?;
+        let existing = match head(tx, &name) {
+            Ok(h) => h,
+            // Unreadable even without its manifests: this delivery replaces it.
+            Err(StoreError::Corrupt { detail, .. }) => {
+                tracing::error!(work = %name, %detail, "unreadable desired record; replacing it");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         let quarantine = |reason, detail| Quarantine {
             generation: update.generation,
             hash: update.hash.clone(),
@@ -593,5 +600,24 @@ mod tests {
         update.bundle = Some(b"not zstd".to_vec());
         update.hash = format!("sha256:{}", "ab".repeat(32));
         accept_update(&store, update, None).expect("quarantined under a well-formed hash");
+    }
+
+    #[test]
+    fn an_unreadable_record_is_skipped_by_listings_and_replaced_by_a_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("agent.redb")).unwrap();
+        // Not a desired work at all: no head can be read from it.
+        const RAW: StrTable<serde_json::Value> = StrTable::new(DESIRED_TABLE);
+        store
+            .write(|tx| tx.put(&RAW, "controller", &serde_json::json!({"name": 5})))
+            .unwrap();
+        assert!(store.read(heads).unwrap().is_empty());
+        assert!(store.read(inventory).unwrap().works.is_empty());
+        accept_update(&store, singleton_update(), Some(Duration::from_millis(1))).unwrap();
+        assert_eq!(store.read(heads).unwrap().len(), 1);
+        assert!(matches!(
+            store.read(|tx| load(tx, "controller")).unwrap(),
+            Some(Loaded::Work(_))
+        ));
     }
 }

@@ -202,3 +202,52 @@ fn a_fifo_in_place_of_the_file_does_not_hang_the_executor() {
         "the FIFO was not replaced by the work's file"
     );
 }
+
+/// Object names end up in API paths (`.../configmaps/NAME`); Kubernetes requires them to be
+/// path segment names. A manifest that is not is quarantined, never sent.
+#[tokio::test]
+async fn manifests_whose_names_are_not_path_segments_are_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path().join("agent.redb")).unwrap());
+    let cluster = Arc::new(tether_agent::executor::memory::MemoryExecutor::new());
+    let reconciler = Reconciler::new(
+        store.clone(),
+        cluster.clone(),
+        Signals::default(),
+        Duration::from_secs(3600),
+    );
+    for (i, (name, namespace)) in [
+        ("../../secrets/x", "default"),
+        ("..", "default"),
+        ("a%2Fb", "default"),
+        ("ok", "../kube-system"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let manifests = vec![json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace}})];
+        let packed = bundle::pack(&manifests).unwrap();
+        let work = format!("w{i}");
+        accept_update(
+            &store,
+            WorkUpdate {
+                name: work.clone(),
+                generation: 1,
+                hash: packed.hash,
+                force_conflicts: false,
+                bundle: Some(packed.compressed),
+                fence_after_ms: None,
+            },
+            None,
+        )
+        .expect("held (quarantined)");
+        reconciler.pass().await.unwrap();
+        assert!(
+            cluster.objects().is_empty(),
+            "{name:?} in {namespace:?} was applied"
+        );
+        let stored = store.read(|tx| tx.get(&DESIRED, &work)).unwrap().unwrap();
+        assert!(stored.manifests.is_empty(), "{name:?} stored");
+    }
+}

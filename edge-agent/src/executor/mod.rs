@@ -174,14 +174,36 @@ impl Executor for AnyExecutor {
     }
 }
 
+/// The identity of one manifest, with a name and namespace usable as URL path segments
+/// (Kubernetes' rule for every name: not `.` or `..`, no `/` or `%`). The kube executor puts
+/// them into request paths, so `../../secrets/x` must never get that far.
+pub fn object_ref(manifest: &serde_json::Value) -> Result<ObjectRef, String> {
+    let r = ObjectRef::of(manifest)?;
+    let segment = |what: &str, s: &str| {
+        if s == "." || s == ".." || s.contains(['/', '%']) || s.chars().any(char::is_control) {
+            Err(format!(
+                "{what} {s:?} is not a valid path segment (no '/', '%', control characters, '.' or '..')"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    segment("metadata.name", &r.name)?;
+    if let Some(ns) = &r.namespace {
+        if ns.is_empty() || ns.len() > 63 {
+            return Err(format!("metadata.namespace {ns:?} must be 1-63 characters"));
+        }
+        segment("metadata.namespace", ns)?;
+    }
+    Ok(r)
+}
+
 /// Object identities of a bundle, in manifest order.
 pub fn refs_of(work: &DesiredWork) -> Result<Vec<ObjectRef>, ExecError> {
     work.manifests
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            ObjectRef::of(m).map_err(|e| ExecError::invalid(format!("manifest {i}: {e}")))
-        })
+        .map(|(i, m)| object_ref(m).map_err(|e| ExecError::invalid(format!("manifest {i}: {e}"))))
         .collect()
 }
 
