@@ -4,14 +4,23 @@
 //! Each pass applies every work (executors are idempotent and correct drift) and records a
 //! status in the outbox when it changed, in the same transaction as the applied state.
 
-use crate::executor::{ApplyReport, ExecError, Executor};
+use crate::desired::{self, Loaded, Quarantine};
+use crate::executor::{ApplyReport, ExecError, Executor, Managed};
 use crate::outbox;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tether_protocol::work::ObjectRef;
 use tether_protocol::{WorkPhase, WorkStatus};
 use tether_store::agent::{AppliedWork, DesiredWork, APPLIED, DESIRED};
-use tether_store::{Store, StoreError};
+use tether_store::{ReadTx, Store, StoreError, StrTable, WriteTx};
 use tokio::sync::Notify;
+
+/// Per work, the objects of its inventory that Tether adopted (they existed before its first
+/// apply), so that removal releases them instead of deleting them. Written in the same
+/// transaction as the work's `APPLIED` record and removed with it; a work without a row adopted
+/// nothing (which is also how inventories from agents before this table read).
+pub const ADOPTED: StrTable<BTreeSet<ObjectRef>> = StrTable::new("adopted_objects");
 
 /// Longest a single apply may take before the pass moves on (and retries next pass).
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -107,6 +116,28 @@ pub fn status_for(
     }
 }
 
+/// Status of a quarantined work (pure): Failed, with a `Quarantined` condition.
+pub fn quarantine_status(work: &DesiredWork, q: &Quarantine, at_ms: u64) -> WorkStatus {
+    WorkStatus {
+        work: work.name.clone(),
+        generation: work.generation,
+        hash: work.hash.clone(),
+        phase: WorkPhase::Failed,
+        conditions: vec![
+            crate::executor::condition(
+                tether_protocol::bundle::QUARANTINED_CONDITION,
+                true,
+                q.reason.as_str(),
+                q.detail.clone(),
+            ),
+            crate::executor::condition("Applied", false, q.reason.as_str(), q.detail.clone()),
+        ],
+        resources: Vec::new(),
+        message: format!("quarantined ({}): {}", q.reason.as_str(), q.detail),
+        observed_at_ms: at_ms,
+    }
+}
+
 /// Two statuses that differ only in observation time are the same news.
 fn same_news(a: &WorkStatus, b: &WorkStatus) -> bool {
     WorkStatus {
@@ -116,6 +147,26 @@ fn same_news(a: &WorkStatus, b: &WorkStatus) -> bool {
         observed_at_ms: 0,
         ..b.clone()
     }
+}
+
+/// What the agent last recorded as managed for a work.
+fn managed(tx: &ReadTx, name: &str) -> Result<Managed, StoreError> {
+    Ok(Managed {
+        inventory: tx
+            .get(&APPLIED, name)?
+            .map(|a| a.inventory)
+            .unwrap_or_default(),
+        adopted: tx.get(&ADOPTED, name)?.unwrap_or_default(),
+    })
+}
+
+fn put_adopted(tx: &WriteTx, name: &str, adopted: &BTreeSet<ObjectRef>) -> Result<(), StoreError> {
+    if adopted.is_empty() {
+        tx.remove(&ADOPTED, name)?;
+    } else {
+        tx.put(&ADOPTED, name, adopted)?;
+    }
+    Ok(())
 }
 
 pub struct Reconciler<E> {
@@ -166,34 +217,36 @@ impl<E: Executor> Reconciler<E> {
 
     fn next_fence_in(&self) -> Option<Duration> {
         let since = self.signals.since_contact(Instant::now())?;
-        let desired = self.store.read(|tx| tx.list(&DESIRED)).ok()?;
+        let desired = self.store.read(crate::desired::heads).ok()?;
         desired
             .iter()
-            .filter(|(_, d)| !d.fenced && d.removal.is_none())
-            .filter_map(|(_, d)| d.fence_after_ms)
+            .filter(|d| !d.fenced && d.removal.is_none())
+            .filter_map(|d| d.fence_after_ms)
             .map(|ms| Duration::from_millis(ms).saturating_sub(since) + Duration::from_millis(10))
             .min()
     }
 
     /// One pass over every work. Returns how many statuses were queued.
+    ///
+    /// Works are listed without their manifests; each is then loaded within the bundle limits,
+    /// so a record that cannot be used (a bomb stored by an older agent) is quarantined here
+    /// instead of taking the agent down on every start.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let desired = self.store.read(|tx| tx.list(&DESIRED))?;
+        let heads = self.store.read(desired::heads)?;
         let mut queued = 0;
-        for (_, work) in desired {
-            if work.removal.is_none() {
-                if work.fenced {
+        for head in heads {
+            let name = head.name.clone();
+            if head.removal.is_none() {
+                let work = head.without_manifests();
+                if head.fenced {
                     // Stays down until the hub delivers it again. A copy still running under
                     // it (a late delivery was stored fenced over a live one) goes now.
-                    if self
-                        .store
-                        .read(|tx| tx.get(&APPLIED, &work.name))?
-                        .is_some()
-                    {
+                    if self.store.read(|tx| tx.get(&APPLIED, &name))?.is_some() {
                         queued += self.fence(&work).await?;
                     }
                     continue;
                 }
-                if let Some(ms) = work.fence_after_ms {
+                if let Some(ms) = head.fence_after_ms {
                     let since = self.signals.since_contact(Instant::now());
                     if must_fence(Duration::from_millis(ms), since) {
                         queued += self.fence(&work).await?;
@@ -201,14 +254,42 @@ impl<E: Executor> Reconciler<E> {
                     }
                 }
             }
-            let previous = self.store.read(|tx| tx.get(&APPLIED, &work.name))?;
-            let inventory = previous
-                .as_ref()
-                .map(|p| p.inventory.clone())
-                .unwrap_or_default();
-            queued += match work.removal {
-                Some(removal) => self.remove(&work, &inventory, removal.orphan).await?,
-                None => self.apply(&work, previous, &inventory).await?,
+            let (previous, managed) = self
+                .store
+                .read(|tx| Ok::<_, StoreError>((tx.get(&APPLIED, &name)?, managed(tx, &name)?)))?;
+            if let Some(removal) = head.removal {
+                queued += self
+                    .remove(&head.without_manifests(), &managed, removal.orphan)
+                    .await?;
+                continue;
+            }
+            let (loaded, quarantine) = self.store.read(|tx| {
+                Ok::<_, StoreError>((
+                    desired::load(tx, &name)?,
+                    tx.get(&desired::QUARANTINE, &name)?,
+                ))
+            })?;
+            queued += match (loaded, quarantine) {
+                (None, _) => 0,
+                (Some(Loaded::Work(w)), Some(q)) if q.hash == w.hash => {
+                    self.report_quarantine(&w, &q, previous).await?
+                }
+                (Some(Loaded::Work(w)), _) => self.apply(&w, previous, &managed).await?,
+                (
+                    Some(Loaded::Unusable {
+                        head,
+                        reason,
+                        detail,
+                    }),
+                    _,
+                ) => {
+                    tracing::error!(work = %name, reason = reason.as_str(), %detail, "stored work cannot be used; quarantining it");
+                    let q = self
+                        .store
+                        .write(|tx| desired::quarantine_stored(tx, &head, reason, detail))?;
+                    self.report_quarantine(&head.without_manifests(), &q, previous)
+                        .await?
+                }
             };
         }
         if queued > 0 {
@@ -217,14 +298,56 @@ impl<E: Executor> Reconciler<E> {
         Ok(queued)
     }
 
+    /// Report a quarantined work (once per change): Failed, with a `Quarantined` condition whose
+    /// reason says why. Nothing is applied or pruned: whatever an earlier generation put on the
+    /// cluster stays as it was, and its inventory is kept for a later removal.
+    async fn report_quarantine(
+        &self,
+        work: &DesiredWork,
+        q: &Quarantine,
+        previous: Option<AppliedWork>,
+    ) -> Result<usize, StoreError> {
+        let status = quarantine_status(work, q, now_ms());
+        if previous
+            .as_ref()
+            .is_some_and(|p| same_news(&p.last_status, &status))
+        {
+            return Ok(0);
+        }
+        tracing::warn!(work = %work.name, generation = work.generation, reason = q.reason.as_str(), "work status changed: quarantined");
+        let name = work.name.clone();
+        self.store.write(|tx| {
+            // Withdrawn or replaced meanwhile: the next pass deals with it.
+            let still = desired::head(tx, &name)?;
+            if still
+                .as_ref()
+                .is_none_or(|d| d.removal.is_some() || d.hash != q.hash)
+            {
+                return Ok(0);
+            }
+            tx.put(
+                &APPLIED,
+                &name,
+                &AppliedWork {
+                    generation: work.generation,
+                    hash: work.hash.clone(),
+                    inventory: previous.map(|p| p.inventory).unwrap_or_default(),
+                    last_status: status.clone(),
+                },
+            )?;
+            outbox::record(tx, &status)?;
+            Ok(1)
+        })
+    }
+
     async fn apply(
         &self,
         work: &DesiredWork,
         previous: Option<AppliedWork>,
-        inventory: &[tether_protocol::work::ObjectRef],
+        managed: &Managed,
     ) -> Result<usize, StoreError> {
         let outcome =
-            match tokio::time::timeout(APPLY_TIMEOUT, self.executor.apply(work, inventory)).await {
+            match tokio::time::timeout(APPLY_TIMEOUT, self.executor.apply(work, managed)).await {
                 Ok(r) => r,
                 Err(_) => Err(ExecError::transient(format!(
                     "apply did not finish within {APPLY_TIMEOUT:?}"
@@ -235,16 +358,18 @@ impl<E: Executor> Reconciler<E> {
         }
         let status = status_for(work, &outcome, now_ms());
         // A failed apply may have changed nothing or something: keep pruning what we knew.
-        let new_inventory = match &outcome {
-            Ok(r) => r.inventory.clone(),
-            Err(_) => inventory.to_vec(),
+        let new = match &outcome {
+            Ok(r) => r.managed(),
+            Err(_) => managed.clone(),
         };
+        let new_inventory = new.inventory.clone();
         let news = previous
             .as_ref()
             .is_none_or(|p| !same_news(&p.last_status, &status));
         let inventory_moved = previous
             .as_ref()
-            .is_none_or(|p| p.inventory != new_inventory);
+            .is_none_or(|p| p.inventory != new_inventory)
+            || new.adopted != managed.adopted;
         if !news && !inventory_moved {
             return Ok(0);
         }
@@ -256,12 +381,14 @@ impl<E: Executor> Reconciler<E> {
         self.store.write(|tx| {
             // The hub may have withdrawn the work while we applied; its removal wins. It must
             // still learn what this apply created, or those objects would outlive the work.
-            let still = tx.get(&DESIRED, &name)?;
+            let still = desired::head(tx, &name)?;
             if still.as_ref().is_none_or(|d| d.removal.is_some()) {
                 if still.is_some() {
-                    let mut both: std::collections::BTreeSet<_> =
-                        inventory.iter().cloned().collect();
+                    let mut both: BTreeSet<_> = managed.inventory.iter().cloned().collect();
                     both.extend(new_inventory);
+                    let mut adopted = managed.adopted.clone();
+                    adopted.extend(new.adopted.iter().cloned());
+                    put_adopted(tx, &name, &adopted)?;
                     tx.put(
                         &APPLIED,
                         &name,
@@ -285,6 +412,7 @@ impl<E: Executor> Reconciler<E> {
                     last_status: status.clone(),
                 },
             )?;
+            put_adopted(tx, &name, &new.adopted)?;
             if news {
                 outbox::record(tx, &status)?;
                 Ok(1)
@@ -297,13 +425,9 @@ impl<E: Executor> Reconciler<E> {
     /// Remove a singleton's objects because the hub is out of reach: another cluster may take
     /// it over after `fenceAfter` plus the hub's margin, and two copies must never run.
     async fn fence(&self, work: &DesiredWork) -> Result<usize, StoreError> {
-        let inventory = self
-            .store
-            .read(|tx| tx.get(&APPLIED, &work.name))?
-            .map(|a| a.inventory)
-            .unwrap_or_default();
+        let managed = self.store.read(|tx| managed(tx, &work.name))?;
         tracing::warn!(work = %work.name, "no hub contact for fenceAfter: fencing this singleton (removing its copy)");
-        if let Err(e) = self.executor.remove(&work.name, &inventory, false).await {
+        if let Err(e) = self.executor.remove(&work.name, &managed, false).await {
             tracing::error!(work = %work.name, error = %e, "fencing failed; will retry");
             return Ok(0);
         }
@@ -314,15 +438,15 @@ impl<E: Executor> Reconciler<E> {
         let generation = work.generation;
         self.store
             .write(|tx| {
-                let Some(mut d) = tx.get(&DESIRED, &name)? else {
+                let Some(d) = desired::head(tx, &name)? else {
                     return Ok(0);
                 };
                 if d.generation != generation || d.removal.is_some() {
                     return Ok(0);
                 }
-                d.fenced = true;
-                tx.put(&DESIRED, &name, &d)?;
+                desired::modify(tx, &name, |d| d.fenced = true)?;
                 tx.remove(&APPLIED, &name)?;
+                tx.remove(&ADOPTED, &name)?;
                 outbox::record(tx, &status)?;
                 Ok(1)
             })
@@ -336,12 +460,12 @@ impl<E: Executor> Reconciler<E> {
     async fn remove(
         &self,
         work: &DesiredWork,
-        inventory: &[tether_protocol::work::ObjectRef],
+        managed: &Managed,
         orphan: bool,
     ) -> Result<usize, StoreError> {
         let outcome = match tokio::time::timeout(
             APPLY_TIMEOUT,
-            self.executor.remove(&work.name, inventory, orphan),
+            self.executor.remove(&work.name, managed, orphan),
         )
         .await
         {
@@ -364,14 +488,13 @@ impl<E: Executor> Reconciler<E> {
                 tracing::info!(work = %name, orphan, "work removed");
                 self.store.write(|tx| {
                     // Re-delivered in the meantime: keep it.
-                    if tx
-                        .get(&DESIRED, &name)?
-                        .is_some_and(|d| d.removal.is_none())
-                    {
+                    if desired::head(tx, &name)?.is_some_and(|d| d.removal.is_none()) {
                         return Ok(0);
                     }
                     tx.remove(&DESIRED, &name)?;
+                    tx.remove(&desired::QUARANTINE, &name)?;
                     tx.remove(&APPLIED, &name)?;
+                    tx.remove(&ADOPTED, &name)?;
                     outbox::record(tx, &status)?;
                     Ok(1)
                 })

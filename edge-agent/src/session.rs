@@ -497,7 +497,7 @@ async fn serve_deliveries(
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "refused a {kind} from the hub");
-                Message::error(ErrorCode::BadRequest, e.to_string())
+                Message::error(e.code(), e.to_string())
             }
             Err(e) => return e,
         };

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tether_agent::executor::kube::{KubeExecutor, GENERATION_ANNOTATION, WORK_LABEL};
-use tether_agent::executor::{ApplyReport, ExecError, ExecErrorKind, Executor};
+use tether_agent::executor::{ApplyReport, ExecError, ExecErrorKind, Executor, Managed};
 use tether_agent::reconcile::{status_for, Reconciler, Signals};
 use tether_protocol::work::ObjectRef;
 use tether_protocol::WorkPhase;
@@ -104,7 +104,7 @@ async fn apply_creates_objects_with_ownership_label_and_generation() {
             namespace("shop"),
         ],
     );
-    let report = exec.apply(&w, &[]).await.expect("apply");
+    let report = exec.apply(&w, &Managed::default()).await.expect("apply");
     assert_eq!(
         report.inventory,
         vec![
@@ -170,7 +170,7 @@ async fn apply_creates_objects_with_ownership_label_and_generation() {
             config_map(Some("shop"), "settings", json!({"color": "red"})),
         ],
     );
-    exec.apply(&w2, &report.inventory).await.expect("update");
+    exec.apply(&w2, &report.managed()).await.expect("update");
     let cm = server
         .get("v1", "ConfigMap", Some("shop"), "settings")
         .unwrap();
@@ -189,7 +189,10 @@ async fn reapply_is_idempotent() {
             deployment("default", "web", 2),
         ],
     );
-    let first = exec.apply(&w, &[]).await.expect("first apply");
+    let first = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect("first apply");
     let writes = server.writes();
     let rv = server
         .get("apps/v1", "Deployment", Some("default"), "web")
@@ -197,7 +200,7 @@ async fn reapply_is_idempotent() {
         .clone();
     server.clear_requests();
     let second = exec
-        .apply(&w, &first.inventory)
+        .apply(&w, &first.managed())
         .await
         .expect("second apply");
     assert_eq!(first, second);
@@ -229,11 +232,11 @@ async fn drift_is_repaired_by_the_next_apply() {
         1,
         vec![config_map(None, "a", json!({"k": "v", "other": "x"}))],
     );
-    let report = exec.apply(&w, &[]).await.expect("apply");
+    let report = exec.apply(&w, &Managed::default()).await.expect("apply");
 
     // Deleted behind our back: recreated.
     assert!(server.delete("v1", "ConfigMap", Some("default"), "a"));
-    exec.apply(&w, &report.inventory).await.expect("re-apply");
+    exec.apply(&w, &report.managed()).await.expect("re-apply");
     let cm = server
         .get("v1", "ConfigMap", Some("default"), "a")
         .expect("recreated");
@@ -257,7 +260,7 @@ async fn drift_is_repaired_by_the_next_apply() {
                 .remove(WORK_LABEL);
         },
     );
-    exec.apply(&w, &report.inventory).await.expect("repair");
+    exec.apply(&w, &report.managed()).await.expect("repair");
     let cm = server.get("v1", "ConfigMap", Some("default"), "a").unwrap();
     assert_eq!(
         cm["data"],
@@ -278,7 +281,7 @@ async fn drift_is_repaired_by_the_next_apply() {
         },
     );
     let err = exec
-        .apply(&w, &report.inventory)
+        .apply(&w, &report.managed())
         .await
         .expect_err("conflict");
     assert_eq!(err.kind, ExecErrorKind::Conflict, "{err}");
@@ -288,7 +291,7 @@ async fn drift_is_repaired_by_the_next_apply() {
     );
     let mut forced = w.clone();
     forced.force_conflicts = true;
-    exec.apply(&forced, &report.inventory)
+    exec.apply(&forced, &report.managed())
         .await
         .expect("forced apply");
     let cm = server.get("v1", "ConfigMap", Some("default"), "a").unwrap();
@@ -298,7 +301,7 @@ async fn drift_is_repaired_by_the_next_apply() {
         ["tether-agent"]
     );
     // Owned again: the next unforced apply is clean.
-    exec.apply(&w, &report.inventory)
+    exec.apply(&w, &report.managed())
         .await
         .expect("clean apply after force");
 }
@@ -318,7 +321,10 @@ async fn conflict_with_another_manager_is_reported_and_force_takes_over() {
             deployment("default", "web", 3),
         ],
     );
-    let err: ExecError = exec.apply(&w, &[]).await.expect_err("must conflict");
+    let err: ExecError = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect_err("must conflict");
     assert_eq!(err.kind, ExecErrorKind::Conflict);
     assert_eq!(err.reason(), "ApplyConflict");
     assert!(
@@ -343,7 +349,9 @@ async fn conflict_with_another_manager_is_reported_and_force_takes_over() {
 
     let mut forced = w.clone();
     forced.force_conflicts = true;
-    exec.apply(&forced, &[]).await.expect("forced apply");
+    exec.apply(&forced, &Managed::default())
+        .await
+        .expect("forced apply");
     assert!(server
         .requests()
         .iter()
@@ -378,7 +386,10 @@ async fn pruning_deletes_what_left_the_work_and_nothing_it_does_not_own() {
             service("web"),
         ],
     );
-    let r1 = exec.apply(&w1, &[]).await.expect("apply v1");
+    let r1 = exec
+        .apply(&w1, &Managed::default())
+        .await
+        .expect("apply v1");
     assert_eq!(r1.inventory.len(), 4);
     // Someone re-labels one of our objects for something else: it is no longer ours.
     server.edit_as(
@@ -400,7 +411,7 @@ async fn pruning_deletes_what_left_the_work_and_nothing_it_does_not_own() {
     );
 
     let w2 = work("web", 2, vec![config_map(None, "keep", json!({"a": "1"}))]);
-    let r2 = exec.apply(&w2, &r1.inventory).await.expect("apply v2");
+    let r2 = exec.apply(&w2, &r1.managed()).await.expect("apply v2");
     assert_eq!(
         r2.inventory,
         vec![oref("v1", "ConfigMap", Some("default"), "keep")]
@@ -441,7 +452,7 @@ async fn pruning_deletes_what_left_the_work_and_nothing_it_does_not_own() {
 
     // Steady state: nothing left to prune means no LIST or DELETE at all.
     server.clear_requests();
-    exec.apply(&w2, &r2.inventory)
+    exec.apply(&w2, &r2.managed())
         .await
         .expect("apply v2 again");
     assert!(
@@ -452,9 +463,12 @@ async fn pruning_deletes_what_left_the_work_and_nothing_it_does_not_own() {
 
     // An inventory written by the dir executor (no namespaces) is understood too.
     let w3 = work("web", 3, vec![]);
-    exec.apply(&w3, &[oref("v1", "ConfigMap", None, "keep")])
-        .await
-        .expect("apply v3");
+    exec.apply(
+        &w3,
+        &Managed::created(vec![oref("v1", "ConfigMap", None, "keep")]),
+    )
+    .await
+    .expect("apply v3");
     assert!(server
         .get("v1", "ConfigMap", Some("default"), "keep")
         .is_none());
@@ -468,7 +482,7 @@ async fn deployment_readiness_goes_from_progressing_to_available() {
         1,
         vec![deployment("default", "web", 3), service("web")],
     );
-    let r = exec.apply(&w, &[]).await.expect("apply");
+    let r = exec.apply(&w, &Managed::default()).await.expect("apply");
     let dep = &r.resources[0];
     assert_eq!(
         dep.object,
@@ -498,7 +512,7 @@ async fn deployment_readiness_goes_from_progressing_to_available() {
             "readyReplicas": 2, "availableReplicas": 2,
         }),
     );
-    let r = exec.apply(&w, &r.inventory).await.expect("apply");
+    let r = exec.apply(&w, &r.managed()).await.expect("apply");
     assert_eq!(r.resources[0].ready, Some(false));
     assert_eq!(
         r.resources[0].detail,
@@ -523,7 +537,7 @@ async fn deployment_readiness_goes_from_progressing_to_available() {
             "conditions": [{"type": "Available", "status": "True"}],
         }),
     );
-    let r = exec.apply(&w, &r.inventory).await.expect("apply");
+    let r = exec.apply(&w, &r.managed()).await.expect("apply");
     assert_eq!(r.resources[0].ready, Some(true));
     assert_eq!(
         r.resources[0].detail,
@@ -542,7 +556,7 @@ async fn deployment_readiness_goes_from_progressing_to_available() {
         2,
         vec![deployment("default", "web", 4), service("web")],
     );
-    let r = exec.apply(&w2, &r.inventory).await.expect("apply v2");
+    let r = exec.apply(&w2, &r.managed()).await.expect("apply v2");
     assert_eq!(r.resources[0].ready, Some(false));
     assert!(
         r.resources[0].detail.contains("not yet observed"),
@@ -557,7 +571,7 @@ async fn deployment_readiness_goes_from_progressing_to_available() {
         "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                         "message": "ReplicaSet \"web-2\" has timed out progressing."}],
     }));
-    let r = exec.apply(&w2, &r.inventory).await.expect("apply v2");
+    let r = exec.apply(&w2, &r.managed()).await.expect("apply v2");
     assert_eq!(condition(&r, "Degraded").status, "True");
     assert!(
         condition(&r, "Degraded")
@@ -576,7 +590,7 @@ async fn job_readiness_is_completion() {
         "spec": {"template": {"spec": {"restartPolicy": "Never",
                  "containers": [{"name": "m", "image": "busybox"}]}}}});
     let w = work("db", 1, vec![job]);
-    let r = exec.apply(&w, &[]).await.expect("apply");
+    let r = exec.apply(&w, &Managed::default()).await.expect("apply");
     assert_eq!(r.resources[0].ready, Some(false));
     server.set_status(
         "batch/v1",
@@ -586,7 +600,7 @@ async fn job_readiness_is_completion() {
         json!({
         "succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
     );
-    let r = exec.apply(&w, &r.inventory).await.expect("apply");
+    let r = exec.apply(&w, &r.managed()).await.expect("apply");
     assert_eq!(
         r.resources[0].ready,
         Some(true),
@@ -595,7 +609,7 @@ async fn job_readiness_is_completion() {
     );
     server.set_status("batch/v1", "Job", Some("default"), "migrate", json!({
         "failed": 6, "conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}));
-    let r = exec.apply(&w, &r.inventory).await.expect("apply");
+    let r = exec.apply(&w, &r.managed()).await.expect("apply");
     assert_eq!(r.resources[0].ready, Some(false));
     assert_eq!(condition(&r, "Degraded").status, "True");
 }
@@ -612,7 +626,7 @@ async fn remove_deletes_and_orphan_leaves() {
             deployment("team-a", "api", 1),
         ],
     );
-    let ra = exec.apply(&a, &[]).await.expect("apply a");
+    let ra = exec.apply(&a, &Managed::default()).await.expect("apply a");
     let b = work(
         "b",
         1,
@@ -621,9 +635,9 @@ async fn remove_deletes_and_orphan_leaves() {
             deployment("default", "b", 1),
         ],
     );
-    let rb = exec.apply(&b, &[]).await.expect("apply b");
+    let rb = exec.apply(&b, &Managed::default()).await.expect("apply b");
 
-    exec.remove("a", &ra.inventory, false)
+    exec.remove("a", &ra.managed(), false)
         .await
         .expect("remove a");
     assert!(server.get("v1", "Namespace", None, "team-a").is_none());
@@ -645,11 +659,11 @@ async fn remove_deletes_and_orphan_leaves() {
         "{deletes:?}"
     );
     // Removing again is a no-op (idempotent after a crash mid-way).
-    exec.remove("a", &ra.inventory, false)
+    exec.remove("a", &ra.managed(), false)
         .await
         .expect("remove a again");
 
-    exec.remove("b", &rb.inventory, true)
+    exec.remove("b", &rb.managed(), true)
         .await
         .expect("orphan b");
     let cm = server
@@ -668,7 +682,7 @@ async fn remove_deletes_and_orphan_leaves() {
         .get("apps/v1", "Deployment", Some("default"), "b")
         .is_some());
     // Released means released: a later removal with the same inventory deletes nothing.
-    exec.remove("b", &rb.inventory, false)
+    exec.remove("b", &rb.managed(), false)
         .await
         .expect("remove b");
     assert!(server
@@ -687,7 +701,10 @@ async fn unknown_kinds_are_invalid_with_a_clear_message() {
         1,
         vec![json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})],
     );
-    let err = exec.apply(&w, &[]).await.expect_err("unknown group");
+    let err = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect_err("unknown group");
     assert_eq!(err.kind, ExecErrorKind::Invalid, "{err}");
     assert_eq!(err.reason(), "InvalidManifest");
     assert!(
@@ -705,7 +722,10 @@ async fn unknown_kinds_are_invalid_with_a_clear_message() {
             json!({"apiVersion": "v1", "kind": "Configmap", "metadata": {"name": "typo"}}),
         ],
     );
-    let err = exec.apply(&w, &[]).await.expect_err("unknown kind");
+    let err = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect_err("unknown kind");
     assert_eq!(err.kind, ExecErrorKind::Invalid, "{err}");
     assert!(
         err.message.contains("serves no kind \"Configmap\" in v1"),
@@ -722,13 +742,19 @@ async fn unknown_kinds_are_invalid_with_a_clear_message() {
         1,
         vec![json!({"kind": "ConfigMap", "metadata": {"name": "x"}})],
     );
-    let err = exec.apply(&w, &[]).await.expect_err("no apiVersion");
+    let err = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect_err("no apiVersion");
     assert_eq!(err.kind, ExecErrorKind::Invalid);
     assert!(err.message.contains("missing apiVersion"), "{err}");
 
     // A namespace that does not exist is the manifest's problem too.
     let w = work("bad", 1, vec![config_map(Some("nowhere"), "x", json!({}))]);
-    let err = exec.apply(&w, &[]).await.expect_err("no namespace");
+    let err = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect_err("no namespace");
     assert_eq!(err.kind, ExecErrorKind::Invalid);
     assert!(
         err.message.contains("namespaces \"nowhere\" not found"),
@@ -749,12 +775,17 @@ async fn an_unreachable_server_is_a_transient_error_within_the_timeout() {
             config_map(None, "b", json!({})),
         ],
     );
-    exec.apply(&w, &[]).await.expect("apply while up");
+    exec.apply(&w, &Managed::default())
+        .await
+        .expect("apply while up");
 
     // Accepts connections but never answers.
     server.set_stalled(true);
     let started = Instant::now();
-    let err = exec.apply(&w, &[]).await.expect_err("silent server");
+    let err = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect_err("silent server");
     assert_eq!(err.kind, ExecErrorKind::Transient, "{err}");
     assert!(err.message.contains("did not answer within 500ms"), "{err}");
     // One timeout, not one per object.
@@ -768,7 +799,10 @@ async fn an_unreachable_server_is_a_transient_error_within_the_timeout() {
     server.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
-    let err = exec.apply(&w, &[]).await.expect_err("server down");
+    let err = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect_err("server down");
     assert_eq!(err.kind, ExecErrorKind::Transient, "{err}");
     assert!(
         err.message.contains("Kubernetes API at http://127.0.0.1:"),
@@ -782,7 +816,7 @@ async fn an_unreachable_server_is_a_transient_error_within_the_timeout() {
     let err = exec
         .remove(
             "web",
-            &[oref("v1", "ConfigMap", Some("default"), "a")],
+            &Managed::created(vec![oref("v1", "ConfigMap", Some("default"), "a")]),
             false,
         )
         .await

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tether_agent::desired::{accept_removal, accept_update};
 use tether_agent::executor::memory::MemoryExecutor;
-use tether_agent::executor::{ApplyReport, ExecError, Executor};
+use tether_agent::executor::{ApplyReport, ExecError, Executor, Managed};
 use tether_agent::reconcile::{Reconciler, Signals};
-use tether_protocol::work::ObjectRef;
 use tether_protocol::{bundle, WorkRemove, WorkUpdate};
 use tether_store::agent::DesiredWork;
 use tether_store::Store;
@@ -24,7 +23,7 @@ impl Executor for WithdrawnDuringApply {
     async fn apply(
         &self,
         work: &DesiredWork,
-        previous: &[ObjectRef],
+        previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
         let report = self.cluster.apply(work, previous).await;
         accept_removal(
@@ -38,13 +37,8 @@ impl Executor for WithdrawnDuringApply {
         report
     }
 
-    async fn remove(
-        &self,
-        work: &str,
-        inventory: &[ObjectRef],
-        orphan: bool,
-    ) -> Result<(), ExecError> {
-        self.cluster.remove(work, inventory, orphan).await
+    async fn remove(&self, work: &str, managed: &Managed, orphan: bool) -> Result<(), ExecError> {
+        self.cluster.remove(work, managed, orphan).await
     }
 
     fn describe(&self) -> String {

@@ -37,6 +37,14 @@ pub fn validate_cluster_name(name: &str) -> Result<(), NameError> {
     }
 }
 
+/// Work names: the rule the hub applies to `metadata.name` (`work::validate`), a DNS-1123
+/// label. The agent applies it to every work name that arrives from the network before the
+/// name reaches its store or an executor, because executors build file names and label
+/// selectors from it: this rule excludes `/`, `.`, `..`, whitespace and control characters.
+pub fn validate_work_name(name: &str) -> Result<(), NameError> {
+    validate_cluster_name(name)
+}
+
 pub fn validate_labels(labels: &Labels) -> Result<(), NameError> {
     if labels.len() > MAX_LABELS {
         return Err(NameError::TooManyLabels(labels.len()));

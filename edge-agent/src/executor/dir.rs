@@ -1,12 +1,15 @@
 //! Writes each work's manifests atomically as `tether-<work>.yaml` into a directory: exactly
 //! what k3s's auto-deploy folder (`/var/lib/rancher/k3s/server/manifests`) consumes.
 //!
-//! Files not named `tether-*.yaml` are never touched.
+//! Files not named `tether-*.yaml` are never touched. A path is only ever built from a name
+//! that passed [`validate_work_name`] (no `/`, no `.`, no control characters), so it is one
+//! file directly in the folder; whatever already sits there under that name (a symlink, a
+//! FIFO, a device) is replaced by the rename, never read through or written through.
 
-use super::{condition, refs_of, ApplyReport, ExecError, Executor};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use tether_protocol::work::ObjectRef;
+use super::{condition, refs_of, ApplyReport, ExecError, Executor, Managed};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use tether_protocol::names::validate_work_name;
 use tether_protocol::ResourceStatus;
 use tether_store::agent::DesiredWork;
 
@@ -22,27 +25,145 @@ impl DirExecutor {
         Ok(Self { dir })
     }
 
-    pub fn file_for(&self, work: &str) -> PathBuf {
-        self.dir.join(format!("tether-{work}.yaml"))
+    /// The work's file: always a single file name directly inside the folder.
+    pub fn file_for(&self, work: &str) -> Result<PathBuf, ExecError> {
+        validate_work_name(work)
+            .map_err(|e| ExecError::invalid(format!("work name {work:?} refused: {e}")))?;
+        let file = format!("tether-{work}.yaml");
+        // The name rule already guarantees this; a rule change must not reopen the hole.
+        let mut components = Path::new(&file).components();
+        if !matches!(
+            (components.next(), components.next()),
+            (Some(Component::Normal(_)), None)
+        ) {
+            return Err(ExecError::invalid(format!(
+                "work name {work:?} does not make a plain file name"
+            )));
+        }
+        Ok(self.dir.join(file))
     }
+}
+
+/// Largest YAML file the executor writes for one work (and holds in memory while writing).
+/// 64 MiB is twice the largest bundle's CBOR; real bundles render to a few MB.
+pub const MAX_RENDERED_BYTES: usize = 64 * 1024 * 1024;
+
+/// A writer that fails instead of growing past `max`.
+struct Capped<W> {
+    inner: W,
+    written: usize,
+    max: usize,
+    exceeded: bool,
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() > self.max {
+            self.exceeded = true;
+            return Err(std::io::Error::other(RenderTooLarge(self.max)));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the manifests render to more than {0} bytes of YAML")]
+pub struct RenderTooLarge(pub usize);
+
+/// Why manifests cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    TooLarge(#[from] RenderTooLarge),
+    #[error("rendering YAML: {0}")]
+    Yaml(String),
+}
+
+fn render_into<W: Write>(
+    out: W,
+    header: &str,
+    manifests: &[serde_json::Value],
+    max: usize,
+) -> Result<usize, RenderError> {
+    let mut out = Capped {
+        inner: out,
+        written: 0,
+        max,
+        exceeded: false,
+    };
+    // The YAML serializer wraps our writer's error; the writer itself says whether it was the cap.
+    let fail = |out: &Capped<W>, e: &dyn std::fmt::Display| {
+        if out.exceeded {
+            RenderError::TooLarge(RenderTooLarge(max))
+        } else {
+            RenderError::Yaml(e.to_string())
+        }
+    };
+    if let Err(e) = out.write_all(header.as_bytes()) {
+        return Err(fail(&out, &e));
+    }
+    for m in manifests {
+        if let Err(e) = out.write_all(b"---\n") {
+            return Err(fail(&out, &e));
+        }
+        if let Err(e) = serde_yaml_ng::to_writer(&mut out, m) {
+            return Err(fail(&out, &e));
+        }
+    }
+    Ok(out.written)
+}
+
+/// Bytes of YAML the manifests render to, counted without keeping them, or why they cannot be
+/// rendered within [`MAX_RENDERED_BYTES`]. The agent checks this when a work is delivered.
+pub fn rendered_len(manifests: &[serde_json::Value]) -> Result<usize, RenderError> {
+    render_into(std::io::sink(), "", manifests, MAX_RENDERED_BYTES)
 }
 
 fn render(work: &DesiredWork) -> Result<String, ExecError> {
-    let mut out = format!(
+    let header = format!(
         "# Managed by tether-agent: work {:?} generation {} ({}). Local edits are reverted.\n",
         work.name, work.generation, work.hash
     );
-    for m in &work.manifests {
-        out.push_str("---\n");
-        let doc = serde_yaml_ng::to_string(m)
-            .map_err(|e| ExecError::invalid(format!("rendering YAML: {e}")))?;
-        out.push_str(&doc);
+    let mut out = Vec::new();
+    render_into(&mut out, &header, &work.manifests, MAX_RENDERED_BYTES)
+        .map_err(|e| ExecError::invalid(e.to_string()))?;
+    String::from_utf8(out).map_err(|e| ExecError::invalid(format!("rendering YAML: {e}")))
+}
+
+/// The file's current content if it is a regular file of at most `max` bytes; `None` for
+/// anything else (missing, a symlink, a FIFO, a directory, too big), which the caller replaces.
+fn read_regular(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() && m.len() <= max as u64 => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     }
-    Ok(out)
+    let file = open_no_follow(path)?;
+    let mut content = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut content)?;
+    Ok((content.len() <= max).then_some(content))
+}
+
+/// Open for reading, and make sure what was opened is still a regular file (not something
+/// swapped in after the metadata check; a FIFO could still block the open, but only someone who
+/// can write the folder can put one there, and that someone controls k3s already).
+fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 /// Write to a temporary file in the same directory, fsync, rename over, fsync the directory:
-/// a reader (k3s) sees the old file or the new one, never half of one.
+/// a reader (k3s) sees the old file or the new one, never half of one. The rename replaces
+/// whatever sits at `path` (a symlink is replaced, not followed).
 fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
@@ -59,12 +180,13 @@ impl Executor for DirExecutor {
     async fn apply(
         &self,
         work: &DesiredWork,
-        _previous: &[ObjectRef],
+        _previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
+        let path = self.file_for(&work.name)?;
         let refs = refs_of(work)?;
         let content = render(work)?;
-        let path = self.file_for(&work.name);
-        let current = std::fs::read(&path).ok();
+        let current = read_regular(&path, content.len())
+            .map_err(|e| ExecError::transient(format!("reading {}: {e}", path.display())))?;
         if current.as_deref() != Some(content.as_bytes()) {
             if current.is_some() {
                 tracing::info!(work = %work.name, file = %path.display(), "file differs from the desired state; rewriting");
@@ -83,6 +205,7 @@ impl Executor for DirExecutor {
                 })
                 .collect(),
             inventory: refs,
+            adopted: Default::default(),
             conditions: vec![condition(
                 "Applied",
                 true,
@@ -93,17 +216,12 @@ impl Executor for DirExecutor {
         })
     }
 
-    async fn remove(
-        &self,
-        work: &str,
-        _inventory: &[ObjectRef],
-        orphan: bool,
-    ) -> Result<(), ExecError> {
+    async fn remove(&self, work: &str, _managed: &Managed, orphan: bool) -> Result<(), ExecError> {
+        let path = self.file_for(work)?;
         if orphan {
             // The file stays where it is; Tether simply stops rewriting it.
             return Ok(());
         }
-        let path = self.file_for(work);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -6,8 +6,15 @@
 //! annotation `tether.dev/generation=<generation>`. The inventory (kept by the reconciler in
 //! redb) says *where* to look; the label says *what is ours*: pruning and removal only touch
 //! objects that still carry our label for this work.
+//!
+//! Created or adopted: an object that did not exist when the work first applied it was
+//! created by Tether and is deleted when it leaves the work or the work is removed. One that
+//! existed already (the cluster's own `coredns`, say) was adopted: it is released instead,
+//! meaning Tether's label, annotation and `managedFields` entry are removed with one merge patch
+//! (guarded by `resourceVersion`) and every value stays. The manifest annotation
+//! `tether.dev/on-removal: delete|release` overrides this per object.
 
-use super::{condition, ApplyReport, ExecError, Executor};
+use super::{condition, ApplyReport, ExecError, Executor, Managed};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
@@ -16,7 +23,7 @@ use kube::api::{
 use kube::core::Status;
 use kube::{Client, Config};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,6 +37,12 @@ pub const FIELD_MANAGER: &str = "tether-agent";
 pub const WORK_LABEL: &str = "tether.dev/work";
 /// Annotation with the work generation that last applied an object.
 pub const GENERATION_ANNOTATION: &str = "tether.dev/generation";
+/// In a manifest, overrides what removal and pruning do with the object: `delete` deletes it
+/// even if adopted, `release` releases it even if Tether created it (or an inventory from
+/// before adoption records says so).
+pub const ON_REMOVAL_ANNOTATION: &str = "tether.dev/on-removal";
+/// Attempts at releasing an object that keeps changing under us (resourceVersion conflicts).
+const RELEASE_ATTEMPTS: usize = 3;
 /// Longest any single request to the API server may take (connect included).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,6 +81,16 @@ pub struct KubeExecutor {
     request_timeout: Duration,
     /// apiVersion -> kinds served there (refreshed when a kind is missing).
     discovery: Mutex<HashMap<String, HashMap<String, Resolved>>>,
+    /// Work -> how each object it applied came to be managed, as found by this process. The
+    /// durable record is the reconciler's (from [`ApplyReport::adopted`]); this one covers
+    /// passes that failed after applying some objects, which report nothing.
+    origins: Mutex<HashMap<String, BTreeMap<ObjectRef, Origin>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Created,
+    Adopted,
 }
 
 impl KubeExecutor {
@@ -111,6 +134,7 @@ impl KubeExecutor {
             cluster_url,
             request_timeout,
             discovery: Mutex::new(HashMap::new()),
+            origins: Mutex::new(HashMap::new()),
         })
     }
 
@@ -251,6 +275,109 @@ impl KubeExecutor {
         }
     }
 
+    fn remembered(&self, work: &str, r: &ObjectRef) -> Option<Origin> {
+        let origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        origins.get(work)?.get(r).copied()
+    }
+
+    fn remember(&self, work: &str, r: &ObjectRef, origin: Origin) {
+        self.origins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(work.to_string())
+            .or_default()
+            .insert(r.clone(), origin);
+    }
+
+    /// Whether Tether created `r` or adopted it. Known objects keep what was recorded; an
+    /// object this work never applied is adopted if it exists before the first apply (one GET,
+    /// once per object).
+    async fn origin(
+        &self,
+        work: &str,
+        r: &ObjectRef,
+        resolved: &Resolved,
+        previous: &Managed,
+        previous_inventory: &BTreeSet<ObjectRef>,
+    ) -> Result<Origin, CallOutcome> {
+        if previous.adopted.contains(r) {
+            return Ok(Origin::Adopted);
+        }
+        if let Some(o) = self.remembered(work, r) {
+            return Ok(o);
+        }
+        if previous_inventory.contains(r) {
+            return Ok(Origin::Created);
+        }
+        let api = self.api(resolved, r.namespace.as_deref());
+        let origin = match self.call(api.get_opt(&r.name)).await {
+            Ok(Some(_)) => Origin::Adopted,
+            Ok(None) => Origin::Created,
+            Err(CallError::Unreachable(m)) => return Err(CallOutcome::Unreachable(m)),
+            Err(CallError::Api(s)) => {
+                return Err(CallOutcome::Failed(ExecError::transient(format!(
+                    "reading {r} before applying it: {}",
+                    status_text(&s)
+                ))))
+            }
+        };
+        self.remember(work, r, origin);
+        Ok(origin)
+    }
+
+    /// Give an adopted object back: drop Tether's label, annotation and field manager in one
+    /// merge patch, keeping every value. `managedFields` in a patch replaces the list (the
+    /// documented way to change it; `[{}]` clears it, `[]` would change nothing), and the
+    /// object's `resourceVersion` makes the patch fail rather than overwrite a concurrent change
+    /// to that list. Returns `false` if the object is gone or no longer ours.
+    async fn release(
+        &self,
+        api: &Api<DynamicObject>,
+        work: &str,
+        mut obj: DynamicObject,
+    ) -> Result<bool, CallError> {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        for attempt in 1..=RELEASE_ATTEMPTS {
+            let mut others: Vec<Value> = obj
+                .metadata
+                .managed_fields
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.manager.as_deref() != Some(FIELD_MANAGER))
+                .filter_map(|e| serde_json::to_value(e).ok())
+                .collect();
+            if others.is_empty() {
+                others.push(json!({}));
+            }
+            let release = json!({"metadata": {
+                "resourceVersion": obj.metadata.resource_version,
+                "managedFields": others,
+                "labels": {WORK_LABEL: null},
+                "annotations": {GENERATION_ANNOTATION: null},
+            }});
+            match self
+                .call(api.patch(&name, &params, &Patch::Merge(&release)))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(CallError::Api(s)) if s.code == 404 => return Ok(false),
+                Err(CallError::Api(s)) if s.code == 409 && attempt < RELEASE_ATTEMPTS => {
+                    obj = match self.call(api.get_opt(&name)).await? {
+                        Some(o) if labelled_for(&o, work) => o,
+                        _ => return Ok(false),
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
     async fn apply_one(
         &self,
         work: &DesiredWork,
@@ -288,6 +415,7 @@ impl KubeExecutor {
         refs: &[ObjectRef],
         keep: &BTreeSet<ObjectRef>,
         orphan: bool,
+        adopted: &BTreeSet<ObjectRef>,
     ) -> Result<Vec<ObjectRef>, ExecError> {
         // (apiVersion, kind, namespace) groups; namespaces go last so their content goes first.
         let groups: BTreeSet<(u8, String, String, Option<String>)> = refs
@@ -344,44 +472,46 @@ impl KubeExecutor {
                     name,
                 };
                 // Belt and braces: the server filtered by label, but never act on a mismatch.
-                let labelled = obj
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(WORK_LABEL))
-                    .is_some_and(|w| w == work);
-                if keep.contains(&r) || !labelled {
+                if keep.contains(&r) || !labelled_for(&obj, work) {
                     continue;
                 }
-                let api = self.api(&resolved, r.namespace.as_deref());
-                let result = if orphan {
-                    let release = json!({"metadata": {
-                        "labels": {WORK_LABEL: null},
-                        "annotations": {GENERATION_ANNOTATION: null},
-                    }});
-                    let params = PatchParams {
-                        field_manager: Some(FIELD_MANAGER.into()),
-                        ..PatchParams::default()
+                let was_adopted =
+                    adopted.contains(&r) || self.remembered(work, &r) == Some(Origin::Adopted);
+                let policy = obj
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ON_REMOVAL_ANNOTATION))
+                    .map(String::as_str);
+                let release = orphan
+                    || match policy {
+                        Some("delete") => false,
+                        Some("release") => true,
+                        _ => was_adopted,
                     };
-                    self.call(api.patch(&r.name, &params, &Patch::Merge(&release)))
-                        .await
-                        .map(|_| ())
+                let api = self.api(&resolved, r.namespace.as_deref());
+                let outcome = if release {
+                    self.release(&api, work, obj).await
                 } else {
                     let dp = DeleteParams::background().preconditions(Preconditions {
                         uid: obj.metadata.uid.clone(),
                         resource_version: None,
                     });
-                    self.call(api.delete(&r.name, &dp)).await.map(|_| ())
+                    match self.call(api.delete(&r.name, &dp)).await {
+                        Ok(_) => Ok(true),
+                        // Gone already, or replaced by a new object (uid precondition): not ours.
+                        Err(CallError::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+                        Err(e) => Err(e),
+                    }
                 };
-                match result {
-                    Ok(()) => {
-                        tracing::info!(work, object = %r, orphan, "{}", if orphan { "released" } else { "deleted" });
+                match outcome {
+                    Ok(true) => {
+                        tracing::info!(work, object = %r, orphan, adopted = was_adopted, "{}", if release { "released" } else { "deleted" });
                         touched.push(r);
                     }
-                    // Gone already, or replaced by a new object (uid precondition): not ours.
-                    Err(CallError::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Ok(false) => {}
                     Err(e) => {
-                        let verb = if orphan { "releasing" } else { "deleting" };
+                        let verb = if release { "releasing" } else { "deleting" };
                         return Err(call_failed(&format!("{verb} {r}"), e));
                     }
                 }
@@ -389,6 +519,15 @@ impl KubeExecutor {
         }
         Ok(touched)
     }
+}
+
+/// Whether an object carries this work's ownership label.
+fn labelled_for(obj: &DynamicObject, work: &str) -> bool {
+    obj.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(WORK_LABEL))
+        .is_some_and(|w| w == work)
 }
 
 /// A per-object failure, or a sign that the cluster cannot be reached at all.
@@ -746,11 +885,21 @@ impl Executor for KubeExecutor {
     async fn apply(
         &self,
         work: &DesiredWork,
-        previous: &[ObjectRef],
+        previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
         let refs = super::refs_of(work)?;
         let mut order: Vec<usize> = (0..refs.len()).collect();
         order.sort_by_key(|&i| apply_rank(&refs[i]));
+        // The previous inventory as real identities (an inventory written by the dir executor
+        // has no namespaces), for telling known objects from new ones and for pruning.
+        let mut previous_inventory = BTreeSet::new();
+        for old in &previous.inventory {
+            previous_inventory.insert(match self.resolve(&old.api_version, &old.kind).await {
+                Ok(res) => self.effective(old, &res),
+                Err(_) => old.clone(),
+            });
+        }
+        let mut origins: Vec<Option<Origin>> = vec![None; refs.len()];
 
         let mut inventory: Vec<Option<ObjectRef>> = vec![None; refs.len()];
         let mut states: Vec<Option<Readiness>> = vec![None; refs.len()];
@@ -768,6 +917,17 @@ impl Executor for KubeExecutor {
                 }
             };
             let r = self.effective(&refs[i], &resolved);
+            match self
+                .origin(&work.name, &r, &resolved, previous, &previous_inventory)
+                .await
+            {
+                Ok(o) => origins[i] = Some(o),
+                Err(CallOutcome::Unreachable(m)) => return Err(ExecError::transient(m)),
+                Err(CallOutcome::Failed(e)) => {
+                    failures.push(e);
+                    continue;
+                }
+            }
             match self
                 .apply_one(work, &r, &resolved, &work.manifests[i])
                 .await
@@ -809,22 +969,23 @@ impl Executor for KubeExecutor {
             // Nothing is pruned until every object applied: the old inventory stays in force.
             return Err(ExecError { kind, message });
         }
+        let adopted: BTreeSet<ObjectRef> = inventory
+            .iter()
+            .zip(&origins)
+            .filter(|(_, o)| **o == Some(Origin::Adopted))
+            .filter_map(|(r, _)| r.clone())
+            .collect();
         let inventory: Vec<ObjectRef> = inventory.into_iter().flatten().collect();
 
         // Pruning: what the last inventory had and the work no longer has.
         let keep: BTreeSet<ObjectRef> = inventory.iter().cloned().collect();
-        let mut stale = Vec::new();
-        for old in previous {
-            let normalized = match self.resolve(&old.api_version, &old.kind).await {
-                Ok(res) => self.effective(old, &res),
-                Err(_) => old.clone(),
-            };
-            if !keep.contains(&normalized) {
-                stale.push(normalized);
-            }
-        }
+        let stale: Vec<ObjectRef> = previous_inventory
+            .into_iter()
+            .filter(|old| !keep.contains(old))
+            .collect();
         if !stale.is_empty() {
-            self.sweep(&work.name, &stale, &keep, false).await?;
+            self.sweep(&work.name, &stale, &keep, false, &previous.adopted)
+                .await?;
         }
 
         let mut degraded = Vec::new();
@@ -852,20 +1013,26 @@ impl Executor for KubeExecutor {
         Ok(ApplyReport {
             conditions: work_conditions(inventory.len(), &resources, &degraded),
             inventory,
+            adopted,
             resources,
             readiness_known: true,
         })
     }
 
-    async fn remove(
-        &self,
-        work: &str,
-        inventory: &[ObjectRef],
-        orphan: bool,
-    ) -> Result<(), ExecError> {
-        self.sweep(work, inventory, &BTreeSet::new(), orphan)
-            .await
-            .map(|_| ())
+    async fn remove(&self, work: &str, managed: &Managed, orphan: bool) -> Result<(), ExecError> {
+        self.sweep(
+            work,
+            &managed.inventory,
+            &BTreeSet::new(),
+            orphan,
+            &managed.adopted,
+        )
+        .await?;
+        self.origins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(work);
+        Ok(())
     }
 
     fn describe(&self) -> String {

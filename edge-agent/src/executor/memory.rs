@@ -3,7 +3,7 @@
 //! A manifest annotated `tether.dev/simulate-failure: "<message>"` fails to apply, so rollout
 //! and failure-budget behaviour can be exercised without a cluster.
 
-use super::{condition, refs_of, ApplyReport, ExecError, Executor};
+use super::{condition, refs_of, ApplyReport, ExecError, Executor, Managed};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -58,7 +58,7 @@ impl Executor for MemoryExecutor {
     async fn apply(
         &self,
         work: &DesiredWork,
-        previous: &[ObjectRef],
+        previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
         let refs = refs_of(work)?;
         for m in &work.manifests {
@@ -79,7 +79,7 @@ impl Executor for MemoryExecutor {
             }
         }
         let keep: BTreeSet<&ObjectRef> = refs.iter().collect();
-        for old in previous.iter().filter(|o| !keep.contains(o)) {
+        for old in previous.inventory.iter().filter(|o| !keep.contains(o)) {
             changed |= c.objects.remove(old).is_some();
         }
         if changed {
@@ -95,20 +95,16 @@ impl Executor for MemoryExecutor {
                 })
                 .collect(),
             inventory: refs,
+            adopted: Default::default(),
             conditions: vec![condition("Applied", true, "Applied", "")],
             readiness_known: true,
         })
     }
 
-    async fn remove(
-        &self,
-        _work: &str,
-        inventory: &[ObjectRef],
-        orphan: bool,
-    ) -> Result<(), ExecError> {
+    async fn remove(&self, _work: &str, managed: &Managed, orphan: bool) -> Result<(), ExecError> {
         if !orphan {
             let mut c = self.lock();
-            for r in inventory {
+            for r in &managed.inventory {
                 c.objects.remove(r);
             }
         }

@@ -2,26 +2,60 @@
 //!
 //! The reconciler calls them on every pass, whether or not the hub is reachable, so `apply`
 //! must be idempotent and must correct drift. Each reports the objects it manages (the
-//! inventory) so that removal and pruning act only on what Tether created.
+//! inventory), and which of them it adopted (they existed before Tether first applied them), so
+//! that removal and pruning delete only what Tether created and release the rest.
 
 pub mod dir;
 pub mod kube;
 pub mod memory;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use tether_protocol::work::ObjectRef;
 use tether_protocol::{Condition, ResourceStatus};
 use tether_store::agent::DesiredWork;
+
+/// What Tether manages for one work, as recorded after its last successful apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Managed {
+    pub inventory: Vec<ObjectRef>,
+    /// Those of `inventory` that existed before Tether first applied them. Removal and pruning
+    /// release these (Tether's marks and field ownership go, the object stays) instead of
+    /// deleting them. Inventory entries not listed here were created by Tether.
+    pub adopted: BTreeSet<ObjectRef>,
+}
+
+impl Managed {
+    /// Objects all created by Tether (what an inventory without adoption records means).
+    pub fn created(inventory: Vec<ObjectRef>) -> Self {
+        Self {
+            inventory,
+            adopted: BTreeSet::new(),
+        }
+    }
+}
 
 /// Outcome of a successful apply.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ApplyReport {
     /// Every object the work now manages in the cluster.
     pub inventory: Vec<ObjectRef>,
+    /// Those of `inventory` that Tether adopted rather than created (see [`Managed::adopted`]).
+    pub adopted: BTreeSet<ObjectRef>,
     pub resources: Vec<ResourceStatus>,
     pub conditions: Vec<Condition>,
     /// Whether the executor can observe readiness at all (a directory cannot).
     pub readiness_known: bool,
+}
+
+impl ApplyReport {
+    /// What the work manages now, for the next apply or the removal.
+    pub fn managed(&self) -> Managed {
+        Managed {
+            inventory: self.inventory.clone(),
+            adopted: self.adopted.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,14 +108,15 @@ pub trait Executor: Send + Sync + 'static {
     fn apply(
         &self,
         work: &DesiredWork,
-        previous: &[ObjectRef],
+        previous: &Managed,
     ) -> impl Future<Output = Result<ApplyReport, ExecError>> + Send;
 
-    /// Stop managing a work: delete its objects, or leave them (`orphan`).
+    /// Stop managing a work: delete the objects it created and release those it adopted, or
+    /// release them all (`orphan`).
     fn remove(
         &self,
         work: &str,
-        inventory: &[ObjectRef],
+        managed: &Managed,
         orphan: bool,
     ) -> impl Future<Output = Result<(), ExecError>> + Send;
 
@@ -94,6 +129,8 @@ pub trait Executor: Send + Sync + 'static {
 }
 
 /// The executor chosen on the command line.
+// One executor per process, built once and shared behind an Arc: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyExecutor {
     Memory(memory::MemoryExecutor),
     Dir(dir::DirExecutor),
@@ -104,7 +141,7 @@ impl Executor for AnyExecutor {
     async fn apply(
         &self,
         work: &DesiredWork,
-        previous: &[ObjectRef],
+        previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
         match self {
             AnyExecutor::Memory(e) => e.apply(work, previous).await,
@@ -113,16 +150,11 @@ impl Executor for AnyExecutor {
         }
     }
 
-    async fn remove(
-        &self,
-        work: &str,
-        inventory: &[ObjectRef],
-        orphan: bool,
-    ) -> Result<(), ExecError> {
+    async fn remove(&self, work: &str, managed: &Managed, orphan: bool) -> Result<(), ExecError> {
         match self {
-            AnyExecutor::Memory(e) => e.remove(work, inventory, orphan).await,
-            AnyExecutor::Dir(e) => e.remove(work, inventory, orphan).await,
-            AnyExecutor::Kube(e) => e.remove(work, inventory, orphan).await,
+            AnyExecutor::Memory(e) => e.remove(work, managed, orphan).await,
+            AnyExecutor::Dir(e) => e.remove(work, managed, orphan).await,
+            AnyExecutor::Kube(e) => e.remove(work, managed, orphan).await,
         }
     }
 
@@ -142,14 +174,36 @@ impl Executor for AnyExecutor {
     }
 }
 
+/// The identity of one manifest, with a name and namespace usable as URL path segments
+/// (Kubernetes' rule for every name: not `.` or `..`, no `/` or `%`). The kube executor puts
+/// them into request paths, so `../../secrets/x` must never get that far.
+pub fn object_ref(manifest: &serde_json::Value) -> Result<ObjectRef, String> {
+    let r = ObjectRef::of(manifest)?;
+    let segment = |what: &str, s: &str| {
+        if s == "." || s == ".." || s.contains(['/', '%']) || s.chars().any(char::is_control) {
+            Err(format!(
+                "{what} {s:?} is not a valid path segment (no '/', '%', control characters, '.' or '..')"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    segment("metadata.name", &r.name)?;
+    if let Some(ns) = &r.namespace {
+        if ns.is_empty() || ns.len() > 63 {
+            return Err(format!("metadata.namespace {ns:?} must be 1-63 characters"));
+        }
+        segment("metadata.namespace", ns)?;
+    }
+    Ok(r)
+}
+
 /// Object identities of a bundle, in manifest order.
 pub fn refs_of(work: &DesiredWork) -> Result<Vec<ObjectRef>, ExecError> {
     work.manifests
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            ObjectRef::of(m).map_err(|e| ExecError::invalid(format!("manifest {i}: {e}")))
-        })
+        .map(|(i, m)| object_ref(m).map_err(|e| ExecError::invalid(format!("manifest {i}: {e}"))))
         .collect()
 }
 

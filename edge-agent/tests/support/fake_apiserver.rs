@@ -107,6 +107,72 @@ struct Stored {
     object: Value,
     /// Leaf field -> managers that own it.
     owners: BTreeMap<FieldPath, BTreeSet<String>>,
+    /// Managers whose ownership came from server-side apply (their `managedFields` entries say
+    /// `Apply`; the others say `Update`).
+    appliers: BTreeSet<String>,
+}
+
+impl Stored {
+    /// The object as the API returns it: with `metadata.managedFields`, one `FieldsV1` entry
+    /// per manager (the real server splits a manager's entries by operation and subresource;
+    /// the executor only looks at `manager`).
+    fn shown(&self) -> Value {
+        let mut per_manager: BTreeMap<&str, Value> = BTreeMap::new();
+        for (path, managers) in &self.owners {
+            for m in managers {
+                let mut node = per_manager.entry(m.as_str()).or_insert_with(|| json!({}));
+                for seg in path {
+                    node = node
+                        .as_object_mut()
+                        .map(|o| o.entry(format!("f:{seg}")).or_insert_with(|| json!({})))
+                        .expect("field sets are objects");
+                }
+            }
+        }
+        let api_version = self.object["apiVersion"].clone();
+        let entries: Vec<Value> = per_manager
+            .into_iter()
+            .map(|(m, fields)| {
+                json!({
+                    "manager": m,
+                    "operation": if self.appliers.contains(m) { "Apply" } else { "Update" },
+                    "apiVersion": api_version,
+                    "time": "2026-01-01T00:00:00Z",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": fields,
+                })
+            })
+            .collect();
+        let mut o = self.object.clone();
+        if !entries.is_empty() {
+            o["metadata"]["managedFields"] = Value::Array(entries);
+        }
+        o
+    }
+
+    /// `metadata.managedFields` set by a client in an update: managers it leaves out lose
+    /// their fields (the values stay). As documented for the real server, an empty list
+    /// changes nothing, and a list of one empty entry (`[{}]`) clears every manager.
+    /// Returns whether any ownership changed.
+    fn set_managers(&mut self, list: &Value) -> Result<bool, Failure> {
+        let Some(entries) = list.as_array() else {
+            return Err(bad_request("metadata.managedFields must be a list"));
+        };
+        if entries.is_empty() {
+            return Ok(false);
+        }
+        let before = (self.owners.clone(), self.appliers.clone());
+        let keep: BTreeSet<&str> = entries
+            .iter()
+            .filter_map(|e| e.get("manager").and_then(Value::as_str))
+            .collect();
+        self.owners.retain(|_, o| {
+            o.retain(|m| keep.contains(m.as_str()));
+            !o.is_empty()
+        });
+        self.appliers.retain(|m| keep.contains(m.as_str()));
+        Ok(before != (self.owners.clone(), self.appliers.clone()))
+    }
 }
 
 #[derive(Default)]
@@ -466,6 +532,7 @@ impl State {
                 Stored {
                     object: json!({"apiVersion": k.api_version(), "kind": k.kind, "metadata": metadata}),
                     owners: BTreeMap::new(),
+                    appliers: BTreeSet::new(),
                 },
             );
         }
@@ -550,11 +617,12 @@ impl State {
             owners.insert(manager.to_string());
             set_at(&mut stored.object, &path, value);
         }
+        stored.appliers.insert(manager.to_string());
         self.finish(&key, &before, created);
         let object = self
             .objects
             .get(&key)
-            .map(|s| s.object.clone())
+            .map(Stored::shown)
             .unwrap_or(Value::Null);
         Ok((
             if created {
@@ -597,7 +665,7 @@ impl State {
         Ok(self
             .objects
             .get(&key)
-            .map(|s| s.object.clone())
+            .map(Stored::shown)
             .unwrap_or(Value::Null))
     }
 
@@ -694,10 +762,10 @@ impl State {
             .map(|(_, s)| {
                 if metadata_only {
                     json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                           "metadata": s.object["metadata"].clone()})
+                           "metadata": s.shown()["metadata"].clone()})
                 } else {
                     // Items of a typed list carry no apiVersion/kind.
-                    let mut o = s.object.clone();
+                    let mut o = s.shown();
                     if let Some(m) = o.as_object_mut() {
                         m.remove("apiVersion");
                         m.remove("kind");
@@ -897,7 +965,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
         }
         Route::Object(k, ns, name) if method == Method::GET => {
             match s.objects.get(&State::key(k, ns.as_deref(), &name)) {
-                Some(o) => respond(StatusCode::OK, &o.object),
+                Some(o) => respond(StatusCode::OK, &o.shown()),
                 None => failure(not_found(k, &name)),
             }
         }
@@ -926,7 +994,39 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
                     .cloned()
                     .unwrap_or_else(|| "unknown".into());
                 let has_status = k.status;
-                match s.update(k, ns.as_deref(), &name, &manager, |o| {
+                // `metadata.resourceVersion` in a patch is a precondition; `managedFields` sets
+                // the managers (see `Stored::set_managers`). Neither is merged as a value.
+                let mut patch = patch;
+                let meta = patch.get_mut("metadata").and_then(Value::as_object_mut);
+                let (want_rv, managers) = match meta {
+                    Some(m) => (m.remove("resourceVersion"), m.remove("managedFields")),
+                    None => (None, None),
+                };
+                let key = State::key(k, ns.as_deref(), &name);
+                let Some(stored) = s.objects.get_mut(&key) else {
+                    return failure(not_found(k, &name));
+                };
+                if let Some(want) = want_rv {
+                    if stored.object.pointer("/metadata/resourceVersion") != Some(&want) {
+                        return failure(status_body(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            &format!(
+                                "Operation cannot be fulfilled on {}{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                                k.plural,
+                                group_suffix(k)
+                            ),
+                            json!({"name": name, "group": k.group, "kind": k.plural}),
+                        ));
+                    }
+                }
+                let managers_changed = match managers.map(|l| stored.set_managers(&l)) {
+                    Some(Ok(changed)) => changed,
+                    Some(Err(f)) => return failure(f),
+                    None => false,
+                };
+                let rv_before = stored.object.pointer("/metadata/resourceVersion").cloned();
+                let result = s.update(k, ns.as_deref(), &name, &manager, |o| {
                     let saved = o.get("status").cloned();
                     merge_patch(o, &patch);
                     if has_status {
@@ -939,8 +1039,23 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
                             }
                         }
                     }
-                }) {
-                    Ok(obj) => respond(StatusCode::OK, &obj),
+                });
+                // Changing only the managers is a write too: a new resourceVersion.
+                let unchanged = s.objects.get(&key).is_some_and(|o| {
+                    o.object.pointer("/metadata/resourceVersion") == rv_before.as_ref()
+                });
+                if managers_changed && unchanged {
+                    let rv = s.bump();
+                    s.writes += 1;
+                    if let Some(o) = s.objects.get_mut(&key) {
+                        o.object["metadata"]["resourceVersion"] = json!(rv);
+                    }
+                }
+                match result {
+                    Ok(_) => match s.objects.get(&key) {
+                        Some(o) => respond(StatusCode::OK, &o.shown()),
+                        None => failure(not_found(k, &name)),
+                    },
                     Err(f) => failure(f),
                 }
             } else {
@@ -1108,6 +1223,9 @@ impl FakeApiServer {
         // Created with apply semantics, then ownership recorded as an update.
         if let Err(Failure(code, body)) = s.apply(k, ns, &name, "kubectl-create", true, &config) {
             panic!("creating {kind} {name}: {code} {body}");
+        }
+        if let Some(stored) = s.objects.get_mut(&State::key(k, ns, &name)) {
+            stored.appliers.remove("kubectl-create");
         }
     }
 
