@@ -28,13 +28,9 @@ pub async fn record_inventory(
     cluster: &str,
     held: &BTreeMap<String, HeldWork>,
 ) -> Result<usize, crate::committer::CommitError> {
-    let selected = crate::scope::of(
-        &state.works.snapshot(),
-        &state.decisions.snapshot(),
-        cluster,
-        held.keys().map(String::as_str),
-    )
-    .selected;
+    let selected = state
+        .scope_of(cluster, held.keys().map(String::as_str))
+        .selected;
     let cluster = cluster.to_string();
     let held = held.clone();
     let now = now_ms();

@@ -205,6 +205,25 @@ impl HubState {
         }
     }
 
+    /// What the hub knows and selects for `cluster` of the works `names` (see `scope`).
+    pub(crate) fn scope_of<'a>(
+        &self,
+        cluster: &str,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> crate::scope::Scope {
+        let works = self.works.snapshot();
+        let decisions = self.decisions.snapshot();
+        crate::scope::of(
+            names,
+            |n| works.contains_key(n),
+            |n| {
+                decisions
+                    .get(n)
+                    .is_some_and(|d| d.selected.contains_key(cluster))
+            },
+        )
+    }
+
     /// After an admin revoked a cluster (the revocation is committed): cut every connection of
     /// it, registered or still before Hello, and stop tracking its health.
     pub fn enforce_revocation(&self, revocation: &Revocation, code: u32, why: &str) -> bool {

@@ -6,10 +6,7 @@
 //! else is dropped and counted: a fake status for another cluster's singleton must not block
 //! it, and invented work names must not grow the store.
 
-use crate::controller::WorkDecision;
-use crate::works::WorkMap;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 
 /// For the works named in one message from one cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,21 +17,28 @@ pub struct Scope {
     pub selected: BTreeSet<String>,
 }
 
+/// Sort `names` by what the hub knows (`known`) and selects for the cluster (`selected`).
 pub fn of<'a>(
-    works: &WorkMap,
-    decisions: &BTreeMap<String, Arc<WorkDecision>>,
-    cluster: &str,
     names: impl IntoIterator<Item = &'a str>,
+    known: impl Fn(&str) -> bool,
+    selected: impl Fn(&str) -> bool,
 ) -> Scope {
     let mut scope = Scope::default();
-    for name in names.into_iter().filter(|n| works.contains_key(*n)) {
-        if decisions
-            .get(name)
-            .is_some_and(|d| d.selected.contains_key(cluster))
-        {
+    for name in names.into_iter().filter(|n| known(n)) {
+        if selected(name) {
             scope.selected.insert(name.to_string());
         }
         scope.known.insert(name.to_string());
     }
     scope
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_known_works_can_be_selected() {
+        let s = super::of(["a", "b", "c"], |n| n != "c", |n| n == "a" || n == "c");
+        assert_eq!(s.known.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(s.selected.into_iter().collect::<Vec<_>>(), ["a"]);
+    }
 }

@@ -688,9 +688,7 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
             );
         }
     }
-    let scope = crate::scope::of(
-        &state.works.snapshot(),
-        &state.decisions.snapshot(),
+    let scope = state.scope_of(
         cluster,
         batch.entries.iter().map(|e| e.status.work.as_str()),
     );
