@@ -590,6 +590,7 @@ pub fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView {
         name: rec.name,
         labels: rec.labels,
         facts: rec.facts,
+        pins: rec.pins,
         conditions: rec.conditions,
         joined_at_ms: rec.joined_at_ms,
         cert_serial: rec.cert_serial,
@@ -721,6 +722,17 @@ async fn route(
                     session_closed,
                 },
             ))
+        }
+        (&Method::POST, ["v1", "clusters", name, "facts"]) => {
+            let body: crate::api::PinFactsRequest = read_json(req).await?;
+            let n = name.to_string();
+            let rec = in_blocking(state, move |s| {
+                s.registry.pin_facts(&n, &body, "admin", now_ms())
+            })
+            .await?;
+            state.decisions_wake.notify_one();
+            tracing::info!(cluster = %name, pins = %crate::facts::describe_pins(&rec.pins), "facts pinned by admin");
+            Ok(json(StatusCode::OK, &cluster_view(state, rec)))
         }
         (&Method::GET, ["v1", "join-requests"]) => {
             let rows =

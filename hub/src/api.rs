@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tether_protocol::{Condition, Facts, Labels};
+pub use tether_store::hub::FactPins;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterView {
@@ -9,7 +10,11 @@ pub struct ClusterView {
     pub state: String,
     pub connected: bool,
     pub labels: Labels,
+    /// As the agent last reported them (clamped).
     pub facts: Facts,
+    /// Facts the hub holds over the agent's reports for placement.
+    #[serde(default)]
+    pub pins: FactPins,
     pub conditions: Vec<Condition>,
     pub last_seen_ms: Option<u64>,
     pub joined_at_ms: u64,
@@ -77,6 +82,27 @@ pub struct CreateTokenRequest {
 pub struct DenyRequest {
     #[serde(default)]
     pub reason: String,
+}
+
+/// `POST /v1/clusters/{name}/facts`: pin facts so placement trusts these over the agent's
+/// reports. Fields left out keep their pin; `unpin` names facts to follow the reports again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PinFactsRequest {
+    #[serde(default)]
+    pub arch: Option<String>,
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub kubernetes_version: Option<String>,
+    /// Pin every fact to what the agent reports now (after the explicit values above).
+    #[serde(default)]
+    pub reported: bool,
+    /// Any of `arch`, `os`, `cpus`, `kubernetes_version`.
+    #[serde(default)]
+    pub unpin: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -229,7 +229,10 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
         .filter(|(_, c)| c.state != ClusterState::Denied)
         .map(|(n, c)| Candidate {
             name: n.clone(),
-            labels: placement::selectable_labels(&c.labels, &c.facts),
+            labels: placement::selectable_labels(
+                &c.labels,
+                &crate::facts::effective(&c.facts, &c.pins),
+            ),
         })
         .collect();
     let mut status: BTreeMap<(String, String), ClusterWorkRecord> = BTreeMap::new();
@@ -324,28 +327,36 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
             .as_ref()
             .and_then(|p| p.replicas.as_ref())
             .map(|div| {
-                let weights = choices
-                    .iter()
-                    .filter(|c| c.selected)
-                    .map(|c| {
-                        let w = match div.divide {
-                            Divide::Capacity => clusters
+                let picked = choices.iter().filter(|c| c.selected);
+                let weights = match div.divide {
+                    Divide::Capacity => {
+                        let claimed: Vec<(String, u32, bool)> = picked
+                            .map(|c| {
+                                let rec = clusters.iter().find(|(n, _)| n == &c.cluster);
+                                let cpus = rec
+                                    .map(|(_, r)| crate::facts::effective(&r.facts, &r.pins).cpus)
+                                    .unwrap_or(1);
+                                let pinned = rec.is_some_and(|(_, r)| r.pins.cpus.is_some());
+                                (c.cluster.clone(), cpus, pinned)
+                            })
+                            .collect();
+                        crate::facts::capacity_weights(&claimed)
+                            .into_iter()
+                            .collect()
+                    }
+                    Divide::Weighted => picked
+                        .map(|c| {
+                            let labels = labels_of(&c.cluster);
+                            let w = div
+                                .weights
                                 .iter()
-                                .find(|(n, _)| n == &c.cluster)
-                                .map(|(_, r)| r.facts.cpus.max(1))
-                                .unwrap_or(1),
-                            Divide::Weighted => {
-                                let labels = labels_of(&c.cluster);
-                                div.weights
-                                    .iter()
-                                    .find(|w| w.selector.matches(&labels))
-                                    .map(|w| w.weight)
-                                    .unwrap_or(1)
-                            }
-                        };
-                        (c.cluster.clone(), w)
-                    })
-                    .collect();
+                                .find(|w| w.selector.matches(&labels))
+                                .map(|w| w.weight)
+                                .unwrap_or(1);
+                            (c.cluster.clone(), w)
+                        })
+                        .collect(),
+                };
                 placement::divide_replicas(div.total, &weights)
             })
             .unwrap_or_default();

@@ -153,6 +153,18 @@ impl AdminClient {
         .await
     }
 
+    pub async fn pin_facts(
+        &self,
+        name: &str,
+        req: &crate::api::PinFactsRequest,
+    ) -> anyhow::Result<ClusterView> {
+        self.post(
+            &format!("/v1/clusters/{name}/facts"),
+            serde_json::to_value(req)?,
+        )
+        .await
+    }
+
     pub async fn detach(&self, name: &str) -> anyhow::Result<ActionResult> {
         self.post(
             &format!("/v1/clusters/{name}/detach"),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod ctl;
 pub mod delivery;
+pub(crate) mod facts;
 pub mod health;
 pub mod hub;
 pub mod init;

@@ -633,7 +633,7 @@ impl Registry {
                 secret_sha256: secret_hash.clone(),
                 token_id: token.id.clone(),
                 labels,
-                facts: req.facts.clone(),
+                facts: crate::facts::clamp(&req.facts),
                 csr_pem: req.csr_pem.clone(),
                 peer_addr: peer_addr.to_string(),
                 decision: JoinDecision::Pending,
@@ -649,7 +649,7 @@ impl Registry {
                 &format!("token:{}", token.id),
                 format!(
                     "from {peer_addr}, arch={} agent={}",
-                    req.facts.arch, req.facts.agent_version
+                    record.facts.arch, record.facts.agent_version
                 ),
             )?;
             if token.auto_approve {
@@ -720,6 +720,7 @@ impl Registry {
             name: record.name.clone(),
             labels: record.labels.clone(),
             facts: record.facts.clone(),
+            pins: crate::facts::pins_at_approval(&record.facts),
             conditions: Vec::new(),
             state: ClusterState::Unknown,
             state_since_ms: now_ms,
@@ -813,6 +814,32 @@ impl Registry {
         })?;
         self.apply_revocation(revocation.as_ref());
         Ok(revocation)
+    }
+
+    /// Pin (or unpin) facts placement trusts over the agent's reports.
+    pub fn pin_facts(
+        &self,
+        name: &str,
+        req: &crate::api::PinFactsRequest,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<ClusterRecord, RegistryError> {
+        self.store.write(|tx| {
+            let mut rec = tx
+                .get(&CLUSTERS, name)?
+                .ok_or_else(|| RegistryError::NotFound(format!("cluster {name:?}")))?;
+            let pins = crate::facts::apply_pins(&rec.pins, &rec.facts, req)
+                .map_err(RegistryError::BadRequest)?;
+            let detail = format!(
+                "pins {} -> {}",
+                crate::facts::describe_pins(&rec.pins),
+                crate::facts::describe_pins(&pins)
+            );
+            rec.pins = pins;
+            tx.put(&CLUSTERS, name, &rec)?;
+            audit(tx, now_ms, "facts_pinned", Some(name), actor, detail)?;
+            Ok(rec)
+        })
     }
 
     /// Remove a cluster (and any join request for its name), revoking its certificates. The

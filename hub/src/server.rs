@@ -14,7 +14,7 @@ use tether_protocol::{
     StatusBatch, ALPN_JOIN, ALPN_SESSION, MAX_INVENTORY_WORKS, MAX_STATUS_ENTRIES,
     PROTOCOL_VERSION,
 };
-use tether_store::hub::{ClusterState, CLUSTERS};
+use tether_store::hub::{AuditEvent, ClusterState, AUDIT, CLUSTERS};
 use tether_store::StoreError;
 use tether_transport::framed::{read_frame, send_last, send_last_and_close};
 use tether_transport::{beat, certs, TransportError};
@@ -593,7 +593,7 @@ async fn handle_session_message(
                 tracing::warn!(%cluster, claimed = ?hb.cluster, "heartbeat names another cluster; ignoring the field");
             }
             state.health_event(|h| h.heartbeat(cluster, now_ms()));
-            let report = (hb.facts, hb.conditions);
+            let report = (crate::facts::clamp(&hb.facts), hb.conditions);
             let seen = session
                 .last_reported
                 .lock()
@@ -603,20 +603,40 @@ async fn handle_session_message(
             if !seen {
                 let name = cluster.to_string();
                 let to_store = report.clone();
-                let r = blocking(state, move |s| {
-                    s.store.write(|tx| {
-                        if let Some(mut rec) = tx.get(&CLUSTERS, &name)? {
-                            rec.facts = to_store.0;
-                            rec.conditions = to_store.1;
-                            rec.last_seen_ms = Some(now_ms());
-                            tx.put(&CLUSTERS, &name, &rec)?;
+                let r = state
+                    .committer
+                    .write(move |tx| {
+                        let Some(mut rec) = tx.get(&CLUSTERS, &name)? else {
+                            return Ok(false);
+                        };
+                        let changed = crate::facts::changes(&rec.facts, &to_store.0);
+                        let now = now_ms();
+                        if !changed.is_empty() {
+                            // Reported facts are claims; a change is worth a trail, and pinned
+                            // facts keep placement where a human put it.
+                            tx.append(
+                                &AUDIT,
+                                &AuditEvent {
+                                    at_ms: now,
+                                    kind: "facts_changed".into(),
+                                    cluster: Some(name.clone()),
+                                    actor: format!("agent:{name}"),
+                                    detail: changed.join(", "),
+                                },
+                            )?;
                         }
-                        Ok::<_, RegistryError>(())
+                        rec.facts = to_store.0;
+                        rec.conditions = to_store.1;
+                        rec.last_seen_ms = Some(now);
+                        tx.put(&CLUSTERS, &name, &rec)?;
+                        Ok(!changed.is_empty())
                     })
-                })
-                .await;
+                    .await;
                 match r {
-                    Ok(()) => {
+                    Ok(placement_input_changed) => {
+                        if placement_input_changed {
+                            state.decisions_wake.notify_one();
+                        }
                         *session
                             .last_reported
                             .lock()

@@ -65,7 +65,12 @@ impl ClusterState {
 pub struct ClusterRecord {
     pub name: String,
     pub labels: Labels,
+    /// What the agent last reported, clamped to sane ranges. Self-reported: placement reads
+    /// it only through `pins`.
     pub facts: Facts,
+    /// Facts the hub trusts over the agent's word (set at approval and by an admin).
+    #[serde(default)]
+    pub pins: FactPins,
     pub conditions: Vec<Condition>,
     pub state: ClusterState,
     pub state_since_ms: u64,
@@ -80,6 +85,21 @@ pub struct ClusterRecord {
     /// When the recent renewals were issued (the last 24 hours), for the renewal rate limit.
     #[serde(default)]
     pub renewals_ms: Vec<u64>,
+}
+
+/// Facts a human vouched for: the approver saw them in the join request, or an admin set them.
+/// A pinned fact wins over whatever the agent reports later, so a compromised agent cannot
+/// steer works meant for other clusters to itself by claiming another arch or a huge capacity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactPins {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

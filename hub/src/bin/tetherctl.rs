@@ -198,6 +198,29 @@ enum ClustersCmd {
     },
     /// Remove a cluster: revoke its certificates, close its session, free its name.
     Detach { name: String },
+    /// Pin facts so placement trusts them over what the agent reports. Agents report their
+    /// facts themselves; a compromised one could claim another arch or a huge capacity to
+    /// draw works meant for other clusters. Arch and os are pinned at approval (to what the
+    /// approver saw); pin cpus to let `divide: Capacity` give a big cluster more than 4x the
+    /// median share, and re-pin after a legitimate change (shown by `clusters get`).
+    PinFacts {
+        name: String,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        os: Option<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        #[arg(long)]
+        kubernetes_version: Option<String>,
+        /// Pin every fact to what the agent reports now.
+        #[arg(long)]
+        reported: bool,
+        /// Follow the agent's reports again for this fact (repeatable): arch, os, cpus,
+        /// kubernetes_version.
+        #[arg(long = "unpin")]
+        unpin: Vec<String>,
+    },
 }
 
 /// `--since`/`--until`: RFC 3339, or an age such as `90m` or `2d` (that long ago).
@@ -246,6 +269,37 @@ fn labels_str(l: &Labels) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+fn pins_str(c: &ClusterView) -> String {
+    let p = &c.pins;
+    let mut parts = Vec::new();
+    let mut show = |name: &str, pinned: Option<String>, reported: String| {
+        if let Some(v) = pinned {
+            if v == reported {
+                parts.push(format!("{name}={v}"));
+            } else {
+                parts.push(format!("{name}={v} (agent reports {reported:?})"));
+            }
+        }
+    };
+    show("arch", p.arch.clone(), c.facts.arch.clone());
+    show("os", p.os.clone(), c.facts.os.clone());
+    show(
+        "cpus",
+        p.cpus.map(|n| n.to_string()),
+        c.facts.cpus.to_string(),
+    );
+    show(
+        "kubernetes_version",
+        p.kubernetes_version.clone(),
+        c.facts.kubernetes_version.clone().unwrap_or_default(),
+    );
+    if parts.is_empty() {
+        "nothing (placement follows the agent's reports)".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn clusters_table(rows: &[ClusterView]) {
@@ -392,6 +446,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.facts.hostname,
                     c.facts.kubernetes_version.as_deref().unwrap_or("-")
                 );
+                println!("pinned: {}", pins_str(&c));
                 println!("certificate serial: {}", c.cert_serial);
                 for cond in &c.conditions {
                     println!(
@@ -435,6 +490,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ""
                     }
                 )
+            })?;
+        }
+        Cmd::Clusters(ClustersCmd::PinFacts {
+            name,
+            arch,
+            os,
+            cpus,
+            kubernetes_version,
+            reported,
+            unpin,
+        }) => {
+            let req = tether_hub::api::PinFactsRequest {
+                arch,
+                os,
+                cpus,
+                kubernetes_version,
+                reported,
+                unpin,
+            };
+            if req == tether_hub::api::PinFactsRequest::default() {
+                bail!("nothing to pin: give --arch, --os, --cpus, --kubernetes-version, --reported or --unpin");
+            }
+            let c = client.pin_facts(&name, &req).await?;
+            print(out, &c, || {
+                println!("cluster {name}: pinned {}", pins_str(&c))
             })?;
         }
         Cmd::Clusters(ClustersCmd::Detach { name }) => {
