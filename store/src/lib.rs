@@ -13,6 +13,9 @@ pub use table::{ReadTx, SeqTable, StrTable, WriteTx};
 
 use redb::{Database, Durability, ReadableDatabase};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,6 +26,18 @@ pub enum StoreError {
     },
     #[error("database {path} is in use by another process")]
     Locked { path: PathBuf },
+    /// `open_existing` found no database, or an empty file where one should be. Creating a new
+    /// one here would start an empty hub that refuses every agent of the fleet.
+    #[error("no database at {path} ({why}); restore it from a backup, or create one with `init`")]
+    Missing { path: PathBuf, why: &'static str },
+    /// The file failed redb's integrity check (or redb panicked reading it) and could not be
+    /// repaired.
+    #[error("database {path} is damaged and could not be repaired: {detail}")]
+    Damaged { path: PathBuf, detail: String },
+    /// An earlier I/O error (disk full, failing disk) closed the database; it is reopened on a
+    /// later call, at most once per `REOPEN_AFTER`. Retry later.
+    #[error("database {path} is unavailable since an I/O error: {cause}")]
+    Unavailable { path: PathBuf, cause: String },
     #[error("database error: {0}")]
     Db(#[from] redb::Error),
     #[error("corrupt record in table {table}: {detail}")]
@@ -34,6 +49,38 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// The operation may succeed later with the same input (the disk, not the data, failed).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Unavailable { .. } | StoreError::Locked { .. } | StoreError::Io { .. } => {
+                true
+            }
+            StoreError::Db(e) => matches!(
+                e,
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+            ),
+            _ => false,
+        }
+    }
+
+    /// The database handle cannot be trusted any more and must be closed and reopened.
+    fn poisons(&self) -> bool {
+        match self {
+            StoreError::Db(e) => matches!(
+                e,
+                redb::Error::Io(_)
+                    | redb::Error::PreviousIo
+                    | redb::Error::DatabaseClosed
+                    | redb::Error::Corrupted(_)
+                    | redb::Error::LockPoisoned(_)
+            ),
+            StoreError::Damaged { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 macro_rules! from_redb {
@@ -51,9 +98,33 @@ from_redb!(
     redb::SetDurabilityError
 );
 
+/// How long a closed database waits before the next call tries to reopen it: a full disk is not
+/// freed in microseconds, and each attempt reads the whole file.
+pub const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// Why the store is failing, for health endpoints, conditions and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFailure {
+    /// Unix ms of the first failure of this episode.
+    pub since_ms: u64,
+    pub error: String,
+}
+
+#[derive(Default)]
+struct Health {
+    failure: Option<StoreFailure>,
+    closed_at: Option<Instant>,
+}
+
+/// A redb database that survives its own failures: panics inside redb become typed errors, and
+/// an I/O error closes the handle (redb refuses every later operation with `PreviousIo` until
+/// it is reopened) so that a later call reopens it once the disk is usable again.
 pub struct Store {
-    db: Database,
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    health: Mutex<Health>,
+    /// Failures since open, for metrics.
+    failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -62,23 +133,111 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Open with redb's full integrity check (a plain open of an altered file may panic), inside a
+/// panic guard.
+fn open_checked(path: &Path, create: bool) -> Result<Database, StoreError> {
+    let opened = std::panic::catch_unwind(|| {
+        let mut b = Database::builder();
+        b.set_check_integrity_on_open(true);
+        if create {
+            b.create(path)
+        } else {
+            b.open(path)
+        }
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)))) => {
+            Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail,
+            })
+        }
+        Ok(Err(source)) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(p) => Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("redb panicked opening it: {}", panic_text(p.as_ref())),
+        }),
+    }
+}
+
 impl Store {
     /// Open or create the database at `path`; the file is made owner-only (it may hold keys).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            source => StoreError::Open {
-                path: path.clone(),
-                source,
-            },
-        })?;
-        restrict_permissions(&path)?;
-        Ok(Self { db, path })
+        Self::open_with(path.as_ref(), true)
+    }
+
+    /// Open a database that must exist and hold data: a missing or empty file is an error,
+    /// never a fresh database.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let why = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("the file does not exist"),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+            Ok(m) if m.len() == 0 => Some("the file is empty"),
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+                why,
+            });
+        }
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, create: bool) -> Result<Self, StoreError> {
+        let db = open_checked(path, create)?;
+        restrict_permissions(path)?;
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            health: Mutex::new(Health::default()),
+            failures: AtomicU64::new(0),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `Some` while the last operation failed on the disk or the database (not on bad input).
+    pub fn failure(&self) -> Option<StoreFailure> {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failure
+            .clone()
+    }
+
+    /// Failed operations since open (I/O errors, damage, panics).
+    pub fn failures_total(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Run `f` in a write transaction and commit durably. If `f` fails nothing is written.
@@ -86,21 +245,144 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(StoreError::from)?;
-        let tx = WriteTx::new(txn);
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        self.guarded(|db| {
+            let mut txn = db.begin_write().map_err(StoreError::from)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(StoreError::from)?;
+            let tx = WriteTx::new(txn);
+            let out = f(&tx).map_err(Outcome::Caller)?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     pub fn read<R, E>(&self, f: impl FnOnce(&ReadTx) -> Result<R, E>) -> Result<R, E>
     where
         E: From<StoreError>,
     {
-        let txn = self.db.begin_read().map_err(StoreError::from)?;
-        f(&ReadTx::new(txn))
+        self.guarded(|db| {
+            let txn = db.begin_read().map_err(StoreError::from)?;
+            f(&ReadTx::new(txn)).map_err(Outcome::Caller)
+        })
+    }
+
+    /// Run `op` on the open database, reopening it first if an earlier failure closed it;
+    /// panics become `Damaged`, and failures of the disk close the handle.
+    fn guarded<R, E>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<R, Outcome<E>>,
+    ) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        self.reopen_if_closed().map_err(E::from)?;
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = guard.as_ref() else {
+            return Err(E::from(self.unavailable()));
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(db)));
+        drop(guard);
+        let err = match result {
+            Ok(Ok(v)) => {
+                self.recovered();
+                return Ok(v);
+            }
+            Ok(Err(Outcome::Caller(e))) => return Err(e),
+            Ok(Err(Outcome::Store(e))) => e,
+            Err(p) => StoreError::Damaged {
+                path: self.path.clone(),
+                detail: format!("redb panicked: {}", panic_text(p.as_ref())),
+            },
+        };
+        if err.poisons() {
+            self.close_after(&err);
+        }
+        Err(E::from(err))
+    }
+
+    fn unavailable(&self) -> StoreError {
+        StoreError::Unavailable {
+            path: self.path.clone(),
+            cause: self
+                .failure()
+                .map(|f| f.error)
+                .unwrap_or_else(|| "closed".into()),
+        }
+    }
+
+    fn recovered(&self) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if h.failure.take().is_some() {
+            tracing::warn!(path = %self.path.display(), "database works again");
+        }
+    }
+
+    fn close_after(&self, err: &StoreError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(path = %self.path.display(), error = %err, "database failed; closing it, to reopen on a later call");
+        {
+            let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            h.failure.get_or_insert_with(|| StoreFailure {
+                since_ms: now_ms(),
+                error: err.to_string(),
+            });
+            h.closed_at = Some(Instant::now());
+        }
+        let old = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(db) = old {
+            // Releases the file lock now, so that the reopen is not refused as "already open".
+            if let Err(e) = db.close() {
+                tracing::warn!(path = %self.path.display(), error = %e, "closing the failed database");
+            }
+        }
+    }
+
+    fn reopen_if_closed(&self) -> Result<(), StoreError> {
+        if self.db.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Ok(());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Ok(());
+        }
+        {
+            let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            if h.closed_at.is_some_and(|t| t.elapsed() < REOPEN_AFTER) {
+                drop(h);
+                return Err(self.unavailable());
+            }
+            h.closed_at = Some(Instant::now());
+        }
+        match open_checked(&self.path, false) {
+            Ok(db) => {
+                tracing::warn!(path = %self.path.display(), "database reopened after a failure");
+                *slot = Some(db);
+                Ok(())
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(f) = h.failure.as_mut() {
+                    f.error = e.to_string();
+                }
+                Err(StoreError::Unavailable {
+                    path: self.path.clone(),
+                    cause: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// What failed inside a guarded operation: the caller's closure (returned as is) or the store.
+enum Outcome<E> {
+    Caller(E),
+    Store(StoreError),
+}
+
+impl<E> From<StoreError> for Outcome<E> {
+    fn from(e: StoreError) -> Self {
+        Outcome::Store(e)
     }
 }
 
