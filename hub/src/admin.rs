@@ -267,6 +267,7 @@ fn registry_status(e: &RegistryError) -> StatusCode {
     match e {
         RegistryError::NotFound(_) | RegistryError::UnknownRequest(_) => StatusCode::NOT_FOUND,
         RegistryError::Conflict(_) | RegistryError::NameTaken(_) => StatusCode::CONFLICT,
+        RegistryError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -545,6 +546,7 @@ fn work_error(e: &crate::works::WorkError) -> Response<Body> {
         WorkError::NotFound(_) => StatusCode::NOT_FOUND,
         WorkError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         WorkError::Invalid(_) | WorkError::Bundle(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        WorkError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         WorkError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())
@@ -602,12 +604,18 @@ async fn handle(state: Arc<HubState>, req: Request<Incoming>, peer: &Peer) -> Re
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => return Response::new(full("ok\n")),
+        (&Method::GET, "/healthz") => {
+            return match state.store_trouble() {
+                None => Response::new(full("ok\n")),
+                Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
+            }
+        }
         (&Method::GET, "/metrics") => {
+            state.store_trouble();
             return Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(full(state.metrics.render()))
-                .unwrap_or_else(|_| Response::new(full("")))
+                .unwrap_or_else(|_| Response::new(full("")));
         }
         _ => {}
     }

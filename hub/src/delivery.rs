@@ -118,6 +118,8 @@ pub async fn run(
     let mut changes = state.works.subscribe();
     // Works the agent refused at a given content: not retried until the content changes.
     let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
+    // Consecutive passes that ended in a retry: the pause doubles up to RETRY_MAX.
+    let mut retries: u32 = 0;
     loop {
         changes.borrow_and_update();
         let mut retry = false;
@@ -148,7 +150,7 @@ pub async fn run(
                     }
                 }
                 Err(Failure::Retry(msg)) => {
-                    tracing::info!(%cluster, work = %action.work(), error = %msg, "delivery not acknowledged in time; will retry");
+                    tracing::info!(%cluster, work = %action.work(), error = %msg, retries, "delivery not acknowledged; will retry");
                     retry = true;
                     break;
                 }
@@ -160,8 +162,12 @@ pub async fn run(
         }
         // Re-plan after a change, or after a pause when a delivery went unanswered.
         let pause = if retry {
-            std::time::Duration::from_secs(1)
+            retries = retries.saturating_add(1);
+            RETRY_FIRST
+                .saturating_mul(1 << retries.min(5).saturating_sub(1))
+                .min(RETRY_MAX)
         } else {
+            retries = 0;
             std::time::Duration::from_secs(86_400)
         };
         tokio::select! {
@@ -171,6 +177,10 @@ pub async fn run(
         }
     }
 }
+
+/// Pause after a delivery pass that must be retried; doubles per consecutive retry.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(16);
 
 enum Failure {
     /// The agent answered with an error: do not resend this content on this session.
@@ -257,6 +267,14 @@ async fn send(
                     };
                     return Box::pin(send(conn, state, cluster, works, &full)).await;
                 }
+            }
+            // Busy/Internal: the agent could not take it now (its store is failing, say), not
+            // a verdict on the work; refusing it would never resend on this session.
+            if matches!(
+                e.code,
+                tether_protocol::ErrorCode::Busy | tether_protocol::ErrorCode::Internal
+            ) {
+                return Err(Failure::Retry(format!("agent could not take it now: {e}")));
             }
             return Err(Failure::Refused(e.to_string()));
         }

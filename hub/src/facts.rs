@@ -119,9 +119,11 @@ pub(crate) fn apply_pins(
             "os" => p.os = None,
             "cpus" => p.cpus = None,
             "kubernetes_version" | "kubernetes-version" => p.kubernetes_version = None,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "cannot unpin {other:?}: the pinnable facts are arch, os, cpus, kubernetes_version"
-            )),
+            ))
+            }
         }
     }
     Ok(p)

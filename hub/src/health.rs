@@ -3,8 +3,12 @@
 //! drive it directly.
 //!
 //! Rules (per cluster):
-//! - `Ready`: a session is up and the last heartbeat is at most `missed_heartbeats` intervals old.
-//! - `Offline`: no session for at least `offline_grace`.
+//! - `Ready`: the last heartbeat is at most `missed_heartbeats` intervals old, and a session is
+//!   up or the last one closed less than one heartbeat interval ago (an agent restarting does
+//!   not flap Ready -> Unknown -> Ready).
+//! - `Offline`: not Ready, and no sign of life (heartbeat, session opened, hub start) for at
+//!   least `offline_grace`. Counted from the last heartbeat, not from when the connection
+//!   closes: a silent agent's QUIC connection only times out a minute later.
 //! - `Unknown`: everything in between (heartbeats stopped, or disconnected within the grace,
 //!   or the hub restarted and has not heard from the cluster yet).
 
@@ -57,6 +61,8 @@ struct Track {
     last_seen_ms: Option<u64>,
     /// When the last session ended (or when the hub started tracking a disconnected cluster).
     disconnected_since_ms: u64,
+    /// Last heartbeat, session opening or start of tracking.
+    last_sign_ms: u64,
     state: ClusterState,
 }
 
@@ -103,6 +109,7 @@ impl HealthTracker {
                 last_heartbeat_ms: None,
                 last_seen_ms,
                 disconnected_since_ms,
+                last_sign_ms: disconnected_since_ms,
                 state,
             },
         );
@@ -115,6 +122,7 @@ impl HealthTracker {
     pub fn session_opened(&mut self, cluster: &str, now_ms: u64) -> Option<Transition> {
         let t = self.entry(cluster, now_ms);
         t.sessions += 1;
+        t.last_sign_ms = now_ms;
         self.reevaluate(cluster, now_ms)
     }
 
@@ -133,6 +141,7 @@ impl HealthTracker {
     pub fn heartbeat(&mut self, cluster: &str, now_ms: u64) -> Option<Transition> {
         let t = self.entry(cluster, now_ms);
         t.last_heartbeat_ms = Some(now_ms);
+        t.last_sign_ms = now_ms;
         self.reevaluate(cluster, now_ms)
     }
 
@@ -176,6 +185,7 @@ impl HealthTracker {
             last_heartbeat_ms: None,
             last_seen_ms: None,
             disconnected_since_ms: now_ms,
+            last_sign_ms: now_ms,
             state: ClusterState::Unknown,
         })
     }
@@ -186,12 +196,12 @@ impl HealthTracker {
         let fresh = t
             .last_heartbeat_ms
             .is_some_and(|hb| now_ms.saturating_sub(hb) <= cfg.stale_after_ms());
-        let next = if t.sessions > 0 && fresh {
-            ClusterState::Ready
-        } else if t.sessions == 0
+        let reconnecting = t.sessions == 0
             && now_ms.saturating_sub(t.disconnected_since_ms)
-                >= cfg.offline_grace.as_millis() as u64
-        {
+                < cfg.heartbeat_interval.as_millis() as u64;
+        let next = if fresh && (t.sessions > 0 || reconnecting) {
+            ClusterState::Ready
+        } else if now_ms.saturating_sub(t.last_sign_ms) >= cfg.offline_grace.as_millis() as u64 {
             ClusterState::Offline
         } else {
             ClusterState::Unknown
@@ -241,11 +251,42 @@ mod tests {
         );
         assert_eq!(h.tick(32_101)[0].to, Unknown);
         assert_eq!(h.heartbeat("a", 33_000).unwrap().to, Ready);
-        assert_eq!(h.session_closed("a", 40_000).unwrap().to, Unknown);
-        assert!(h.tick(339_999).is_empty());
-        assert_eq!(h.tick(340_000)[0].to, Offline);
+        assert_eq!(
+            h.session_closed("a", 40_000),
+            None,
+            "within one interval of a close it may be a restart"
+        );
+        assert_eq!(h.tick(50_000)[0].to, Unknown);
+        assert!(h.tick(332_999).is_empty());
+        assert_eq!(
+            h.tick(333_000)[0].to,
+            Offline,
+            "the grace counts from the last heartbeat"
+        );
         h.session_opened("a", 400_000);
         assert_eq!(h.heartbeat("a", 400_001).unwrap().to, Ready);
+    }
+
+    #[test]
+    fn a_silent_agent_goes_offline_a_grace_after_its_last_heartbeat_even_if_connected() {
+        let mut h = HealthTracker::new(cfg());
+        h.track("a", Unknown, None, 0);
+        h.session_opened("a", 1_000);
+        h.heartbeat("a", 2_000);
+        assert_eq!(h.tick(40_000)[0].to, Unknown);
+        assert_eq!(h.tick(302_000)[0].to, Offline, "connection still open");
+    }
+
+    #[test]
+    fn a_quick_restart_does_not_flap() {
+        let mut h = HealthTracker::new(cfg());
+        h.track("a", Unknown, None, 0);
+        h.session_opened("a", 0);
+        h.heartbeat("a", 100);
+        assert_eq!(h.session_closed("a", 5_000), None);
+        assert_eq!(h.session_opened("a", 6_000), None);
+        assert_eq!(h.heartbeat("a", 6_100), None);
+        assert_eq!(h.state("a"), Some(Ready));
     }
 
     #[test]
@@ -272,12 +313,12 @@ mod tests {
         ) {
             let mut h = HealthTracker::new(cfg());
             let mut now = 0u64;
-            let (mut sessions, mut last_hb, mut disc_since) = (0u32, None::<u64>, 0u64);
+            let (mut sessions, mut last_hb, mut disc_since, mut sign) = (0u32, None::<u64>, 0u64, 0u64);
             h.track("c", Unknown, None, 0);
             for (ev, dt) in evs {
                 now += dt;
                 match ev {
-                    Ev::Open => { h.session_opened("c", now); sessions += 1; }
+                    Ev::Open => { h.session_opened("c", now); sessions += 1; sign = now; }
                     Ev::Close => {
                         if sessions > 0 {
                             sessions -= 1;
@@ -285,13 +326,14 @@ mod tests {
                         }
                         h.session_closed("c", now);
                     }
-                    Ev::Beat => { h.heartbeat("c", now); last_hb = Some(now); }
+                    Ev::Beat => { h.heartbeat("c", now); last_hb = Some(now); sign = now; }
                     Ev::Tick => { h.tick(now); }
                 }
                 h.tick(now);
-                let expect = if sessions > 0 && last_hb.is_some_and(|hb| now - hb <= 30_000) {
+                let fresh = last_hb.is_some_and(|hb| now - hb <= 30_000);
+                let expect = if fresh && (sessions > 0 || now - disc_since < 10_000) {
                     Ready
-                } else if sessions == 0 && now - disc_since >= 300_000 {
+                } else if now - sign >= 300_000 {
                     Offline
                 } else {
                     Unknown

@@ -86,6 +86,8 @@ pub struct HubState {
     /// Health transitions not yet stored (see `apply_transitions`).
     pending_health: Mutex<BTreeMap<String, Transition>>,
     health_dirty: tokio::sync::Notify,
+    /// Clusters whose agent last reported its store failing (for `/metrics`).
+    store_unavailable: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn store_transitions(
@@ -192,6 +194,52 @@ impl HubState {
     }
 
     /// Queue a security event that is not part of a state change (rate-limited by the queue).
+    /// Track a cluster's `StoreUnavailable` condition from its heartbeat.
+    pub(crate) fn note_conditions(&self, cluster: &str, conditions: &[tether_protocol::Condition]) {
+        let failing = conditions
+            .iter()
+            .any(|c| c.kind == tether_protocol::message::STORE_UNAVAILABLE && c.status == "True");
+        let mut set = self
+            .store_unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let changed = if failing {
+            set.insert(cluster.to_string())
+        } else {
+            set.remove(cluster)
+        };
+        if changed {
+            self.metrics
+                .clusters_store_unavailable
+                .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+            if failing {
+                tracing::error!(%cluster, "the cluster's agent reports its store failing (StoreUnavailable)");
+            } else {
+                tracing::info!(%cluster, "the cluster's agent store works again");
+            }
+        }
+    }
+
+    /// Why the hub cannot serve durably, if it cannot: its store fails or its writer stopped.
+    pub fn store_trouble(&self) -> Option<String> {
+        self.metrics
+            .store_failures
+            .set(i64::try_from(self.store.failures_total()).unwrap_or(i64::MAX));
+        let trouble = if let Some(f) = self.store.failure() {
+            Some(format!(
+                "store failing since {}: {}",
+                crate::util::rfc3339(f.since_ms),
+                f.error
+            ))
+        } else if *self.committer.stopped().borrow() {
+            Some("the store writer has stopped".to_string())
+        } else {
+            None
+        };
+        self.metrics.store_failing.set(i64::from(trouble.is_some()));
+        trouble
+    }
+
     pub fn audit_async(&self, kind: &str, cluster: Option<String>, actor: &str, detail: String) {
         let ev = AuditEvent {
             at_ms: now_ms(),
@@ -249,6 +297,8 @@ pub struct RunningHub {
     pub state: Arc<HubState>,
     endpoint: quinn::Endpoint,
     tasks: JoinSet<()>,
+    /// What each long-lived task is, to name the one that stopped.
+    task_names: std::collections::HashMap<tokio::task::Id, &'static str>,
 }
 
 fn read(path: std::path::PathBuf) -> anyhow::Result<String> {
@@ -270,7 +320,14 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         CertificateAuthority::load(&ca_pem, &read(dir.ca_key())?).context("loading the hub CA")?;
     let chain = certs::certs_from_pem(&read(dir.hub_cert())?, "hub certificate")?;
     let key = certs::key_from_pem(&read(dir.hub_key())?, "hub key")?;
-    let store = Arc::new(Store::open(dir.database())?);
+    // Only `init` creates a database: an empty hub would answer 401 to every admin and send
+    // every agent of the fleet away for good.
+    let store = Arc::new(Store::open_existing(dir.database()).with_context(|| {
+        format!(
+            "opening the hub database (restore {} from a backup (docs/recovery.md); `tether-hub init` makes a new, empty hub)",
+            dir.database().display()
+        )
+    })?);
     if let Some(n) = crate::status::retire_legacy_log(&store).context("retiring the status log")? {
         tracing::warn!(
             entries = n,
@@ -282,6 +339,12 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let (revoked, clusters, admins) = store.read(|tx| {
         Ok::<_, StoreError>((tx.list(&REVOKED)?, tx.list(&CLUSTERS)?, tx.list(&ADMINS)?))
     })?;
+    if admins.is_empty() {
+        anyhow::bail!(
+            "{} holds no admin credential: it is not the database `tether-hub init` made (restore it from a backup)",
+            dir.database().display()
+        );
+    }
     let revoked = Arc::new(RevocationList::new(revoked.into_iter().map(|(k, _)| k)));
     let mut health = HealthTracker::new(cfg.health);
     for (name, c) in &clusters {
@@ -363,6 +426,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         decisions: Default::default(),
         singleton_in_flight: Default::default(),
         decisions_wake: tokio::sync::Notify::new(),
+        store_unavailable: Mutex::new(Default::default()),
         started_ms: now,
         committer,
         status_budget: crate::budget::Budgets::new(crate::budget::STATUS_ENTRIES),
@@ -374,20 +438,37 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     state.refresh_state_gauges();
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(crate::server::accept_loop(endpoint.clone(), state.clone()));
-    tasks.spawn(crate::admin::serve(
-        admin_listener,
-        Arc::new(admin_tls),
-        state.clone(),
-    ));
-    tasks.spawn(tick_loop(state.clone()));
+    let mut task_names = std::collections::HashMap::new();
+    let mut name = |h: tokio::task::AbortHandle, n: &'static str| task_names.insert(h.id(), n);
+    name(
+        tasks.spawn(crate::server::accept_loop(endpoint.clone(), state.clone())),
+        "agent accept loop",
+    );
+    name(
+        tasks.spawn(crate::admin::serve(
+            admin_listener,
+            Arc::new(admin_tls),
+            state.clone(),
+        )),
+        "admin API",
+    );
+    name(tasks.spawn(tick_loop(state.clone())), "health tick");
     // Decide once before accepting sessions' plans, so nothing is sent undecided.
     if let Err(e) = crate::controller::decide_all(&state) {
         tracing::error!(error = %e, "initial decision pass failed");
     }
-    tasks.spawn(crate::controller::run(state.clone()));
-    tasks.spawn(audit_writer(state.store.clone(), audit_rx));
-    tasks.spawn(persist_health(state.clone()));
+    name(
+        tasks.spawn(crate::controller::run(state.clone())),
+        "controller",
+    );
+    name(
+        tasks.spawn(audit_writer(state.store.clone(), audit_rx)),
+        "audit writer",
+    );
+    name(
+        tasks.spawn(persist_health(state.clone())),
+        "health persister",
+    );
     tracing::info!(%quic_addr, %admin_addr, clusters = clusters.len(), "hub started");
     Ok(RunningHub {
         quic_addr,
@@ -395,6 +476,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         state,
         endpoint,
         tasks,
+        task_names,
     })
 }
 
@@ -469,11 +551,29 @@ impl RunningHub {
         tracing::info!("hub stopped");
     }
 
-    /// Run until the process receives Ctrl-C / SIGTERM.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
-        tracing::info!("signal received, shutting down");
+    /// Run until the process receives Ctrl-C / SIGTERM, or until a long-lived task stops: each
+    /// runs for the life of the hub, so one that returns or panics leaves a hub that looks up
+    /// but does not work (no decisions, no health). That is fatal: the hub shuts down and the
+    /// error names the task, for the supervisor (systemd, Kubernetes) to restart it.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let stopped = tokio::select! {
+            _ = wait_for_signal() => None,
+            Some(r) = self.tasks.join_next_with_id() => Some(r),
+        };
+        let Some(r) = stopped else {
+            tracing::info!("signal received, shutting down");
+            self.shutdown().await;
+            return Ok(());
+        };
+        let (id, how) = match r {
+            Ok((id, ())) => (id, "returned".to_string()),
+            Err(e) if e.is_panic() => (e.id(), format!("panicked: {e}")),
+            Err(e) => (e.id(), format!("was cancelled: {e}")),
+        };
+        let task = self.task_names.get(&id).copied().unwrap_or("a hub task");
+        tracing::error!(task, how = %how, "a long-lived hub task stopped; shutting down");
         self.shutdown().await;
+        anyhow::bail!("the hub's {task} {how}; the hub stopped (restart it)")
     }
 }
 

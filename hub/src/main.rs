@@ -161,8 +161,7 @@ async fn main() -> anyhow::Result<()> {
                 "hub listening: agents on udp/{}, admin API on https://{}",
                 hub.quic_addr, hub.admin_addr
             );
-            hub.run_until_signal().await;
-            Ok(())
+            hub.run_until_signal().await
         }
     }
 }

@@ -49,6 +49,11 @@ pub struct Metrics {
     pub admin_connections_refused: Family<ReasonLabel, Counter>,
     pub admin_unauthorized: Counter,
     pub certificate_expiry: Family<CertLabel, Gauge>,
+    /// 1 while the hub's own store fails (disk full, damaged file); refreshed on each scrape.
+    pub store_failing: Gauge,
+    pub store_failures: Gauge,
+    /// Clusters whose last heartbeat carried `StoreUnavailable=True`.
+    pub clusters_store_unavailable: Gauge,
 }
 
 impl Metrics {
@@ -62,6 +67,24 @@ impl Metrics {
         let clusters = Family::<StateLabel, Gauge>::default();
         let join_requests = Family::<ReasonLabel, Counter>::default();
         let audit_dropped = Counter::default();
+        let store_failing = Gauge::default();
+        let store_failures = Gauge::default();
+        let clusters_store_unavailable = Gauge::default();
+        registry.register(
+            "store_failing",
+            "1 while the hub database fails (I/O error, damage); /healthz answers 503 then",
+            store_failing.clone(),
+        );
+        registry.register(
+            "store_failures",
+            "Failed hub database operations since start (I/O errors, damage, failed reopens)",
+            store_failures.clone(),
+        );
+        registry.register(
+            "clusters_store_unavailable",
+            "Clusters whose agent reports its own store failing (condition StoreUnavailable)",
+            clusters_store_unavailable.clone(),
+        );
         registry.register(
             "live_sessions",
             "Authenticated agent sessions currently open",
@@ -170,6 +193,9 @@ impl Metrics {
             admin_connections_refused,
             admin_unauthorized,
             certificate_expiry,
+            store_failing,
+            store_failures,
+            clusters_store_unavailable,
             live_sessions,
             handshakes_accepted,
             handshakes_rejected,

@@ -593,6 +593,7 @@ async fn handle_session_message(
                 tracing::warn!(%cluster, claimed = ?hb.cluster, "heartbeat names another cluster; ignoring the field");
             }
             state.health_event(|h| h.heartbeat(cluster, now_ms()));
+            state.note_conditions(cluster, &hb.conditions);
             let report = (crate::facts::clamp(&hb.facts), hb.conditions);
             let seen = session
                 .last_reported

@@ -159,6 +159,10 @@ pub struct Condition {
     pub message: String,
 }
 
+/// Condition type an agent reports while its own store fails (disk full, damaged file): it
+/// cannot take deliveries durably until it recovers.
+pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub facts: Facts,

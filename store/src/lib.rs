@@ -268,10 +268,7 @@ impl Store {
 
     /// Run `op` on the open database, reopening it first if an earlier failure closed it;
     /// panics become `Damaged`, and failures of the disk close the handle.
-    fn guarded<R, E>(
-        &self,
-        op: impl FnOnce(&Database) -> Result<R, Outcome<E>>,
-    ) -> Result<R, E>
+    fn guarded<R, E>(&self, op: impl FnOnce(&Database) -> Result<R, Outcome<E>>) -> Result<R, E>
     where
         E: From<StoreError>,
     {
@@ -447,6 +444,49 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_panic_inside_a_transaction_is_a_typed_error_and_the_store_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("p.redb")).unwrap();
+        s.write(|tx| tx.put(&T, "a", &"1".to_string())).unwrap();
+        let r: Result<(), StoreError> = s.write(|_tx| panic!("page index out of range"));
+        assert!(matches!(r, Err(StoreError::Damaged { .. })), "{r:?}");
+        assert!(s.failure().is_some());
+        let r = s.read(|tx| tx.get(&T, "a"));
+        assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
+        std::thread::sleep(REOPEN_AFTER);
+        let a = s.read(|tx| tx.get(&T, "a")).unwrap();
+        assert_eq!(a.as_deref(), Some("1"));
+        assert_eq!(s.failure(), None);
+        assert_eq!(s.failures_total(), 1);
+    }
+
+    #[test]
+    fn damaged_and_missing_files_are_refused_not_panicked_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            for i in 0..200 {
+                s.write(|tx| tx.put(&T, &format!("k{i}"), &"v".repeat(100)))
+                    .unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut x: u32 = 12345;
+        for b in bytes.iter_mut().skip(4096) {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *b = (x >> 16) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let r = std::panic::catch_unwind(|| Store::open_existing(&path).map(|_| ()));
+        let r = r.expect("opening a damaged file panicked");
+        assert!(r.is_err(), "a randomised file opened");
+        let missing = Store::open_existing(dir.path().join("none.redb")).unwrap_err();
+        assert!(matches!(missing, StoreError::Missing { .. }), "{missing}");
+        assert!(!dir.path().join("none.redb").exists());
     }
 
     #[test]
