@@ -742,6 +742,35 @@ async fn route(
             tracing::info!(cluster = %name, pins = %crate::facts::describe_pins(&rec.pins), "facts pinned by admin");
             Ok(json(StatusCode::OK, &cluster_view(state, rec)))
         }
+        (&Method::POST, ["v1", "backup"]) => {
+            let body: crate::api::BackupRequest = read_json(req).await?;
+            let to = std::path::PathBuf::from(&body.to);
+            if !to.is_absolute() {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("backup path {:?} must be absolute (it is a path on the hub's machine)", body.to),
+                ));
+            }
+            if to.exists() {
+                return Err(error(
+                    StatusCode::CONFLICT,
+                    format!("{} exists; a backup never overwrites a file", to.display()),
+                ));
+            }
+            let info = in_blocking(state, move |s| {
+                let info = crate::backup::write_backup(&s.store, &to, now_ms())?;
+                s.audit_async(
+                    "backup_written",
+                    None,
+                    "admin",
+                    format!("{} ({} rows, {} bytes)", info.path, info.rows, info.bytes),
+                );
+                Ok(info)
+            })
+            .await?;
+            tracing::info!(path = %info.path, rows = info.rows, bytes = info.bytes, "backup written");
+            Ok(json(StatusCode::OK, &info))
+        }
         (&Method::GET, ["v1", "join-requests"]) => {
             let rows =
                 in_blocking(state, |s| Ok(s.store.read(|tx| tx.list(&JOIN_REQUESTS))?)).await?;

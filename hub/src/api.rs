@@ -218,3 +218,11 @@ pub struct StatusLogView {
     pub phase: String,
     pub received_at_ms: u64,
 }
+
+/// `POST /v1/backup`: write a consistent snapshot of the hub database to `to`, a path on the
+/// hub's machine that must not exist yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    pub to: String,
+}

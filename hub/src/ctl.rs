@@ -165,6 +165,11 @@ impl AdminClient {
         .await
     }
 
+    pub async fn backup(&self, to: &str) -> anyhow::Result<crate::backup::BackupInfo> {
+        self.post("/v1/backup", serde_json::json!({ "to": to }))
+            .await
+    }
+
     pub async fn detach(&self, name: &str) -> anyhow::Result<ActionResult> {
         self.post(
             &format!("/v1/clusters/{name}/detach"),

@@ -322,12 +322,10 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let key = certs::key_from_pem(&read(dir.hub_key())?, "hub key")?;
     // Only `init` creates a database: an empty hub would answer 401 to every admin and send
     // every agent of the fleet away for good.
-    let store = Arc::new(Store::open_existing(dir.database()).with_context(|| {
-        format!(
-            "opening the hub database (restore {} from a backup (docs/recovery.md); `tether-hub init` makes a new, empty hub)",
-            dir.database().display()
-        )
-    })?);
+    let store = Arc::new(
+        Store::open_existing(dir.database())
+            .context("opening the hub database (recovery: docs/recovery.md)")?,
+    );
     if let Some(n) = crate::status::retire_legacy_log(&store).context("retiring the status log")? {
         tracing::warn!(
             entries = n,
@@ -339,6 +337,12 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let (revoked, clusters, admins) = store.read(|tx| {
         Ok::<_, StoreError>((tx.list(&REVOKED)?, tx.list(&CLUSTERS)?, tx.list(&ADMINS)?))
     })?;
+    if let Some(taken) = crate::backup::take_restore_mark(&store, now_ms())? {
+        tracing::warn!(
+            taken_at = %crate::util::rfc3339(taken),
+            "this database was restored from a backup: works applied, clusters joined or revoked, and statuses after that time are unknown to this hub; agents keep works it does not know (logged as they connect), and clusters that joined later must join again (docs/recovery.md)"
+        );
+    }
     if admins.is_empty() {
         anyhow::bail!(
             "{} holds no admin credential: it is not the database `tether-hub init` made (restore it from a backup)",

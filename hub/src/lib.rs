@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admission;
 pub mod api;
+pub mod backup;
 pub(crate) mod budget;
 pub mod committer;
 pub mod config;

@@ -82,6 +82,25 @@ enum Cmd {
         #[arg(long, default_value_t = tether_protocol::DEFAULT_MAX_FRAME)]
         max_frame: usize,
     },
+    /// Write a consistent snapshot of the hub database to a new file, while the hub serves
+    /// (through its admin API, with the credential in DATA_DIR/tetherctl.yaml) or while it is
+    /// stopped (directly). Run it on the hub's machine; copy the file somewhere safe.
+    Backup {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file to create (never overwritten).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Replace the hub database with a backup. The hub must be stopped; the database it
+    /// replaces is kept beside it as hub.redb.replaced-<ms>. See docs/recovery.md for what a
+    /// restored hub does not know.
+    Restore {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -97,9 +116,21 @@ fn init_logging(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain: what an operator (or systemd's journal)
+            // needs, without a backtrace.
+            eprintln!("tether-hub: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Init {
             data_dir,
@@ -134,6 +165,23 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Backup { data_dir, to } => backup(&DataDir::new(&data_dir), &to).await,
+        Cmd::Restore { data_dir, from } => {
+            let data = DataDir::new(&data_dir);
+            let r = tether_hub::backup::restore(&data.database(), &from, now_ms())?;
+            println!(
+                "restored {} from the backup taken at {} ({} clusters, {} works)",
+                data.database().display(),
+                tether_hub::util::rfc3339(r.taken_at_ms),
+                r.clusters,
+                r.works
+            );
+            if let Some(old) = r.replaced {
+                println!("the database it replaced is kept as {}", old.display());
+            }
+            println!("start the hub with `tether-hub serve --data-dir {}`", data_dir.display());
+            Ok(())
+        }
         Cmd::Serve {
             data_dir,
             listen,
@@ -164,4 +212,28 @@ async fn main() -> anyhow::Result<()> {
             hub.run_until_signal().await
         }
     }
+}
+
+/// Through the serving hub when there is one, else directly on the (unlocked) database.
+async fn backup(data: &DataDir, to: &std::path::Path) -> anyhow::Result<()> {
+    let to = std::path::absolute(to).with_context(|| format!("resolving {}", to.display()))?;
+    anyhow::ensure!(!to.exists(), "{} exists; a backup never overwrites a file", to.display());
+    let info = match tether_store::Store::open_existing(data.database()) {
+        Err(tether_store::StoreError::Locked { .. }) => {
+            let cfg = tether_hub::config::CtlConfig::load(&data.ctl_config())?;
+            let client = tether_hub::ctl::AdminClient::new(&cfg)?;
+            client
+                .backup(&to.display().to_string())
+                .await
+                .context("asking the serving hub for a backup")?
+        }
+        Ok(store) => tether_hub::backup::write_backup(&store, &to, now_ms())
+            .with_context(|| format!("writing {}", to.display()))?,
+        Err(e) => return Err(e).context("opening the hub database"),
+    };
+    println!(
+        "backup written to {} ({} tables, {} rows, {} bytes)",
+        info.path, info.tables, info.rows, info.bytes
+    );
+    Ok(())
 }

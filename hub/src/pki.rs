@@ -24,11 +24,16 @@ pub enum PkiError {
 }
 
 pub const MAX_CSR_PEM: usize = 16 * 1024;
-/// Issued certificates start a little in the past so that agents with slightly slow clocks
-/// accept them immediately: 5 minutes, or a tenth of the validity if that is shorter (so that
-/// renewal at 70-90% of the lifetime stays in the future for short-lived certificates).
+/// Clock skew the hub's certificates tolerate: an agent whose clock is up to this much slow
+/// accepts them at once. Edge boxes without RTC batteries or NTP drift by minutes to hours;
+/// 5 minutes (the earlier value) locked such agents out of joining and renewing.
+pub const TOLERATED_SKEW: Duration = Duration::from_secs(3600);
+
+/// Issued certificates start `TOLERATED_SKEW` in the past, or a tenth of the validity if that is
+/// shorter (so that renewal at 70-90% of the lifetime stays in the future for short-lived
+/// certificates).
 fn backdate(validity: Duration) -> Duration {
-    Duration::from_secs(300).min(validity / 10)
+    TOLERATED_SKEW.min(validity / 10)
 }
 
 /// A freshly issued certificate and the facts the hub records about it.
@@ -90,7 +95,9 @@ pub fn generate(hub_name: &str, sans: &[String], now_ms: u64) -> Result<InitMate
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca.not_before = at(now_ms.saturating_sub(300_000));
+    // A day: the CA outlives any one agent's clock error, and nothing is gained by a CA that
+    // a slow clock sees as not yet valid.
+    ca.not_before = at(now_ms.saturating_sub(86_400_000));
     ca.not_after = at(now_ms + 10 * 365 * 86_400_000);
     ca.serial_number = Some(random_serial());
     let ca_cert = ca.self_signed(&ca_key)?;

@@ -155,6 +155,7 @@ async fn expect_hello(conn: &Connection, state: &HubState) -> Option<()> {
                 hub_version: HUB_VERSION.to_string(),
                 heartbeat_interval_ms: state.cfg.health.heartbeat_interval.as_millis() as u64,
                 datagram_heartbeats: true,
+                hub_time_ms: now_ms(),
             });
             send_last(&mut send, &ack, limits).await.ok()
         }

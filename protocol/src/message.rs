@@ -100,6 +100,10 @@ pub struct HelloAck {
     /// hubs, which get stream heartbeats only; older agents ignore it and keep sending those.
     #[serde(default)]
     pub datagram_heartbeats: bool,
+    /// Hub wall clock, Unix ms, when it answered: the agent compares it with its own clock to
+    /// report skew before certificates start failing. 0 from older hubs.
+    #[serde(default)]
+    pub hub_time_ms: u64,
 }
 
 /// What an agent knows about itself and its cluster. Reported at join and in every heartbeat.

@@ -227,3 +227,86 @@ async fn a_rejoined_cluster_reports_status_from_its_new_store() {
     );
     a.stop().await.unwrap();
 }
+
+/// A hub restored from an older backup under a running fleet: agents keep the work the
+/// restored hub does not know, statuses flow again without resend loops, the operator is told,
+/// and the fleet takes new works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_an_older_backup_under_a_running_fleet_loses_no_work() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(2, true, Labels::new()).await.unwrap();
+    let agents: Vec<_> = ["north", "south"]
+        .iter()
+        .map(|n| agent(&hub, dir.path(), n, &token))
+        .collect();
+    admin
+        .apply_work(&config_work("old", everywhere(), &["a"], "1"))
+        .await
+        .unwrap();
+    wait_applied(&admin, "old", 1, 2).await;
+    let backup = dir.path().join("hub-backup.redb");
+    let info = admin.backup(&backup.display().to_string()).await.unwrap();
+    assert!(info.rows > 0 && backup.exists(), "{info:?}");
+    assert!(
+        admin.backup(&backup.display().to_string()).await.is_err(),
+        "a backup overwrote a file"
+    );
+    // After the backup: a work the restored hub will not know.
+    admin
+        .apply_work(&config_work("newer", everywhere(), &["a"], "1"))
+        .await
+        .unwrap();
+    wait_applied(&admin, "newer", 1, 2).await;
+
+    hub.stop().await;
+    let db = dir.path().join("hub/hub.redb");
+    let report = tether_hub::backup::restore(&db, &backup, tether_hub::util::now_ms()).unwrap();
+    assert_eq!((report.clusters, report.works), (2, 1));
+    assert!(report.replaced.is_some_and(|p| p.exists()));
+    hub.restart().await.unwrap();
+    let admin = hub.admin().unwrap();
+    tether_sim::fleet::wait_for(
+        &admin,
+        WAIT,
+        "both Ready",
+        tether_sim::fleet::all_in_state(&names(&["north", "south"]), "Ready"),
+    )
+    .await
+    .unwrap();
+    admin
+        .apply_work(&config_work("after", everywhere(), &["a"], "1"))
+        .await
+        .unwrap();
+    wait_applied(&admin, "after", 1, 2).await;
+    wait_applied(&admin, "old", 1, 2).await;
+    for n in ["north", "south"] {
+        assert!(
+            manifests_dir(dir.path(), n).join("tether-newer.yaml").exists(),
+            "{n} lost a work the restored hub does not know"
+        );
+    }
+    let (events, _) = admin
+        .audit_search(
+            &tether_hub::api::AuditFilter {
+                kind: Some("restored_from_backup".into()),
+                ..Default::default()
+            },
+            None,
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    // No resend loop: a few seconds of a quiet fleet add no duplicate statuses.
+    let dups = |t: &str| tether_sim::fleet::metric(t, "tether_hub_status_duplicates_total");
+    let before = dups(&admin.get_text("/metrics").await.unwrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = dups(&admin.get_text("/metrics").await.unwrap());
+    assert!(after - before < 5.0, "duplicates {before} -> {after}");
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}

@@ -37,6 +37,9 @@ pub const STATUS_HISTORY_PER_CLUSTER: usize = 1000;
 pub const LEGACY_STATUS_LOG: SeqTable<StatusLogEntry> = SeqTable::new("status_log");
 /// SHA-256 fingerprints (hex) of admin client certificates allowed on the admin API.
 pub const ADMINS: StrTable<AdminRecord> = StrTable::new("admins");
+/// Only in a backup: `taken_at_ms`, when it was taken. The hub that starts on it learns it was
+/// restored (and removes the row).
+pub const BACKUP_META: StrTable<u64> = StrTable::new("backup_meta");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ClusterState {

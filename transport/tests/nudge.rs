@@ -41,6 +41,7 @@ async fn a_blackholed_response_is_recovered_through_nudges() {
                 hub_version: "test".into(),
                 heartbeat_interval_ms: 1000,
                 datagram_heartbeats: false,
+                hub_time_ms: 0,
             });
             send_last(&mut send, &ack, Limits::default()).await.unwrap();
             answered_tx.send(()).await.unwrap();
