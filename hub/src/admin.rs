@@ -748,7 +748,10 @@ async fn route(
             if !to.is_absolute() {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
-                    format!("backup path {:?} must be absolute (it is a path on the hub's machine)", body.to),
+                    format!(
+                        "backup path {:?} must be absolute (it is a path on the hub's machine)",
+                        body.to
+                    ),
                 ));
             }
             if to.exists() {

@@ -6,7 +6,7 @@
 //! works, joins and revocations after the backup. Agents keep works the hub does not know.
 
 use std::path::{Path, PathBuf};
-use tether_store::hub::{ADMINS, AUDIT, BACKUP_META, CLUSTERS, WORKS};
+use tether_store::hub::{ClusterState, ADMINS, AUDIT, BACKUP_META, CLUSTERS, REVOKED, WORKS};
 use tether_store::{SnapshotInfo, Store, StoreError};
 
 const TAKEN_AT: &str = "taken_at_ms";
@@ -74,20 +74,57 @@ pub struct RestoreReport {
     pub works: usize,
     /// Where the database it replaced was moved, if there was one.
     pub replaced: Option<PathBuf>,
+    /// Revocations (and denials) the replaced database had and the backup did not, carried
+    /// over: restoring must not make a revoked certificate valid again.
+    pub revocations_kept: usize,
+    pub denials_kept: usize,
+}
+
+/// Copy into `restored` every revoked serial and denial of `old` that it lacks.
+fn keep_revocations(old: &Store, restored: &Store) -> Result<(usize, usize), StoreError> {
+    let (revoked, clusters) =
+        old.read(|tx| Ok::<_, StoreError>((tx.list(&REVOKED)?, tx.list(&CLUSTERS)?)))?;
+    restored.write(|tx| {
+        let mut serials = 0;
+        for (serial, rec) in &revoked {
+            if tx.get(&REVOKED, serial)?.is_none() {
+                tx.put(&REVOKED, serial, rec)?;
+                serials += 1;
+            }
+        }
+        let mut denials = 0;
+        for (name, old_rec) in &clusters {
+            if old_rec.state != ClusterState::Denied {
+                continue;
+            }
+            if let Some(mut rec) = tx.get(&CLUSTERS, name)? {
+                if rec.state != ClusterState::Denied {
+                    rec.state = ClusterState::Denied;
+                    rec.state_since_ms = old_rec.state_since_ms;
+                    tx.put(&CLUSTERS, name, &rec)?;
+                    denials += 1;
+                }
+            }
+        }
+        Ok((serials, denials))
+    })
 }
 
 /// Put the backup at `from` in place of `database` (the hub must be stopped).
 pub fn restore(database: &Path, from: &Path, now_ms: u64) -> anyhow::Result<RestoreReport> {
     use anyhow::Context;
-    if database.exists() {
-        match Store::open_existing(database) {
-            Err(StoreError::Locked { .. }) => anyhow::bail!(
-                "{} is in use: stop `tether-hub serve` before restoring",
-                database.display()
-            ),
-            // Damaged or not: it is being replaced, and kept beside the restored one.
-            _ => {}
-        }
+    // Damaged or not, the current database is replaced and kept beside the restored one; only
+    // a serving hub stops the restore.
+    if database.exists()
+        && matches!(
+            Store::open_existing(database),
+            Err(StoreError::Locked { .. })
+        )
+    {
+        anyhow::bail!(
+            "{} is in use: stop `tether-hub serve` before restoring",
+            database.display()
+        );
     }
     let backup = Store::open_existing(from)
         .with_context(|| format!("checking the backup {}", from.display()))?;
@@ -107,10 +144,21 @@ pub fn restore(database: &Path, from: &Path, now_ms: u64) -> anyhow::Result<Rest
         )
     })?;
     let tmp = database.with_extension("redb.restoring");
-    std::fs::copy(from, &tmp).with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::copy(from, &tmp)
+        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    let (revocations_kept, denials_kept) = {
+        let restored = Store::open_existing(&tmp)?;
+        match Store::open_existing(database) {
+            Ok(old) => keep_revocations(&old, &restored).with_context(|| {
+                format!("carrying revocations over from {}", database.display())
+            })?,
+            Err(e) => {
+                // A lost or damaged database has nothing readable to carry over.
+                tracing::warn!(error = %e, "the database being replaced cannot be read; revocations made after the backup are lost (deny those clusters again)");
+                (0, 0)
+            }
+        }
+    };
     let replaced = if database.exists() {
         let aside = database.with_extension(format!("redb.replaced-{now_ms}"));
         std::fs::rename(database, &aside)
@@ -129,5 +177,7 @@ pub fn restore(database: &Path, from: &Path, now_ms: u64) -> anyhow::Result<Rest
         clusters,
         works,
         replaced,
+        revocations_kept,
+        denials_kept,
     })
 }

@@ -176,10 +176,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 r.clusters,
                 r.works
             );
+            println!(
+                "carried over from the replaced database: {} revoked certificates, {} denials",
+                r.revocations_kept, r.denials_kept
+            );
             if let Some(old) = r.replaced {
                 println!("the database it replaced is kept as {}", old.display());
             }
-            println!("start the hub with `tether-hub serve --data-dir {}`", data_dir.display());
+            println!(
+                "start the hub with `tether-hub serve --data-dir {}`",
+                data_dir.display()
+            );
             Ok(())
         }
         Cmd::Serve {
@@ -217,7 +224,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Through the serving hub when there is one, else directly on the (unlocked) database.
 async fn backup(data: &DataDir, to: &std::path::Path) -> anyhow::Result<()> {
     let to = std::path::absolute(to).with_context(|| format!("resolving {}", to.display()))?;
-    anyhow::ensure!(!to.exists(), "{} exists; a backup never overwrites a file", to.display());
+    anyhow::ensure!(
+        !to.exists(),
+        "{} exists; a backup never overwrites a file",
+        to.display()
+    );
     let info = match tether_store::Store::open_existing(data.database()) {
         Err(tether_store::StoreError::Locked { .. }) => {
             let cfg = tether_hub::config::CtlConfig::load(&data.ctl_config())?;

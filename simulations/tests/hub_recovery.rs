@@ -237,7 +237,8 @@ async fn restoring_an_older_backup_under_a_running_fleet_loses_no_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut hub = hub(dir.path()).await;
     let admin = hub.admin().unwrap();
-    let token = hub.token(2, true, Labels::new()).await.unwrap();
+    let token = hub.token(3, true, Labels::new()).await.unwrap();
+    let stolen = agent(&hub, dir.path(), "stolen", &token);
     let agents: Vec<_> = ["north", "south"]
         .iter()
         .map(|n| agent(&hub, dir.path(), n, &token))
@@ -246,7 +247,7 @@ async fn restoring_an_older_backup_under_a_running_fleet_loses_no_work() {
         .apply_work(&config_work("old", everywhere(), &["a"], "1"))
         .await
         .unwrap();
-    wait_applied(&admin, "old", 1, 2).await;
+    wait_applied(&admin, "old", 1, 3).await;
     let backup = dir.path().join("hub-backup.redb");
     let info = admin.backup(&backup.display().to_string()).await.unwrap();
     assert!(info.rows > 0 && backup.exists(), "{info:?}");
@@ -259,12 +260,17 @@ async fn restoring_an_older_backup_under_a_running_fleet_loses_no_work() {
         .apply_work(&config_work("newer", everywhere(), &["a"], "1"))
         .await
         .unwrap();
-    wait_applied(&admin, "newer", 1, 2).await;
+    wait_applied(&admin, "newer", 1, 3).await;
+    // Denied after the backup: restoring must not let it back in.
+    admin.deny("stolen", "laptop stolen").await.unwrap();
+    let _ = stolen.stop().await;
 
     hub.stop().await;
     let db = dir.path().join("hub/hub.redb");
     let report = tether_hub::backup::restore(&db, &backup, tether_hub::util::now_ms()).unwrap();
-    assert_eq!((report.clusters, report.works), (2, 1));
+    assert_eq!((report.clusters, report.works), (3, 1));
+    assert_eq!(report.denials_kept, 1, "{report:?}");
+    assert!(report.revocations_kept >= 1, "{report:?}");
     assert!(report.replaced.is_some_and(|p| p.exists()));
     hub.restart().await.unwrap();
     let admin = hub.admin().unwrap();
@@ -282,9 +288,12 @@ async fn restoring_an_older_backup_under_a_running_fleet_loses_no_work() {
         .unwrap();
     wait_applied(&admin, "after", 1, 2).await;
     wait_applied(&admin, "old", 1, 2).await;
+    assert_eq!(admin.cluster("stolen").await.unwrap().state, "Denied");
     for n in ["north", "south"] {
         assert!(
-            manifests_dir(dir.path(), n).join("tether-newer.yaml").exists(),
+            manifests_dir(dir.path(), n)
+                .join("tether-newer.yaml")
+                .exists(),
             "{n} lost a work the restored hub does not know"
         );
     }
