@@ -228,8 +228,28 @@ pub fn agent_binary() -> std::path::PathBuf {
 
 impl AgentProcess {
     pub fn spawn(bin: &Path, hub: &LocalHub, dir: &Path, name: &str, token: &str) -> Self {
+        Self::spawn_under(&[], bin, hub, dir, name, token)
+    }
+
+    /// Run the agent through `wrapper` (e.g. `faketime -f -30m`).
+    pub fn spawn_under(
+        wrapper: &[&str],
+        bin: &Path,
+        hub: &LocalHub,
+        dir: &Path,
+        name: &str,
+        token: &str,
+    ) -> Self {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = std::process::Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let child = cmd
             .args(["run", "--data-dir"])
             .arg(dir.join("agents").join(name))
             .args(["--hub", &format!("localhost:{}", hub.quic_addr().port())])
