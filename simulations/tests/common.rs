@@ -212,18 +212,23 @@ pub struct AgentProcess {
 }
 
 pub fn agent_binary() -> std::path::PathBuf {
+    built_binary("tether-agent", "tether-agent")
+}
+
+/// Build (if needed) and locate a debug binary of the workspace.
+pub fn built_binary(package: &str, bin: &str) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "-q", "-p", "tether-agent", "--bin", "tether-agent"])
+        .args(["build", "-q", "-p", package, "--bin", bin])
         .status()
         .expect("running cargo build");
-    assert!(status.success(), "building tether-agent");
+    assert!(status.success(), "building {bin}");
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    target.join("debug").join("tether-agent")
+    target.join("debug").join(bin)
 }
 
 impl AgentProcess {
