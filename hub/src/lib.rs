@@ -12,6 +12,7 @@ pub mod committer;
 pub mod config;
 pub mod controller;
 pub mod ctl;
+pub(crate) mod decide;
 pub mod delivery;
 pub(crate) mod facts;
 pub mod health;

@@ -1,0 +1,331 @@
+//! The decision core: from a view of the fleet, the works, the previous decisions and `now`,
+//! what every work's placement, admission and rollout state is, and what the shell must do
+//! about it. Pure: no store, no tokio, no clock; `controller` gathers the inputs and carries
+//! out the effects.
+
+mod progressive;
+mod replicas;
+mod taints;
+
+use crate::placement::{self, Candidate, Choice};
+use crate::singleton;
+use crate::works::WorkEntry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tether_protocol::work::{FailoverMode, RolloutStrategy};
+use tether_protocol::{Labels, WorkPhase};
+use tether_store::hub::{ClusterWorkRecord, RolloutRecord};
+
+/// What the hub decided for one work at one generation.
+#[derive(Debug, Clone, Default)]
+pub struct WorkDecision {
+    pub generation: u64,
+    /// Selected clusters and the override rules that apply to each.
+    pub selected: BTreeMap<String, crate::render::Assignment>,
+    pub choices: Vec<Choice>,
+    /// `None`: every selected cluster may hold this generation.
+    pub admitted: Option<BTreeSet<String>>,
+    pub rollout: Option<RolloutView>,
+    /// Every selected cluster reports this generation applied: copies on clusters that are no
+    /// longer selected may now be removed (never before: nothing is mass-deleted on reconnect).
+    pub replacements_ready: bool,
+    /// A singleton: copies elsewhere go first (break before make, see `singleton`).
+    pub singleton: bool,
+    /// Singleton only: clusters that may still run it; the target waits for them.
+    pub waiting_for: Vec<String>,
+}
+
+impl WorkDecision {
+    /// Whether a delivery task could plan differently under `other`.
+    fn same_plan(&self, other: &WorkDecision) -> bool {
+        self.generation == other.generation
+            && self.selected == other.selected
+            && self.admitted == other.admitted
+            && self.replacements_ready == other.replacements_ready
+            && self.waiting_for == other.waiting_for
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutView {
+    pub generation: u64,
+    pub phase: String,
+    pub paused: bool,
+    pub total: usize,
+    pub admitted: usize,
+    pub done: usize,
+    pub in_flight: usize,
+    pub failed: usize,
+    pub pending_offline: usize,
+    pub rollback_of: Option<u64>,
+    /// Highest (slots in use + newly admitted) at any admission for this generation since the
+    /// hub started: the quantity `maxConcurrency` bounds. Simulations check it.
+    #[serde(default)]
+    pub admission_peak: usize,
+}
+
+/// One cluster as decisions see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterView {
+    /// Labels plus effective facts as `tether.dev/*` labels (see `placement::selectable_labels`).
+    pub labels: Labels,
+    /// Effective cpu count, and whether an admin pinned it (see `facts`).
+    pub cpus: u32,
+    pub cpus_pinned: bool,
+    pub denied: bool,
+    pub ready: bool,
+    /// How long it has been unreachable (hub time); `None` while Ready.
+    pub away_ms: Option<u64>,
+    pub session_open: bool,
+}
+
+pub(crate) struct Inputs<'a> {
+    pub now_ms: u64,
+    pub works: &'a BTreeMap<String, Arc<WorkEntry>>,
+    pub clusters: &'a BTreeMap<String, ClusterView>,
+    /// Keyed by (work, cluster).
+    pub status: &'a BTreeMap<(String, String), ClusterWorkRecord>,
+    pub rollouts: &'a BTreeMap<String, RolloutRecord>,
+    /// (work, cluster) singleton deliveries not yet answered.
+    pub in_flight: &'a BTreeSet<(String, String)>,
+    pub previous: &'a BTreeMap<String, Arc<WorkDecision>>,
+}
+
+/// What the shell must do, in this order, before it publishes the decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// A tainted cluster that may hold a singleton keeps a session: close it, so nothing in
+    /// flight reaches it after the singleton moves.
+    CloseSession { cluster: String, work: String },
+    /// Failures passed `maxFailures` with `autoRollback`: restore the previous generation.
+    AutoRollback { work: String },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub decisions: BTreeMap<String, Arc<WorkDecision>>,
+    /// Rollout state that changed, to persist before publishing.
+    pub rollout_writes: Vec<(String, RolloutRecord)>,
+    pub effects: Vec<Effect>,
+    /// Whether any work's plan differs from `previous` (sessions must re-plan).
+    pub changed: bool,
+}
+
+/// Decide every work that is not deleted.
+pub(crate) fn decide(inputs: &Inputs) -> Outcome {
+    let fleet: Vec<Candidate> = inputs
+        .clusters
+        .iter()
+        .filter(|(_, c)| !c.denied)
+        .map(|(n, c)| Candidate {
+            name: n.clone(),
+            labels: c.labels.clone(),
+        })
+        .collect();
+    let mut out = Outcome::default();
+    // Sessions closed earlier in this pass count as closed for later works, as they are by the
+    // time the decisions are published.
+    let mut closing: BTreeSet<String> = BTreeSet::new();
+    for (name, entry) in inputs.works.iter() {
+        if entry.record.deleted.is_some() {
+            continue;
+        }
+        let decision = decide_work(inputs, &fleet, name, entry, &mut closing, &mut out);
+        if inputs
+            .previous
+            .get(name)
+            .is_none_or(|b| !b.same_plan(&decision))
+        {
+            out.changed = true;
+        }
+        out.decisions.insert(name.clone(), Arc::new(decision));
+    }
+    out
+}
+
+fn decide_work(
+    inputs: &Inputs,
+    fleet: &[Candidate],
+    name: &str,
+    entry: &WorkEntry,
+    closing: &mut BTreeSet<String>,
+    out: &mut Outcome,
+) -> WorkDecision {
+    let spec = &entry.record.document.spec;
+    let generation = entry.record.generation;
+    let row = |c: &str| inputs.status.get(&(name.to_string(), c.to_string()));
+    let tainted = taints::tainted(spec.failover.as_ref(), inputs.clusters);
+    let sticky: BTreeSet<String> = inputs
+        .previous
+        .get(name)
+        .map(|d| d.selected.keys().cloned().collect())
+        .unwrap_or_else(|| {
+            // After a hub restart: whoever holds it keeps it.
+            inputs
+                .status
+                .iter()
+                .filter(|((w, _), row)| w == name && row.delivered.is_some())
+                .map(|((_, c), _)| c.clone())
+                .collect()
+        });
+    let singleton = spec
+        .failover
+        .as_ref()
+        .is_some_and(|f| f.mode == FailoverMode::Singleton);
+    // A singleton goes to a cluster that can take it now: sending it into a partition leaves a
+    // copy in flight that could start later next to its replacement.
+    let mut excluded = tainted.clone();
+    if singleton {
+        for (c, view) in inputs.clusters {
+            if !view.ready && !sticky.contains(c) {
+                excluded
+                    .entry(c.clone())
+                    .or_insert_with(|| "not Ready (a singleton goes to a Ready cluster)".into());
+            }
+        }
+    }
+    let choices = placement::select(name, spec, fleet, &sticky, &excluded);
+    let labels_of = |c: &str| -> Labels {
+        fleet
+            .iter()
+            .find(|f| f.name == c)
+            .map(|f| f.labels.clone())
+            .unwrap_or_default()
+    };
+    let shares = replicas::shares(spec, &choices, inputs.clusters, &labels_of);
+    let selected: BTreeMap<String, crate::render::Assignment> = choices
+        .iter()
+        .filter(|c| c.selected)
+        .map(|c| {
+            (
+                c.cluster.clone(),
+                crate::render::Assignment {
+                    rules: crate::render::matching_rules(spec, &c.cluster, &labels_of(&c.cluster)),
+                    replicas: shares.get(&c.cluster).copied(),
+                },
+            )
+        })
+        .collect();
+    let replacements_ready = selected.keys().all(|c| {
+        row(c).and_then(|r| r.status.as_ref()).is_some_and(|s| {
+            s.generation == generation
+                && matches!(s.phase, WorkPhase::Available | WorkPhase::Applied)
+        })
+    });
+    let outside_window =
+        progressive::outside_window(name, spec, &selected, &labels_of, inputs.now_ms);
+    let mut waiting_for = Vec::new();
+    if singleton && !selected.is_empty() {
+        let others: Vec<singleton::Other> = inputs
+            .clusters
+            .iter()
+            .filter(|(c, _)| !selected.contains_key(*c))
+            .map(|(c, view)| singleton::Other {
+                cluster: c,
+                may_hold: inputs.in_flight.contains(&(name.to_string(), c.clone()))
+                    || singleton::copy_may_run(row(c)),
+                tainted: tainted.contains_key(c),
+                session_open: view.session_open && !closing.contains(c),
+            })
+            .collect();
+        for c in singleton::sessions_to_close(others.iter().cloned()) {
+            closing.insert(c.clone());
+            out.effects.push(Effect::CloseSession {
+                cluster: c,
+                work: name.to_string(),
+            });
+        }
+        waiting_for = singleton::blockers(others.into_iter().map(|mut o| {
+            o.session_open = o.session_open && !closing.contains(o.cluster);
+            o
+        }));
+    }
+    let mut decision = WorkDecision {
+        generation,
+        selected,
+        choices,
+        admitted: None,
+        rollout: None,
+        replacements_ready,
+        singleton,
+        waiting_for,
+    };
+    let record = inputs
+        .rollouts
+        .get(name)
+        .filter(|r| r.generation == generation)
+        .cloned()
+        .unwrap_or(RolloutRecord {
+            generation,
+            ..RolloutRecord::default()
+        });
+    let progressive_spec = spec
+        .rollout
+        .as_ref()
+        .filter(|r| r.strategy == RolloutStrategy::Progressive);
+    match progressive_spec {
+        Some(r) if record.rollback_of.is_none() => {
+            let step = progressive::step(
+                &progressive::Context {
+                    name,
+                    generation,
+                    spec: r,
+                    fleet,
+                    inputs,
+                    outside_window: &outside_window,
+                    peak_before: inputs
+                        .previous
+                        .get(name)
+                        .and_then(|p| p.rollout.as_ref())
+                        .filter(|v| v.generation == generation)
+                        .map_or(0, |v| v.admission_peak),
+                },
+                &decision.selected,
+                record,
+            );
+            if step.roll_back {
+                out.effects.push(Effect::AutoRollback {
+                    work: name.to_string(),
+                });
+            }
+            decision.rollout = Some(step.view);
+            decision.admitted = Some(step.admitted);
+            if inputs.rollouts.get(name) != Some(&step.record) {
+                out.rollout_writes.push((name.to_string(), step.record));
+            }
+        }
+        _ => {
+            if !outside_window.is_empty() && record.rollback_of.is_none() {
+                // Outside its window a cluster keeps what it has; already-updated ones stay.
+                decision.admitted = Some(
+                    decision
+                        .selected
+                        .keys()
+                        .filter(|c| {
+                            !outside_window.contains(*c)
+                                || row(c).is_some_and(|r| {
+                                    r.delivered
+                                        .as_ref()
+                                        .is_some_and(|d| d.generation == generation)
+                                })
+                        })
+                        .cloned()
+                        .collect(),
+                );
+            }
+            if let Some(of) = record.rollback_of {
+                decision.rollout = Some(RolloutView {
+                    generation,
+                    phase: format!("RolledBack: restores generation {of} everywhere at once"),
+                    rollback_of: Some(of),
+                    total: decision.selected.len(),
+                    ..RolloutView::default()
+                });
+            }
+        }
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,337 @@
+//! Rules of the decision core, one test each, on hand-built fleets; and properties that hold
+//! for any fleet.
+
+use super::*;
+use proptest::prelude::*;
+use tether_protocol::{HeldWork, WorkStatus};
+
+const NOW: u64 = 10_000_000;
+
+fn cluster(labels: &[(&str, &str)], ready: bool, away_s: Option<u64>) -> ClusterView {
+    ClusterView {
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cpus: 4,
+        cpus_pinned: false,
+        denied: false,
+        ready,
+        away_ms: away_s.map(|s| s * 1000),
+        session_open: ready,
+    }
+}
+
+fn work(name: &str, generation: u64, spec: serde_json::Value) -> Arc<WorkEntry> {
+    let mut spec = spec;
+    spec.as_object_mut().unwrap().insert(
+        "manifests".into(),
+        serde_json::json!([{"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "default"}, "data": {"k": "v"}}]),
+    );
+    let document = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Work",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("test work");
+    Arc::new(WorkEntry::new(
+        tether_store::hub::WorkRecord {
+            document,
+            generation,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            deleted: None,
+        },
+        None,
+    ))
+}
+
+fn applied(generation: u64) -> ClusterWorkRecord {
+    ClusterWorkRecord {
+        delivered: Some(HeldWork {
+            generation,
+            hash: "0".repeat(64),
+            fenced: false,
+        }),
+        delivered_at_ms: Some(0),
+        status: Some(WorkStatus {
+            work: String::new(),
+            generation,
+            hash: "0".repeat(64),
+            phase: WorkPhase::Applied,
+            conditions: vec![],
+            resources: vec![],
+            message: String::new(),
+            observed_at_ms: 0,
+        }),
+        status_seq: 1,
+    }
+}
+
+#[derive(Default)]
+struct World {
+    works: BTreeMap<String, Arc<WorkEntry>>,
+    clusters: BTreeMap<String, ClusterView>,
+    status: BTreeMap<(String, String), ClusterWorkRecord>,
+    rollouts: BTreeMap<String, RolloutRecord>,
+    in_flight: BTreeSet<(String, String)>,
+    previous: BTreeMap<String, Arc<WorkDecision>>,
+}
+
+impl World {
+    fn with(mut self, name: &str, c: ClusterView) -> Self {
+        self.clusters.insert(name.into(), c);
+        self
+    }
+    fn add_work(mut self, w: Arc<WorkEntry>) -> Self {
+        self.works
+            .insert(w.record.document.metadata.name.clone(), w);
+        self
+    }
+    fn decide(&self, now_ms: u64) -> Outcome {
+        decide(&Inputs {
+            now_ms,
+            works: &self.works,
+            clusters: &self.clusters,
+            status: &self.status,
+            rollouts: &self.rollouts,
+            in_flight: &self.in_flight,
+            previous: &self.previous,
+        })
+    }
+    /// Decide, and remember the result as the previous decisions.
+    fn step(&mut self, now_ms: u64) -> Outcome {
+        let out = self.decide(now_ms);
+        self.previous = out.decisions.clone();
+        out
+    }
+}
+
+fn selected(out: &Outcome, work: &str) -> Vec<String> {
+    out.decisions[work].selected.keys().cloned().collect()
+}
+
+#[test]
+fn a_taint_moves_a_slot_only_past_toleration_seconds() {
+    let spec = serde_json::json!({
+        "placement": {"selector": {}, "maxClusters": 1},
+        "failover": {"mode": "Multi", "tolerationSeconds": 60},
+    });
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .with("b", cluster(&[], true, None))
+        .add_work(work("web", 1, spec));
+    let first = selected(&w.step(NOW), "web");
+    assert_eq!(first.len(), 1);
+    let holder = first[0].clone();
+    let other = if holder == "a" { "b" } else { "a" };
+    w.clusters
+        .insert(holder.clone(), cluster(&[], false, Some(60)));
+    assert_eq!(
+        selected(&w.step(NOW), "web"),
+        vec![holder.clone()],
+        "at the limit it stays"
+    );
+    w.clusters
+        .insert(holder.clone(), cluster(&[], false, Some(61)));
+    let out = w.step(NOW);
+    assert_eq!(selected(&out, "web"), vec![other.to_string()]);
+    let why = &out.decisions["web"]
+        .choices
+        .iter()
+        .find(|c| c.cluster == holder)
+        .unwrap()
+        .reason;
+    assert!(why.contains("tolerationSeconds"), "{why}");
+}
+
+#[test]
+fn max_clusters_keeps_its_choice_when_a_new_cluster_appears() {
+    let spec = serde_json::json!({"placement": {"selector": {}, "maxClusters": 2}});
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .with("b", cluster(&[], true, None))
+        .add_work(work("web", 1, spec));
+    let before = selected(&w.step(NOW), "web");
+    for n in ["c", "d", "e", "f"] {
+        w.clusters.insert(n.into(), cluster(&[], true, None));
+    }
+    assert_eq!(selected(&w.step(NOW), "web"), before, "no flapping");
+}
+
+#[test]
+fn a_singleton_goes_only_to_a_ready_cluster() {
+    let spec = serde_json::json!({
+        "placement": {"selector": {}, "maxClusters": 1},
+        "failover": {"mode": "Singleton"},
+    });
+    let w = World::default()
+        .with("a", cluster(&[], false, Some(1)))
+        .with("b", cluster(&[], true, None))
+        .add_work(work("db", 1, spec));
+    let out = w.decide(NOW);
+    assert_eq!(selected(&out, "db"), vec!["b".to_string()]);
+    assert!(out.decisions["db"].singleton);
+}
+
+#[test]
+fn a_tainted_holder_of_a_singleton_loses_its_session_and_stops_blocking() {
+    let spec = serde_json::json!({
+        "placement": {"selector": {}, "maxClusters": 1},
+        "failover": {"mode": "Singleton", "fenceAfterSeconds": 30, "clockSkewSeconds": 10},
+    });
+    let mut w = World::default()
+        .with("old", cluster(&[], true, None))
+        .add_work(work("db", 1, spec));
+    w.step(NOW);
+    w.status.insert(("db".into(), "old".into()), applied(1));
+    w.clusters.insert("new".into(), cluster(&[], true, None));
+    // Unreachable long enough to have fenced itself, but its connection lingers.
+    let mut gone = cluster(&[], false, Some(3600));
+    gone.session_open = true;
+    w.clusters.insert("old".into(), gone);
+    let out = w.step(NOW);
+    assert_eq!(selected(&out, "db"), vec!["new".to_string()]);
+    assert_eq!(
+        out.effects,
+        vec![Effect::CloseSession {
+            cluster: "old".into(),
+            work: "db".into()
+        }]
+    );
+    assert!(
+        out.decisions["db"].waiting_for.is_empty(),
+        "the closed session no longer blocks the move"
+    );
+    // Reachable again but no longer selected: it may still run a copy, so the new holder waits.
+    w.clusters.insert("old".into(), cluster(&[], true, None));
+    let out = w.step(NOW);
+    assert_eq!(out.decisions["db"].waiting_for, vec!["old".to_string()]);
+}
+
+#[test]
+fn weighted_replicas_follow_label_weights() {
+    let spec = serde_json::json!({"placement": {"selector": {}, "replicas": {
+        "total": 9, "divide": "weighted",
+        "weights": [{"selector": {"matchLabels": {"size": "large"}}, "weight": 2}]}}});
+    let w = World::default()
+        .with("big", cluster(&[("size", "large")], true, None))
+        .with("s1", cluster(&[], true, None))
+        .with("s2", cluster(&[], true, None))
+        .add_work(work("app", 1, spec));
+    let out = w.decide(NOW);
+    let r = |c: &str| out.decisions["app"].selected[c].replicas;
+    assert_eq!((r("big"), r("s1"), r("s2")), (Some(5), Some(2), Some(2)));
+}
+
+#[test]
+fn replacements_are_ready_only_when_every_selected_cluster_applied_this_generation() {
+    let spec = serde_json::json!({"placement": {"clusters": ["a", "b"]}});
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .with("b", cluster(&[], true, None))
+        .add_work(work("app", 2, spec));
+    w.status.insert(("app".into(), "a".into()), applied(2));
+    w.status.insert(("app".into(), "b".into()), applied(1));
+    assert!(!w.decide(NOW).decisions["app"].replacements_ready);
+    w.status.insert(("app".into(), "b".into()), applied(2));
+    assert!(w.decide(NOW).decisions["app"].replacements_ready);
+}
+
+#[test]
+fn outside_its_maintenance_window_a_cluster_keeps_what_it_has() {
+    let spec = serde_json::json!({
+        "placement": {"selector": {}},
+        "rollout": {"maintenanceWindows": {"night": {"cron": "0 1 * * *", "durationMinutes": 60}}},
+    });
+    let w = World::default()
+        .with(
+            "day",
+            cluster(
+                &[(tether_protocol::work::MAINTENANCE_WINDOW_LABEL, "night")],
+                true,
+                None,
+            ),
+        )
+        .with("free", cluster(&[], true, None))
+        .add_work(work("app", 1, spec));
+    // 12:00 UTC: the night window is closed.
+    let noon = 12 * 3_600_000;
+    let admitted = w.decide(noon).decisions["app"].admitted.clone().unwrap();
+    assert_eq!(admitted, BTreeSet::from(["free".to_string()]));
+}
+
+#[test]
+fn failures_past_max_failures_roll_back_once() {
+    let spec = serde_json::json!({
+        "placement": {"selector": {}},
+        "rollout": {"strategy": "Progressive", "maxConcurrency": 2, "maxFailures": 0, "autoRollback": true},
+    });
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .with("b", cluster(&[], true, None))
+        .add_work(work("app", 3, spec));
+    let out = w.step(NOW);
+    assert_eq!(out.rollout_writes.len(), 1, "admissions are persisted");
+    w.rollouts = out.rollout_writes.into_iter().collect();
+    let mut failed = applied(3);
+    if let Some(s) = failed.status.as_mut() {
+        s.phase = WorkPhase::Failed;
+    }
+    w.status.insert(("app".into(), "a".into()), failed);
+    let out = w.step(NOW + 1000);
+    assert_eq!(
+        out.effects,
+        vec![Effect::AutoRollback { work: "app".into() }]
+    );
+    w.rollouts = out.rollout_writes.into_iter().collect();
+    assert!(w.rollouts["app"].rolled_back);
+    assert!(w.step(NOW + 2000).effects.is_empty(), "only once");
+}
+
+#[test]
+fn an_unchanged_fleet_is_no_change() {
+    let spec = serde_json::json!({"placement": {"selector": {}}});
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .add_work(work("app", 1, spec));
+    assert!(w.step(NOW).changed);
+    assert!(!w.step(NOW + 500).changed);
+}
+
+proptest! {
+    /// Any fleet: a singleton is on at most one cluster, admitted clusters are selected ones,
+    /// `maxClusters` holds, and denied clusters are never selected.
+    #[test]
+    fn decisions_respect_their_bounds(
+        fleet in proptest::collection::vec((any::<bool>(), proptest::option::of(0u64..7200), any::<bool>(), any::<bool>()), 1..12),
+        max in 1usize..4,
+        singleton in any::<bool>(),
+    ) {
+        let mut w = World::default();
+        for (i, (ready, away, denied, zone)) in fleet.iter().enumerate() {
+            let mut c = cluster(&[("zone", if *zone { "x" } else { "y" })], *ready, if *ready { None } else { *away });
+            c.denied = *denied;
+            w.clusters.insert(format!("c{i}"), c);
+        }
+        let mut spec = serde_json::json!({"placement": {"selector": {}, "maxClusters": max}});
+        if singleton {
+            spec["placement"]["maxClusters"] = 1.into();
+            spec["failover"] = serde_json::json!({"mode": "Singleton"});
+        }
+        w = w.add_work(work("p", 1, spec));
+        let out = w.decide(NOW);
+        let d = &out.decisions["p"];
+        let bound = if singleton { 1 } else { max };
+        prop_assert!(d.selected.len() <= bound);
+        for c in d.selected.keys() {
+            prop_assert!(!w.clusters[c].denied);
+            if singleton {
+                prop_assert!(w.clusters[c].ready);
+            }
+        }
+        if let Some(a) = &d.admitted {
+            prop_assert!(a.iter().all(|c| d.selected.contains_key(c)));
+        }
+    }
+}
