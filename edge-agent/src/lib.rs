@@ -36,8 +36,18 @@ pub fn open_store(data_dir: &Path) -> Result<Store, AgentError> {
         std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| AgentError::Io(format!("restricting {}: {e}", data_dir.display())))?;
     }
-    match Store::open(data_dir.join("agent.redb")) {
+    let path = data_dir.join("agent.redb");
+    let existed = path.exists();
+    match Store::open(&path) {
         Ok(s) => Ok(s),
+        // A create that failed half way (disk full) leaves a file without a valid header,
+        // which the next attempt would take for a damaged database. It never held data.
+        Err(e) if !existed && error::store_retryable(&e) => {
+            if let Err(rm) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %rm, "removing a half-created database");
+            }
+            Err(e.into())
+        }
         Err(StoreError::Damaged { path, detail }) => Err(AgentError::StoreDamaged { path, detail }),
         // Not a redb file any more (its header was overwritten): damage too, not a retry.
         Err(StoreError::Open {
