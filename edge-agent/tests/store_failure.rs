@@ -169,16 +169,11 @@ async fn opening_on_a_full_disk_waits_and_opens_once_space_is_freed() {
     let (_stop, shutdown) = Shutdown::new();
     let opening = tokio::spawn({
         let dir = dir.clone();
-        async move {
-            tether_agent::open_store_waiting(&dir, Duration::from_millis(50), shutdown).await
-        }
+        async move { tether_agent::open_store_waiting(&dir, Duration::from_millis(50), shutdown).await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     if opening.is_finished() {
-        panic!(
-            "gave up on a full disk: {:?}",
-            opening.await.unwrap().err()
-        );
+        panic!("gave up on a full disk: {:?}", opening.await.unwrap().err());
     }
     std::fs::remove_file(&filler).unwrap();
     let store = tokio::time::timeout(Duration::from_secs(10), opening)

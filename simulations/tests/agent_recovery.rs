@@ -47,7 +47,11 @@ impl Panicky {
 }
 
 impl Executor for Panicky {
-    async fn apply(&self, work: &DesiredWork, previous: &Managed) -> Result<ApplyReport, ExecError> {
+    async fn apply(
+        &self,
+        work: &DesiredWork,
+        previous: &Managed,
+    ) -> Result<ApplyReport, ExecError> {
         self.maybe_panic("apply");
         self.cluster.apply(work, previous).await
     }
@@ -108,7 +112,10 @@ async fn wait_condition(admin: &AdminClient, what: &str, pred: impl Fn(&[Conditi
         if c.as_ref().is_ok_and(|c| pred(c)) {
             return;
         }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}: {c:?}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}: {c:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -175,9 +182,14 @@ async fn an_apply_that_panics_fails_that_work_and_is_retried_until_it_applies() 
     let data_dir = joined(&hub, dir).await;
     let exec = Panicky::new(false);
     let agent = start(&data_dir, exec.clone());
-    wait_for(&admin, WAIT, "a Ready", all_in_state(&names(&["a"]), "Ready"))
-        .await
-        .unwrap();
+    wait_for(
+        &admin,
+        WAIT,
+        "a Ready",
+        all_in_state(&names(&["a"]), "Ready"),
+    )
+    .await
+    .unwrap();
     let g = admin
         .apply_work(&config_work("w", only(&["a"]), &["k"], "1"))
         .await
@@ -188,10 +200,15 @@ async fn an_apply_that_panics_fails_that_work_and_is_retried_until_it_applies() 
     loop {
         let d = admin.work("w").await.unwrap();
         let row = d.clusters.iter().find(|c| c.cluster == "a");
-        if row.is_some_and(|r| r.phase.as_deref() == Some("Failed") && r.message.contains("panicked")) {
+        if row
+            .is_some_and(|r| r.phase.as_deref() == Some("Failed") && r.message.contains("panicked"))
+        {
             break;
         }
-        assert!(start.elapsed() < WAIT, "no failed status for the panic: {row:?}");
+        assert!(
+            start.elapsed() < WAIT,
+            "no failed status for the panic: {row:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     exec.broken.store(false, Ordering::SeqCst);
@@ -263,9 +280,14 @@ async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
     std::fs::copy(&db, data_dir.join("agent.redb")).unwrap();
     let cluster = MemoryExecutor::new();
     let agent = start(&data_dir, cluster.clone());
-    wait_for(&admin, WAIT, "a Ready", all_in_state(&names(&["a"]), "Ready"))
-        .await
-        .unwrap();
+    wait_for(
+        &admin,
+        WAIT,
+        "a Ready",
+        all_in_state(&names(&["a"]), "Ready"),
+    )
+    .await
+    .unwrap();
     let filler = fs.fill();
 
     // Too big for what is left (nothing): committing it must grow the file.
@@ -278,8 +300,9 @@ async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
         .unwrap()
         .generation;
     wait_condition(&admin, "StoreUnavailable True", |c| {
-        find(c, "StoreUnavailable")
-            .is_some_and(|s| s.status == "True" && s.reason == "StoreFailing" && !s.message.is_empty())
+        find(c, "StoreUnavailable").is_some_and(|s| {
+            s.status == "True" && s.reason == "StoreFailing" && !s.message.is_empty()
+        })
     })
     .await;
     assert!(cluster.objects().is_empty());
@@ -361,8 +384,14 @@ async fn a_damaged_database_stops_the_agent_with_exit_code_4_and_says_how_to_rec
             Some(4),
             "{case}: exit code; output:\n{text}"
         );
-        assert!(text.contains(&copy.display().to_string()), "{case}: names the file:\n{text}");
-        assert!(text.contains("tetherctl clusters detach"), "{case}: recovery:\n{text}");
+        assert!(
+            text.contains(&copy.display().to_string()),
+            "{case}: names the file:\n{text}"
+        );
+        assert!(
+            text.contains("tetherctl clusters detach"),
+            "{case}: recovery:\n{text}"
+        );
         assert!(text.contains("join again"), "{case}: recovery:\n{text}");
         assert!(!text.contains("panicked"), "{case}:\n{text}");
     }
