@@ -149,6 +149,21 @@ impl Resend {
         Some(window / 2 + window.mul_f64(unit.clamp(0.0, 1.0) / 2.0))
     }
 
+    /// The hub answered `Busy` (its status budget for this cluster is spent): the same
+    /// pacing, so that the session is kept instead of ending on it.
+    pub fn busy(&mut self, why: &str, unit: f64) -> Duration {
+        if !self.stalled {
+            tracing::warn!(
+                reason = why,
+                "the hub is busy with this agent's status; resending with backoff"
+            );
+            self.stalled = true;
+        }
+        let window = self.backoff.current_window();
+        self.backoff.next_delay(0.0);
+        window / 2 + window.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+    }
+
     pub fn stalled(&self) -> bool {
         self.stalled
     }
@@ -192,6 +207,11 @@ mod tests {
         assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
         assert!(waits[11] > waits[0] * 8, "{waits:?}");
         assert!(waits.iter().all(|w| *w <= RESEND_CAP), "{waits:?}");
+        // Busy grows the same window.
+        let mut r = Resend::default();
+        assert_eq!(r.busy("budget", 0.0), RESEND_BASE / 2);
+        assert_eq!(r.busy("budget", 0.0), RESEND_BASE);
+        assert!(r.stalled());
         // The hub's cursor below what was sent waits too.
         let mut r = Resend::default();
         assert!(r.after_ack(10, 4, 4, 0.99).is_some());

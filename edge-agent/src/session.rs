@@ -22,7 +22,7 @@ use tether_transport::backoff::{AddressRing, Backoff};
 use tether_transport::beat;
 use tether_transport::framed::{read_frame, request, send_last};
 use tether_transport::tls::{session_client_config, SwappableClientCert};
-use tether_transport::{certs, Limits};
+use tether_transport::{certs, Limits, TransportError};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -644,6 +644,14 @@ async fn pump_status(
             Ok(Message::StatusAck(ack)) => ack.through_seq,
             Ok(other) => {
                 return AgentError::Protocol(format!("expected StatusAck, got {}", other.kind()))
+            }
+            Err(TransportError::Peer(e))
+                if e.code == ErrorCode::Busy && conn.close_reason().is_none() =>
+            {
+                let unit: f64 = rand::rng().random();
+                let delay = resend.busy(&e.message, unit);
+                tokio::time::sleep(delay).await;
+                continue;
             }
             Err(e) => return transport_error(&conn, e),
         };

@@ -396,3 +396,72 @@ async fn a_damaged_database_stops_the_agent_with_exit_code_4_and_says_how_to_rec
         assert!(!text.contains("panicked"), "{case}:\n{text}");
     }
 }
+
+/// The hub holds a status cursor above everything the agent will send (its outbox was wiped,
+/// identity kept: what a wiped store and a re-join under the same name look like to it).
+/// The hub acknowledges through its own cursor, which the agent rightly ignores; it used to
+/// resend at once, about 890 batches a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_batches_the_hub_does_not_retire_are_resent_with_backoff() {
+    use tether_store::agent::{APPLIED, OUTBOX, OUTBOX_BY_WORK, OUTBOX_META};
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let hub = hub(dir).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Default::default()).await.unwrap();
+    let (a, mem) = memory_agent(&hub, dir, "a", &token);
+    wait_for(
+        &admin,
+        WAIT,
+        "a Ready",
+        all_in_state(&names(&["a"]), "Ready"),
+    )
+    .await
+    .unwrap();
+    for w in ["w1", "w2", "w3"] {
+        let g = admin
+            .apply_work(&config_work(w, only(&["a"]), &["k"], "1"))
+            .await
+            .unwrap()
+            .generation;
+        wait_applied(&admin, w, g, 1).await;
+    }
+    a.stop().await.unwrap();
+    {
+        let store = tether_agent::open_store(&dir.join("agents").join("a")).unwrap();
+        let applied = store.read(|tx| tx.list(&APPLIED)).unwrap();
+        let queued = store.read(|tx| tx.list(&OUTBOX_BY_WORK)).unwrap();
+        store
+            .write(|tx| {
+                for (work, _) in &applied {
+                    tx.remove(&APPLIED, work)?;
+                }
+                for (work, seq) in &queued {
+                    tx.remove(&OUTBOX_BY_WORK, work)?;
+                    tx.remove_seq(&OUTBOX, *seq)?;
+                }
+                tx.remove(&OUTBOX_META, tether_store::agent::CURRENT)?;
+                Ok::<_, tether_store::StoreError>(())
+            })
+            .unwrap();
+    }
+    let duplicates = || async {
+        let text = admin.get_text("/metrics").await.unwrap();
+        tether_sim::fleet::metric(&text, "tether_hub_status_duplicates_total")
+    };
+    let before = duplicates().await;
+    let a = memory_agent_again(&hub, dir, "a", &token, &mem);
+    // The first batch goes out at once, then every resend is paced.
+    let start = Instant::now();
+    while duplicates().await == before {
+        assert!(start.elapsed() < WAIT, "the agent never sent its statuses");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let resent = duplicates().await - before;
+    // Three entries a batch; waits of 0.25-0.5, 0.5-1, 1-2 and 2-4 s: at most 5 batches.
+    assert!(resent <= 18.0, "{resent} status entries resent in 4 s");
+    assert!(!a.is_finished());
+    a.stop().await.unwrap();
+}
