@@ -18,6 +18,10 @@ pub enum AgentError {
     Unauthorized(String),
     #[error("this agent's certificate expired at {0}, while the agent could not reach the hub. Run `tether-agent leave` and join again")]
     CertificateExpired(String),
+    /// This host's clock is off the hub's by more than `clock::MAX_CLOCK_SKEW`. Retried (NTP
+    /// may set the clock any moment), with backoff.
+    #[error("{0}")]
+    ClockSkew(String),
     #[error("incompatible hub: {0}")]
     VersionMismatch(String),
     #[error("the hub refused the join request: {0}")]
@@ -50,7 +54,7 @@ impl AgentError {
     /// Errors after which retrying cannot help: the process should exit and say why.
     pub fn is_fatal(&self) -> bool {
         match self {
-            AgentError::Protocol(_) | AgentError::Io(_) => false,
+            AgentError::Protocol(_) | AgentError::Io(_) | AgentError::ClockSkew(_) => false,
             // A failing disk is the session's to wait out, not a reason to exit: the store
             // reopens itself, and an exit would only make the supervisor restart into the same
             // full disk. Damage found at run time also closes and reopens the handle (with the

@@ -98,6 +98,8 @@ struct Agent {
     quic: quinn::ClientConfig,
     current: Current,
     limits: Limits,
+    /// Renewals failed in a row (reset by a success): the retry backs off on it.
+    renew_failures: u32,
 }
 
 enum End {
@@ -167,6 +169,7 @@ pub async fn run<E: Executor>(
         quic,
         current: Current::new(identity)?,
         limits: Limits::default(),
+        renew_failures: 0,
     };
     let mut backoff = Backoff::new(opts.backoff_base, opts.backoff_cap);
     tracing::info!(cluster = %agent.current.identity.name, cert_expires = %rfc3339(agent.current.not_after_ms), "agent starting");
@@ -363,14 +366,17 @@ async fn session(
                 return Ok(End::Lost(e));
             }
             _ = &mut renewal => {
-                if let Err(e) = renew(agent, &conn).await {
-                    if e.is_fatal() {
-                        return Err(e);
+                match renew(agent, &conn).await {
+                    Ok(()) => agent.renew_failures = 0,
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => {
+                        let left = agent.current.not_after_ms.saturating_sub(now_ms());
+                        let unit: f64 = rand::rng().random();
+                        let wait = renewal::retry_in(agent.renew_failures, left, unit);
+                        agent.renew_failures = agent.renew_failures.saturating_add(1);
+                        agent.current.renew_at_ms = now_ms() + wait.as_millis() as u64;
+                        tracing::warn!(error = %e, failures = agent.renew_failures, "certificate renewal failed; retrying in {wait:?}");
                     }
-                    // Retry in a minute, or sooner if the certificate is about to expire.
-                    let left = agent.current.not_after_ms.saturating_sub(now_ms());
-                    agent.current.renew_at_ms = now_ms() + (left / 10).clamp(1_000, 60_000);
-                    tracing::warn!(error = %e, "certificate renewal failed; will retry");
                 }
                 renewal.as_mut().reset(tokio::time::Instant::now() + until_ms(agent.current.renew_at_ms));
             }
@@ -482,16 +488,16 @@ async fn renew(agent: &mut Agent, conn: &Connection) -> Result<(), AgentError> {
         }
         Err(e) => return Err(transport_error(conn, e)),
     };
+    crate::clock::check_issued(
+        "renewed",
+        &agent.current.identity.name,
+        &agent.current.identity.ca_pem,
+        &cert_pem,
+        &key_pem,
+        crate::clock::now_s(),
+    )?;
     let info = certs::inspect_pem(&cert_pem)
         .map_err(|e| AgentError::Protocol(format!("renewed certificate: {e}")))?;
-    if info.common_name != agent.current.identity.name {
-        return Err(AgentError::Protocol(format!(
-            "renewed certificate names {:?}",
-            info.common_name
-        )));
-    }
-    tether_transport::tls::verify_issued(&agent.current.identity.ca_pem, &cert_pem, &key_pem)
-        .map_err(|e| AgentError::Protocol(format!("renewed certificate refused: {e}")))?;
     let mut identity = agent.current.identity.clone();
     identity.key_pem = key_pem;
     identity.cert_pem = cert_pem;

@@ -464,8 +464,9 @@ async fn status_batches_the_hub_does_not_retire_are_resent_with_backoff() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let resent = duplicates().await - before;
     eprintln!("{resent} status entries resent in 4 s");
-    // Three entries a batch; waits of 0.25-0.5, 0.5-1, 1-2 and 2-4 s: at most 5 batches.
-    assert!(resent <= 18.0, "{resent} status entries resent in 4 s");
+    // At most three entries a batch; waits of 0.25-0.5, 0.5-1, 1-2 and 2-4 s: a handful of
+    // batches (without the backoff: thousands of entries).
+    assert!(resent <= 24.0, "{resent} status entries resent in 4 s");
     assert!(!a.is_finished());
     a.stop().await.unwrap();
 }
