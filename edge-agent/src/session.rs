@@ -143,31 +143,38 @@ pub async fn run<E: Executor>(
     let tls = session_client_config(&identity.ca_pem, cert.clone(), ALPN_SESSION)?;
     let quic = tether_transport::quic::client_config(tls)
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    // Before the reconciler starts: an early return must not leave it running with the store.
+    let current = Current::new(identity)?;
     let signals = Signals::default();
     tracing::info!(executor = %executor.describe(), interval = ?opts.reconcile_interval, "reconciler starting");
+    // Its own stop signal, not the caller's: `run` also ends on a fatal error, and must then
+    // wait until the reconciler let go of the store (a caller may open it right away).
+    let (stop_reconciler, reconciler_stop) = Shutdown::new();
     let reconciler = {
         let (store, signals, interval, stop) = (
             store.clone(),
             signals.clone(),
             opts.reconcile_interval,
-            shutdown.clone(),
+            reconciler_stop.clone(),
         );
         tokio::spawn(supervise(
             crate::reconcile::TASK,
             signals.tasks.clone(),
-            shutdown.clone(),
+            reconciler_stop,
             move || {
                 Reconciler::new(store.clone(), executor.clone(), signals.clone(), interval)
                     .run(stop.clone())
             },
         ))
     };
+    // Should `run` itself be dropped (its caller cancelled), the reconciler goes with it.
+    let _reconciler_guard = crate::supervise::AbortOnDrop(reconciler.abort_handle());
     let mut agent = Agent {
         store,
         signals,
         cert,
         quic,
-        current: Current::new(identity)?,
+        current,
         limits: Limits::default(),
         renew_failures: 0,
     };
@@ -184,7 +191,7 @@ pub async fn run<E: Executor>(
     .await;
     // Release the store before returning: a caller may open it right away (tests, `leave`).
     tasks.shutdown().await;
-    reconciler.abort();
+    let _ = stop_reconciler.send(true);
     let _ = reconciler.await;
     drop(agent);
     result
