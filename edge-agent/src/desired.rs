@@ -292,6 +292,11 @@ impl DeliveryError {
             | DeliveryError::Hash(..)
             | DeliveryError::MissingContent(..) => ErrorCode::BadRequest,
             DeliveryError::TooManyWorks(_) => ErrorCode::TooLarge,
+            // The agent's disk, not the hub's input, failed: `Busy` tells the hub to send the
+            // same delivery again later; never `BadRequest`, which means "do not resend this".
+            DeliveryError::Agent(AgentError::Store(e)) if crate::error::store_retryable(e) => {
+                ErrorCode::Busy
+            }
             DeliveryError::Agent(_) => ErrorCode::Internal,
         }
     }

@@ -1,4 +1,10 @@
+use std::path::PathBuf;
 use tether_protocol::ErrorMsg;
+use tether_store::StoreError;
+
+/// Exit code of an agent whose database cannot be used (damaged beyond redb's repair): a
+/// restart cannot fix it, only the recovery in the message can.
+pub const EXIT_STORE_DAMAGED: i32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -12,6 +18,10 @@ pub enum AgentError {
     Unauthorized(String),
     #[error("this agent's certificate expired at {0}, while the agent could not reach the hub. Run `tether-agent leave` and join again")]
     CertificateExpired(String),
+    /// This host's clock is off the hub's by more than `clock::MAX_CLOCK_SKEW`. Retried (NTP
+    /// may set the clock any moment), with backoff.
+    #[error("{0}")]
+    ClockSkew(String),
     #[error("incompatible hub: {0}")]
     VersionMismatch(String),
     #[error("the hub refused the join request: {0}")]
@@ -28,8 +38,10 @@ pub enum AgentError {
     Config(String),
     #[error("the hub answered something unexpected: {0}")]
     Protocol(String),
+    #[error("the agent database {path} is damaged and cannot be repaired ({detail}). The agent will not start on it. To recover: stop the agent; move {path} away (or delete it); ask a hub administrator to run `tetherctl clusters detach NAME` for this cluster; then join again with a new token (`tether-agent join` or `run` with join flags)")]
+    StoreDamaged { path: PathBuf, detail: String },
     #[error(transparent)]
-    Store(#[from] tether_store::StoreError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] tether_transport::tls::TlsError),
     #[error("{0}")]
@@ -41,7 +53,17 @@ pub enum AgentError {
 impl AgentError {
     /// Errors after which retrying cannot help: the process should exit and say why.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, AgentError::Protocol(_) | AgentError::Io(_))
+        match self {
+            AgentError::Protocol(_) | AgentError::Io(_) | AgentError::ClockSkew(_) => false,
+            // A failing disk is the session's to wait out, not a reason to exit: the store
+            // reopens itself, and an exit would only make the supervisor restart into the same
+            // full disk. Damage found at run time also closes and reopens the handle (with the
+            // integrity check), so it is retried too; damage found at start is `StoreDamaged`.
+            AgentError::Store(e) => {
+                !(store_retryable(e) || matches!(e, StoreError::Damaged { .. }))
+            }
+            _ => true,
+        }
     }
 
     /// Distinct exit codes let supervisors (systemd `RestartPreventExitStatus=3`) stop
@@ -58,8 +80,23 @@ impl AgentError {
             | AgentError::NotJoined
             | AgentError::AlreadyJoined(_)
             | AgentError::CaPinMismatch(_) => 2,
+            AgentError::StoreDamaged { .. } => EXIT_STORE_DAMAGED,
             AgentError::Interrupted => 130,
             _ => 1,
         }
     }
+}
+
+/// Whether the same store operation may succeed later. Adds to [`StoreError::is_retryable`]
+/// the open that failed on I/O (a create or repair on a full disk), which the store reports as
+/// a plain `Open` error.
+pub fn store_retryable(e: &StoreError) -> bool {
+    e.is_retryable()
+        || matches!(
+            e,
+            StoreError::Open {
+                source: redb::DatabaseError::Storage(redb::StorageError::Io(_)),
+                ..
+            }
+        )
 }

@@ -244,16 +244,14 @@ fn accept_approval(
             "the CA sent with the approval is not the pinned CA".into(),
         ));
     }
-    let info = certs::inspect_pem(&cert_pem)
-        .map_err(|e| AgentError::Protocol(format!("issued certificate: {e}")))?;
-    if info.common_name != pending.name {
-        return Err(AgentError::Protocol(format!(
-            "issued certificate names {:?}, expected {:?}",
-            info.common_name, pending.name
-        )));
-    }
-    tether_transport::tls::verify_issued(&ca_pem, &cert_pem, &pending.key_pem)
-        .map_err(|e| AgentError::Protocol(format!("issued certificate refused: {e}")))?;
+    crate::clock::check_issued(
+        "issued",
+        &pending.name,
+        &ca_pem,
+        &cert_pem,
+        &pending.key_pem,
+        crate::clock::now_s(),
+    )?;
     Ok(Identity {
         name: pending.name.clone(),
         key_pem: pending.key_pem.clone(),

@@ -26,7 +26,7 @@ use tether_store::StoreError;
     name = "tether-agent",
     version,
     about = "Tether edge agent: joins a hub and keeps one outbound QUIC session with mutual TLS.",
-    long_about = "Tether edge agent: joins a hub and keeps one outbound QUIC session with mutual TLS.\n\nThe agent only dials out; the hub never connects to it. First `join` (or `run` with join flags),\nthen `run`. Exit code 3 means the hub cut this cluster off on purpose (denied, detached,\nrevoked): do not restart blindly."
+    long_about = "Tether edge agent: joins a hub and keeps one outbound QUIC session with mutual TLS.\n\nThe agent only dials out; the hub never connects to it. First `join` (or `run` with join flags),\nthen `run`.\n\nExit codes: 1 other errors; 2 configuration (flags, not joined); 3 the hub cut this cluster off on\npurpose (denied, detached, revoked): do not restart blindly; 4 the agent database (DATA_DIR/agent.redb)\nis damaged beyond repair: move it away, have `tetherctl clusters detach NAME` run on the hub, join\nagain; 130 interrupted. A full disk is waited out (retried with backoff), not an exit."
 )]
 struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -219,7 +219,12 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
         } => {
             let shutdown = shutdown_on_signal();
             let executor = Arc::new(build_executor(&executor).await?);
-            let store = tether_agent::open_store(&data_dir)?;
+            let store = tether_agent::open_store_waiting(
+                &data_dir,
+                Duration::from_millis(500),
+                shutdown.clone(),
+            )
+            .await?;
             let joined = store.read(|tx| tx.get(&IDENTITY, CURRENT))?.is_some();
             drop(store);
             if !joined && has_join_flags(&join) {

@@ -51,6 +51,12 @@ pub struct Signals {
     pub holds_fencing: Arc<std::sync::atomic::AtomicBool>,
     /// Kubernetes version and node count as last read by the executor (reported in heartbeats).
     pub cluster_facts: Arc<std::sync::Mutex<(Option<String>, Option<u32>)>>,
+    /// Supervised tasks that failed and have not recovered yet (reported in heartbeats).
+    pub tasks: crate::supervise::TaskHealth,
+    /// A delivery was refused because the store failed. The hub does not send refused content
+    /// again on the same session, so once the store works the session starts over: its
+    /// inventory then makes the hub send what is missing.
+    pub refused_for_store: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Signals {
@@ -169,6 +175,34 @@ fn put_adopted(tx: &WriteTx, name: &str, adopted: &BTreeSet<ObjectRef>) -> Resul
     Ok(())
 }
 
+/// The reconciler's name in supervision logs and heartbeat conditions.
+pub const TASK: &str = "reconciler";
+
+/// Await an executor call in its own task, so that a panic in it fails this one work (reported
+/// as a failed status, retried next pass) instead of killing the loop that applies every work.
+async fn isolated<T: Send + 'static>(
+    what: &str,
+    work: &str,
+    fut: impl std::future::Future<Output = Result<T, ExecError>> + Send + 'static,
+) -> Result<T, ExecError> {
+    let handle = tokio::spawn(fut);
+    let _guard = crate::supervise::AbortOnDrop(handle.abort_handle());
+    match tokio::time::timeout(APPLY_TIMEOUT, handle).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_panic() => {
+            let text = crate::supervise::panic_text(&*e.into_panic());
+            tracing::error!(work, %text, "the executor panicked during {what}");
+            Err(ExecError::transient(format!(
+                "the executor panicked during {what}: {text}"
+            )))
+        }
+        Ok(Err(e)) => Err(ExecError::transient(format!("{what} was cancelled: {e}"))),
+        Err(_) => Err(ExecError::transient(format!(
+            "{what} did not finish within {APPLY_TIMEOUT:?}"
+        ))),
+    }
+}
+
 pub struct Reconciler<E> {
     store: Arc<Store>,
     executor: Arc<E>,
@@ -199,8 +233,9 @@ impl<E: Executor> Reconciler<E> {
                 .cluster_facts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = facts;
-            if let Err(e) = self.pass().await {
-                tracing::error!(error = %e, "reconcile pass failed");
+            match self.pass().await {
+                Ok(_) => self.signals.tasks.healthy(TASK),
+                Err(e) => tracing::error!(error = %e, "reconcile pass failed"),
             }
             // Wake in time for the earliest fence deadline, not just at the interval.
             let wait = self
@@ -346,13 +381,13 @@ impl<E: Executor> Reconciler<E> {
         previous: Option<AppliedWork>,
         managed: &Managed,
     ) -> Result<usize, StoreError> {
-        let outcome =
-            match tokio::time::timeout(APPLY_TIMEOUT, self.executor.apply(work, managed)).await {
-                Ok(r) => r,
-                Err(_) => Err(ExecError::transient(format!(
-                    "apply did not finish within {APPLY_TIMEOUT:?}"
-                ))),
-            };
+        let (executor, w, m) = (self.executor.clone(), work.clone(), managed.clone());
+        let outcome = isolated(
+            "apply",
+            &work.name,
+            async move { executor.apply(&w, &m).await },
+        )
+        .await;
         if let Err(e) = &outcome {
             tracing::warn!(work = %work.name, generation = work.generation, error = %e, "apply failed");
         }
@@ -427,7 +462,13 @@ impl<E: Executor> Reconciler<E> {
     async fn fence(&self, work: &DesiredWork) -> Result<usize, StoreError> {
         let managed = self.store.read(|tx| managed(tx, &work.name))?;
         tracing::warn!(work = %work.name, "no hub contact for fenceAfter: fencing this singleton (removing its copy)");
-        if let Err(e) = self.executor.remove(&work.name, &managed, false).await {
+        let (executor, name) = (self.executor.clone(), work.name.clone());
+        let m = managed.clone();
+        let removed = isolated("fencing", &work.name, async move {
+            executor.remove(&name, &m, false).await
+        })
+        .await;
+        if let Err(e) = removed {
             tracing::error!(work = %work.name, error = %e, "fencing failed; will retry");
             return Ok(0);
         }
@@ -463,17 +504,12 @@ impl<E: Executor> Reconciler<E> {
         managed: &Managed,
         orphan: bool,
     ) -> Result<usize, StoreError> {
-        let outcome = match tokio::time::timeout(
-            APPLY_TIMEOUT,
-            self.executor.remove(&work.name, managed, orphan),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(ExecError::transient(format!(
-                "removal did not finish within {APPLY_TIMEOUT:?}"
-            ))),
-        };
+        let (executor, name) = (self.executor.clone(), work.name.clone());
+        let m = managed.clone();
+        let outcome = isolated("removal", &work.name, async move {
+            executor.remove(&name, &m, orphan).await
+        })
+        .await;
         let at = now_ms();
         let name = work.name.clone();
         match outcome {

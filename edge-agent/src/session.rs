@@ -2,9 +2,11 @@
 //! reconnect with backoff and jitter, and stop for good when the hub cuts this cluster off.
 
 use crate::dial::{classify_connection_error, connect, hello, transport_error};
+use crate::error::store_retryable;
 use crate::executor::Executor;
 use crate::reconcile::{Reconciler, Signals};
-use crate::{desired, facts, open_store, outbox, renewal, AgentError, Shutdown};
+use crate::supervise::{panic_text, supervise, HEALTHY_RUN};
+use crate::{desired, facts, open_store_waiting, outbox, renewal, AgentError, Shutdown};
 use quinn::Connection;
 use rand::Rng;
 use std::path::PathBuf;
@@ -15,12 +17,12 @@ use tether_protocol::{
     close_code, Condition, ErrorCode, Facts, Heartbeat, Message, RenewRequest, ALPN_SESSION,
 };
 use tether_store::agent::{Identity, CURRENT, IDENTITY};
-use tether_store::Store;
+use tether_store::{Store, StoreError};
 use tether_transport::backoff::{AddressRing, Backoff};
 use tether_transport::beat;
 use tether_transport::framed::{read_frame, request, send_last};
 use tether_transport::tls::{session_client_config, SwappableClientCert};
-use tether_transport::{certs, Limits};
+use tether_transport::{certs, Limits, TransportError};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -96,12 +98,20 @@ struct Agent {
     quic: quinn::ClientConfig,
     current: Current,
     limits: Limits,
+    /// Renewals failed in a row (reset by a success): the retry backs off on it.
+    renew_failures: u32,
 }
 
 enum End {
     Shutdown,
     Lost(AgentError),
+    /// A session task (deliveries, status, datagrams) panicked: reconnect, on a backoff that a
+    /// fresh session does not reset, so a panic on every session cannot become a tight loop.
+    TaskPanicked(String),
 }
+
+/// The session tasks' name in supervision logs and heartbeat conditions.
+const SESSION_TASK: &str = "session";
 
 /// Enforce the stored desired state and keep a session with the hub until shutdown or until the
 /// hub cuts this cluster off. The reconciler starts first and never waits for the network.
@@ -110,7 +120,12 @@ pub async fn run<E: Executor>(
     executor: Arc<E>,
     mut shutdown: Shutdown,
 ) -> Result<(), AgentError> {
-    let store = Arc::new(open_store(&opts.data_dir)?);
+    let store = match open_store_waiting(&opts.data_dir, opts.backoff_base, shutdown.clone()).await
+    {
+        Ok(s) => Arc::new(s),
+        Err(AgentError::Interrupted) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let identity = store
         .read(|tx| tx.get(&IDENTITY, CURRENT))?
         .ok_or(AgentError::NotJoined)?;
@@ -128,24 +143,40 @@ pub async fn run<E: Executor>(
     let tls = session_client_config(&identity.ca_pem, cert.clone(), ALPN_SESSION)?;
     let quic = tether_transport::quic::client_config(tls)
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    // Before the reconciler starts: an early return must not leave it running with the store.
+    let current = Current::new(identity)?;
     let signals = Signals::default();
     tracing::info!(executor = %executor.describe(), interval = ?opts.reconcile_interval, "reconciler starting");
-    let reconciler = tokio::spawn(
-        Reconciler::new(
+    // Its own stop signal, not the caller's: `run` also ends on a fatal error, and must then
+    // wait until the reconciler let go of the store (a caller may open it right away).
+    let (stop_reconciler, reconciler_stop) = Shutdown::new();
+    let reconciler = {
+        let (store, signals, interval, stop) = (
             store.clone(),
-            executor,
             signals.clone(),
             opts.reconcile_interval,
-        )
-        .run(shutdown.clone()),
-    );
+            reconciler_stop.clone(),
+        );
+        tokio::spawn(supervise(
+            crate::reconcile::TASK,
+            signals.tasks.clone(),
+            reconciler_stop,
+            move || {
+                Reconciler::new(store.clone(), executor.clone(), signals.clone(), interval)
+                    .run(stop.clone())
+            },
+        ))
+    };
+    // Should `run` itself be dropped (its caller cancelled), the reconciler goes with it.
+    let _reconciler_guard = crate::supervise::AbortOnDrop(reconciler.abort_handle());
     let mut agent = Agent {
         store,
         signals,
         cert,
         quic,
-        current: Current::new(identity)?,
+        current,
         limits: Limits::default(),
+        renew_failures: 0,
     };
     let mut backoff = Backoff::new(opts.backoff_base, opts.backoff_cap);
     tracing::info!(cluster = %agent.current.identity.name, cert_expires = %rfc3339(agent.current.not_after_ms), "agent starting");
@@ -160,7 +191,7 @@ pub async fn run<E: Executor>(
     .await;
     // Release the store before returning: a caller may open it right away (tests, `leave`).
     tasks.shutdown().await;
-    reconciler.abort();
+    let _ = stop_reconciler.send(true);
     let _ = reconciler.await;
     drop(agent);
     result
@@ -173,6 +204,10 @@ async fn sessions(
     shutdown: &mut Shutdown,
     tasks: &mut tokio::task::JoinSet<AgentError>,
 ) -> Result<(), AgentError> {
+    let mut panic_backoff = Backoff::new(
+        crate::supervise::RESTART_BASE,
+        crate::supervise::RESTART_CAP,
+    );
     loop {
         if now_ms() >= agent.current.not_after_ms {
             return Err(AgentError::CertificateExpired(rfc3339(
@@ -180,10 +215,26 @@ async fn sessions(
             )));
         }
         let addr = ring.next_addr().to_string();
+        let started = std::time::Instant::now();
         let outcome = session(agent, &addr, backoff, shutdown, tasks).await;
         tasks.shutdown().await;
+        if started.elapsed() >= HEALTHY_RUN {
+            panic_backoff.reset();
+            agent.signals.tasks.healthy(SESSION_TASK);
+        }
         match outcome {
             Ok(End::Shutdown) => return Ok(()),
+            Ok(End::TaskPanicked(why)) => {
+                let delay = backoff
+                    .next_delay(rand::rng().random())
+                    .max(panic_backoff.next_delay(rand::rng().random()));
+                tracing::error!(hub = %addr, reason = %why, "a session task failed; reconnecting in {delay:?}");
+                agent.signals.tasks.failed(SESSION_TASK, why);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+            }
             Ok(End::Lost(e)) | Err(e) if !e.is_fatal() => {
                 let delay = backoff.next_delay(rand::rng().random());
                 tracing::warn!(hub = %addr, error = %e, "no session with the hub; retrying in {delay:?}");
@@ -237,9 +288,10 @@ async fn session(
     });
     let mut confirmations = beat::Confirmations::new(acked);
     let mut datagram_beats = ack.datagram_heartbeats;
-    // Facts the hub acknowledged on a stream heartbeat of this session: while they hold, a
-    // datagram beat says the rest.
-    let mut reported: Option<Facts> = None;
+    // Facts and conditions the hub acknowledged on a stream heartbeat of this session: while
+    // they hold, a datagram beat says the rest. A datagram carries neither, so a change of
+    // either (the store failing or recovering) must go on a stream.
+    let mut reported: Option<(Facts, Vec<Condition>)> = None;
     tasks.spawn(serve_deliveries(
         conn.clone(),
         agent.store.clone(),
@@ -263,17 +315,27 @@ async fn session(
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
-                let facts = current_facts(&agent.signals);
+                if agent.store.failure().is_some() {
+                    // Nothing else may touch a failing store for a while (no deliveries, a
+                    // long reconcile interval): this read is what reopens it once it can be.
+                    let _ = agent.store.read(outbox::depth);
+                }
+                if agent.store.failure().is_none() && agent.signals.refused_for_store.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("the agent database works again; reconnecting so that the hub sends the deliveries it refused");
+                    conn.close(close_code::NORMAL.into(), b"store recovered; reconnecting to resync");
+                    return Ok(End::Lost(AgentError::Io("reconnecting after the store recovered".into())));
+                }
+                let report = (current_facts(&agent.signals), conditions(&agent.store, &agent.signals));
                 // Contact counts from when the acknowledged heartbeat was *sent*: the hub saw it
                 // no earlier, so the agent's fence deadline never trails the hub's view.
                 let sent = std::time::Instant::now();
-                if !datagram_beats || reported.as_ref() != Some(&facts) {
+                if !datagram_beats || reported.as_ref() != Some(&report) {
                     let depth = agent.store.read(outbox::depth).unwrap_or(0);
-                    if let Err(e) = send_heartbeat(&conn, &name, depth, facts.clone(), agent.limits).await {
+                    if let Err(e) = send_heartbeat(&conn, &name, depth, report.clone(), agent.limits).await {
                         return Ok(End::Lost(e));
                     }
                     agent.signals.contact(sent);
-                    reported = Some(facts);
+                    reported = Some(report);
                     continue;
                 }
                 let confirm = agent.signals.holds_fencing.load(Ordering::Relaxed);
@@ -294,7 +356,15 @@ async fn session(
             Some(ended) = tasks.join_next() => {
                 let e = match ended {
                     Ok(e) => e,
-                    Err(join) => AgentError::Io(format!("session task failed: {join}")),
+                    Err(join) => {
+                        let why = if join.is_panic() {
+                            format!("a session task panicked: {}", panic_text(&*join.into_panic()))
+                        } else {
+                            format!("a session task was cancelled: {join}")
+                        };
+                        conn.close(close_code::PROTOCOL_ERROR.into(), b"agent task failed");
+                        return Ok(End::TaskPanicked(why));
+                    }
                 };
                 if e.is_fatal() {
                     return Err(e);
@@ -303,14 +373,17 @@ async fn session(
                 return Ok(End::Lost(e));
             }
             _ = &mut renewal => {
-                if let Err(e) = renew(agent, &conn).await {
-                    if e.is_fatal() {
-                        return Err(e);
+                match renew(agent, &conn).await {
+                    Ok(()) => agent.renew_failures = 0,
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => {
+                        let left = agent.current.not_after_ms.saturating_sub(now_ms());
+                        let unit: f64 = rand::rng().random();
+                        let wait = renewal::retry_in(agent.renew_failures, left, unit);
+                        agent.renew_failures = agent.renew_failures.saturating_add(1);
+                        agent.current.renew_at_ms = now_ms() + wait.as_millis() as u64;
+                        tracing::warn!(error = %e, failures = agent.renew_failures, "certificate renewal failed; retrying in {wait:?}");
                     }
-                    // Retry in a minute, or sooner if the certificate is about to expire.
-                    let left = agent.current.not_after_ms.saturating_sub(now_ms());
-                    agent.current.renew_at_ms = now_ms() + (left / 10).clamp(1_000, 60_000);
-                    tracing::warn!(error = %e, "certificate renewal failed; will retry");
                 }
                 renewal.as_mut().reset(tokio::time::Instant::now() + until_ms(agent.current.renew_at_ms));
             }
@@ -327,6 +400,43 @@ async fn session(
         }
     }
 }
+
+/// The agent's own conditions, for every stream heartbeat: the hub stores them with the
+/// cluster, where `describe` and the metrics show them.
+pub fn conditions(store: &Store, signals: &Signals) -> Vec<Condition> {
+    let failing = signals.tasks.failing();
+    let mut out = vec![if failing.is_empty() {
+        Condition {
+            kind: "AgentReady".into(),
+            status: "True".into(),
+            reason: "SessionUp".into(),
+            message: String::new(),
+        }
+    } else {
+        Condition {
+            kind: "AgentReady".into(),
+            status: "False".into(),
+            reason: "TaskFailed".into(),
+            message: failing
+                .iter()
+                .map(|(task, why)| format!("{task}: {why}; restarted"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }];
+    if let Some(f) = store.failure() {
+        out.push(Condition {
+            kind: STORE_CONDITION.into(),
+            status: "True".into(),
+            reason: "StoreFailing".into(),
+            message: f.error,
+        });
+    }
+    out
+}
+
+/// Condition type present (status True) while the agent's database fails.
+pub const STORE_CONDITION: &str = "StoreUnavailable";
 
 /// Host facts, with the cluster's as the executor last read them.
 fn current_facts(signals: &Signals) -> Facts {
@@ -345,17 +455,12 @@ async fn send_heartbeat(
     conn: &Connection,
     name: &str,
     outbox_depth: u64,
-    facts: Facts,
+    (facts, conditions): (Facts, Vec<Condition>),
     limits: Limits,
 ) -> Result<(), AgentError> {
     let hb = Message::Heartbeat(Heartbeat {
         facts,
-        conditions: vec![Condition {
-            kind: "AgentReady".into(),
-            status: "True".into(),
-            reason: "SessionUp".into(),
-            message: String::new(),
-        }],
+        conditions,
         sent_at_ms: now_ms(),
         cluster: Some(name.to_string()),
         outbox_depth,
@@ -390,16 +495,16 @@ async fn renew(agent: &mut Agent, conn: &Connection) -> Result<(), AgentError> {
         }
         Err(e) => return Err(transport_error(conn, e)),
     };
+    crate::clock::check_issued(
+        "renewed",
+        &agent.current.identity.name,
+        &agent.current.identity.ca_pem,
+        &cert_pem,
+        &key_pem,
+        crate::clock::now_s(),
+    )?;
     let info = certs::inspect_pem(&cert_pem)
         .map_err(|e| AgentError::Protocol(format!("renewed certificate: {e}")))?;
-    if info.common_name != agent.current.identity.name {
-        return Err(AgentError::Protocol(format!(
-            "renewed certificate names {:?}",
-            info.common_name
-        )));
-    }
-    tether_transport::tls::verify_issued(&agent.current.identity.ca_pem, &cert_pem, &key_pem)
-        .map_err(|e| AgentError::Protocol(format!("renewed certificate refused: {e}")))?;
     let mut identity = agent.current.identity.clone();
     identity.key_pem = key_pem;
     identity.cert_pem = cert_pem;
@@ -496,13 +601,28 @@ async fn serve_deliveries(
                 Message::WorkAck(ack)
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "refused a {kind} from the hub");
+                if matches!(e, desired::DeliveryError::Agent(AgentError::Store(_))) {
+                    signals.refused_for_store.store(true, Ordering::Relaxed);
+                }
+                tracing::warn!(error = %e, code = ?e.code(), "refused a {kind} from the hub");
                 Message::error(e.code(), e.to_string())
             }
             Err(e) => return e,
         };
         let _ = send_last(&mut send, &reply, limits).await;
     }
+}
+
+/// A store error in a session task: wait it out if it may pass (the store reopens itself),
+/// otherwise end the session with it.
+async fn store_trouble(e: StoreError, backoff: &mut Backoff, what: &str) -> Option<AgentError> {
+    if !(store_retryable(&e) || matches!(e, StoreError::Damaged { .. })) {
+        return Some(e.into());
+    }
+    let delay = backoff.next_delay(rand::rng().random());
+    tracing::warn!(error = %e, "{what}: the agent database fails; retrying in {delay:?}");
+    tokio::time::sleep(delay).await;
+    None
 }
 
 /// Send outbox batches while connected; forget entries only once the hub acknowledged them.
@@ -512,11 +632,16 @@ async fn pump_status(
     signals: Signals,
     limits: Limits,
 ) -> AgentError {
+    let mut resend = outbox::Resend::default();
+    let mut store_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let reader = store.clone();
         let batch = match blocking(move || reader.read(outbox::next_batch)).await {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => return e.into(),
+            Ok(Err(e)) => match store_trouble(e, &mut store_backoff, "reading the outbox").await {
+                Some(fatal) => return fatal,
+                None => continue,
+            },
             Err(e) => return e,
         };
         let Some(batch) = batch else {
@@ -533,18 +658,36 @@ async fn pump_status(
             Ok(other) => {
                 return AgentError::Protocol(format!("expected StatusAck, got {}", other.kind()))
             }
+            Err(TransportError::Peer(e))
+                if e.code == ErrorCode::Busy && conn.close_reason().is_none() =>
+            {
+                let unit: f64 = rand::rng().random();
+                let delay = resend.busy(&e.message, unit);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
             Err(e) => return transport_error(&conn, e),
         };
         tracing::debug!(from, to, entries = n, through, "status batch acknowledged");
-        let writer = store.clone();
-        match blocking(move || writer.write(|tx| outbox::acknowledge(tx, through))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return e.into(),
-            Err(e) => return e,
-        }
-        if through < to {
-            // The hub stored less than we sent (it should not): back off instead of spinning.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let acked = loop {
+            let writer = store.clone();
+            match blocking(move || writer.write(|tx| outbox::acknowledge(tx, through))).await {
+                Ok(Ok(acked)) => break acked,
+                Ok(Err(e)) => {
+                    if let Some(fatal) =
+                        store_trouble(e, &mut store_backoff, "recording a status acknowledgement")
+                            .await
+                    {
+                        return fatal;
+                    }
+                }
+                Err(e) => return e,
+            }
+        };
+        store_backoff.reset();
+        let unit: f64 = rand::rng().random();
+        if let Some(delay) = resend.after_ack(to, through, acked, unit) {
+            tokio::time::sleep(delay).await;
         }
     }
 }

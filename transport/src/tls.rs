@@ -407,6 +407,17 @@ pub fn session_client_config(
 /// certificate under `ca_pem` now (what the hub will check) and belongs to `key_pem`. A bad
 /// answer must not replace a working identity.
 pub fn verify_issued(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+    verify_issued_at(ca_pem, cert_pem, key_pem, UnixTime::now())
+}
+
+/// [`verify_issued`] as of `at` instead of now: for a caller that tolerates its own clock
+/// being off (the agent checks the validity period itself, within a documented skew).
+pub fn verify_issued_at(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    at: UnixTime,
+) -> Result<(), TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in certs::certs_from_pem(ca_pem, "CA certificate")? {
         roots.add(ca)?;
@@ -418,7 +429,7 @@ pub fn verify_issued(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), 
     let Some((end_entity, intermediates)) = chain.split_first() else {
         return Err(TlsError::Verifier("issued certificate is empty".into()));
     };
-    verifier.verify_client_cert(end_entity, intermediates, UnixTime::now())?;
+    verifier.verify_client_cert(end_entity, intermediates, at)?;
     let key = certs::key_from_pem(key_pem, "private key")?;
     let signing = provider().key_provider.load_private_key(key)?;
     CertifiedKey::new(chain, signing).keys_match()?;
