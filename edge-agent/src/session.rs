@@ -435,8 +435,8 @@ pub fn conditions(store: &Store, signals: &Signals) -> Vec<Condition> {
     out
 }
 
-/// Condition type present (status True) while the agent's database fails.
-pub const STORE_CONDITION: &str = "StoreUnavailable";
+/// Condition type present (status True) while the agent's database fails; the hub counts it.
+pub const STORE_CONDITION: &str = tether_protocol::STORE_UNAVAILABLE;
 
 /// Host facts, with the cluster's as the executor last read them.
 fn current_facts(signals: &Signals) -> Facts {
