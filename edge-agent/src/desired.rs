@@ -284,6 +284,15 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
+    /// The error reply to the hub: what it acts on is typed (`code`, `content_missing`).
+    pub fn reply(&self) -> tether_protocol::Message {
+        tether_protocol::Message::Error(tether_protocol::ErrorMsg {
+            code: self.code(),
+            message: self.to_string(),
+            content_missing: matches!(self, DeliveryError::MissingContent(..)),
+        })
+    }
+
     /// The typed code of the error reply, which is what the hub acts on.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -585,6 +594,28 @@ mod tests {
         );
         let loaded = store.read(|tx| load(tx, "controller")).unwrap();
         assert_eq!(loaded, Some(Loaded::Work(written)));
+    }
+
+    #[test]
+    fn a_bump_for_content_not_held_asks_for_the_bundle_in_a_typed_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("agent.redb")).unwrap();
+        let mut update = singleton_update();
+        update.bundle = None;
+        update.hash = format!("sha256:{}", "cd".repeat(32));
+        let err = accept_update(&store, update, None).unwrap_err();
+        let bytes = tether_protocol::encode(&err.reply()).unwrap();
+        match tether_protocol::decode::<tether_protocol::Message>(&bytes).unwrap() {
+            tether_protocol::Message::Error(e) => assert!(e.content_missing, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Every other refusal leaves the field out, and a peer that omits it means false.
+        let other = DeliveryError::TooManyWorks("x".into()).reply();
+        let bytes = tether_protocol::encode(&other).unwrap();
+        match tether_protocol::decode::<tether_protocol::Message>(&bytes).unwrap() {
+            tether_protocol::Message::Error(e) => assert!(!e.content_missing),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

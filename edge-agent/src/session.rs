@@ -605,7 +605,7 @@ async fn serve_deliveries(
                     signals.refused_for_store.store(true, Ordering::Relaxed);
                 }
                 tracing::warn!(error = %e, code = ?e.code(), "refused a {kind} from the hub");
-                Message::error(e.code(), e.to_string())
+                e.reply()
             }
             Err(e) => return e,
         };

@@ -258,7 +258,7 @@ async fn send(
                 full: false,
             } = action
             {
-                if e.message.contains("send the bundle") {
+                if e.content_missing {
                     let full = Action::Send {
                         work: work.clone(),
                         generation: *generation,

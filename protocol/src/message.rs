@@ -79,6 +79,7 @@ impl Message {
         Message::Error(ErrorMsg {
             code,
             message: message.into(),
+            content_missing: false,
         })
     }
 }
@@ -218,6 +219,11 @@ pub enum ErrorCode {
 pub struct ErrorMsg {
     pub code: ErrorCode,
     pub message: String,
+    /// The refusal of a `WorkUpdate` that named content by hash only: the agent does not hold
+    /// that content and takes the same update with the bundle. A field rather than an
+    /// `ErrorCode` variant, which older peers could not decode (wire-format.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub content_missing: bool,
 }
 
 impl std::fmt::Display for ErrorMsg {
