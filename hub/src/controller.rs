@@ -20,9 +20,21 @@ use tether_store::StoreError;
 
 pub use crate::decide::{RolloutView, WorkDecision};
 
-#[derive(Default)]
+/// The published decisions, and the channel that tells delivery tasks they changed. Works
+/// changes wake the controller only: a session has nothing to re-plan until the controller
+/// has decided the new generation.
 pub struct Decisions {
     map: RwLock<Arc<BTreeMap<String, Arc<WorkDecision>>>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl Decisions {
@@ -30,8 +42,16 @@ impl Decisions {
         self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn publish(&self, next: BTreeMap<String, Arc<WorkDecision>>) {
+    fn publish(&self, next: BTreeMap<String, Arc<WorkDecision>>, changed: bool) {
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        if changed {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Ticks whenever a published decision could change what a session should hold.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// What `cluster` should hold of `entry` (used by delivery planning).
@@ -88,11 +108,7 @@ pub async fn run(state: Arc<HubState>) {
         let st = state.clone();
         let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || decide_all(&st)).await {
-            Ok(Ok(changed)) => {
-                if changed {
-                    state.works.poke();
-                }
-            }
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "decision pass failed"),
             Err(e) => tracing::error!(error = %e, "decision pass panicked"),
         }
@@ -194,7 +210,7 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
             Effect::AutoRollback { work } => rollbacks.push(work),
         }
     }
-    state.decisions.publish(outcome.decisions);
+    state.decisions.publish(outcome.decisions, outcome.changed);
     for name in rollbacks {
         if let Err(e) = undo(state, &name, None, "auto-rollback") {
             tracing::error!(work = %name, error = %e, "automatic rollback failed");

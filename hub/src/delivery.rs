@@ -115,7 +115,7 @@ pub async fn run(
     cluster: String,
     mut held: BTreeMap<String, HeldWork>,
 ) {
-    let mut changes = state.works.subscribe();
+    let mut changes = state.decisions.subscribe();
     // Works the agent refused at a given content: not retried until the content changes.
     let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
     // Consecutive passes that ended in a retry: the pause doubles up to RETRY_MAX.

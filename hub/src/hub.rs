@@ -624,12 +624,13 @@ async fn tick_loop(state: Arc<HubState>) {
         state.apply_transitions(transitions);
         if last_flush.elapsed() >= flush_every {
             last_flush = std::time::Instant::now();
-            flush_last_seen(&state);
+            // Through the committer, off this loop: the tick must not wait for an fsync.
+            tokio::spawn(flush_last_seen(state.clone()));
         }
     }
 }
 
-fn flush_last_seen(state: &HubState) {
+async fn flush_last_seen(state: Arc<HubState>) {
     let seen: Vec<(String, u64)> = {
         let h = state.health.lock().unwrap_or_else(|p| p.into_inner());
         state
@@ -642,15 +643,18 @@ fn flush_last_seen(state: &HubState) {
     if seen.is_empty() {
         return;
     }
-    let r = state.store.write(|tx| {
-        for (name, at) in &seen {
-            if let Some(mut rec) = tx.get(&CLUSTERS, name)? {
-                rec.last_seen_ms = Some(*at);
-                tx.put(&CLUSTERS, name, &rec)?;
+    let r = state
+        .committer
+        .write(move |tx| {
+            for (name, at) in &seen {
+                if let Some(mut rec) = tx.get(&CLUSTERS, name)? {
+                    rec.last_seen_ms = Some(*at);
+                    tx.put(&CLUSTERS, name, &rec)?;
+                }
             }
-        }
-        Ok::<_, StoreError>(())
-    });
+            Ok(())
+        })
+        .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "could not persist last-seen times");
     }

@@ -113,11 +113,6 @@ impl WorkIndex {
         }
         self.changed.send_modify(|v| *v += 1);
     }
-
-    /// Wake every session to re-plan (e.g. cluster labels changed).
-    pub fn poke(&self) {
-        self.changed.send_modify(|v| *v += 1);
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -99,3 +99,32 @@ fn the_code_map_names_every_crate_and_module_and_nothing_that_is_gone() {
         "docs/ARCHITECTURE.md names files that do not exist: {gone:?}"
     );
 }
+
+/// The one-writer rule: the modules on the fleet-rate paths (sessions, status, deliveries,
+/// health) write only through the group committer (`HubState::committer`), which batches many
+/// writes per fsync on its own thread. A direct `store.write` there would fsync once per agent
+/// message, and on a runtime worker.
+#[test]
+fn fleet_rate_paths_write_only_through_the_group_committer() {
+    let hub = root().join("hub/src");
+    let mut offenders = Vec::new();
+    for file in [
+        "server.rs",
+        "delivery.rs",
+        "sessions.rs",
+        "health.rs",
+        "scope.rs",
+        "budget.rs",
+    ] {
+        let text = std::fs::read_to_string(hub.join(file)).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("store.write(") || line.contains("store().write(") {
+                offenders.push(format!("hub/src/{file}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "direct store writes on a fleet-rate path: {offenders:#?}"
+    );
+}

@@ -140,6 +140,14 @@ pub(crate) fn decide(inputs: &Inputs) -> Outcome {
         }
         out.decisions.insert(name.clone(), Arc::new(decision));
     }
+    // A work deleted (or gone) since: sessions must re-plan to remove it.
+    if inputs
+        .previous
+        .keys()
+        .any(|k| !out.decisions.contains_key(k))
+    {
+        out.changed = true;
+    }
     out
 }
 

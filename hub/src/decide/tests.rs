@@ -299,6 +299,18 @@ fn an_unchanged_fleet_is_no_change() {
     assert!(!w.step(NOW + 500).changed);
 }
 
+#[test]
+fn a_deleted_work_is_a_change_once() {
+    let spec = serde_json::json!({"placement": {"selector": {}}});
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .add_work(work("app", 1, spec));
+    w.step(NOW);
+    w.works.clear();
+    assert!(w.step(NOW).changed, "sessions must re-plan to remove it");
+    assert!(!w.step(NOW).changed);
+}
+
 proptest! {
     /// Any fleet: a singleton is on at most one cluster, admitted clusters are selected ones,
     /// `maxClusters` holds, and denied clusters are never selected.
