@@ -234,11 +234,11 @@ async fn overrides_give_clusters_different_images_and_placement_explains_itself(
     let eu = std::fs::read_to_string(manifests_dir(d, "eu1").join("tether-web.yaml")).unwrap();
     let us = std::fs::read_to_string(manifests_dir(d, "us1").join("tether-web.yaml")).unwrap();
     assert!(
-        eu.contains("image: mirror.eu.example/nginx:1.27") && eu.contains("replicas: 1"),
+        eu.contains("image: \"mirror.eu.example/nginx:1.27\"") && eu.contains("replicas: 1"),
         "{eu}"
     );
     assert!(
-        us.contains("image: nginx:1.27") && us.contains("replicas: 3"),
+        us.contains("image: \"nginx:1.27\"") && us.contains("replicas: 3"),
         "{us}"
     );
     let rendered = admin.rendered("web", "eu1").await.unwrap();

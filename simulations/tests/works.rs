@@ -40,7 +40,7 @@ async fn apply_update_retarget_delete_and_orphan() {
     for c in all {
         let text = read(d, c, "web").unwrap();
         assert!(
-            text.contains("name: web-one") && text.contains("value: v1"),
+            text.contains("name: \"web-one\"") && text.contains("value: \"v1\""),
             "{text}"
         );
     }
@@ -54,7 +54,7 @@ async fn apply_update_retarget_delete_and_orphan() {
     assert_eq!(admin.apply_work(&web2).await.unwrap().generation, 2);
     wait_applied(&admin, "web", 2, 3).await;
     for c in all {
-        assert!(read(d, c, "web").unwrap().contains("value: v2"));
+        assert!(read(d, c, "web").unwrap().contains("value: \"v2\""));
     }
 
     // Retarget to a and b: c removes it; a and b move to generation 3 without the bundle
@@ -207,7 +207,7 @@ async fn survives_kills_restarts_and_outages() {
     // c returns and catches up.
     procs[2] = Some(AgentProcess::spawn(&bin, &hub, d, "c", &token));
     wait_applied(&admin, "app", 2, 3).await;
-    assert!(read(d, "c", "app").unwrap().contains("value: g2"));
+    assert!(read(d, "c", "app").unwrap().contains("value: \"g2\""));
 
     // Hub goes down. b is killed too, its file is tampered with and removed, and b restarts
     // while the hub is still down: it must enforce the last known desired state by itself.
@@ -217,11 +217,11 @@ async fn survives_kills_restarts_and_outages() {
     std::fs::write(file(d, "a", "app"), "tampered: true\n").unwrap();
     procs[1] = Some(AgentProcess::spawn(&bin, &hub, d, "b", &token));
     eventually("b repairs its file with the hub down", || {
-        read(d, "b", "app").is_some_and(|t| t.contains("value: g2"))
+        read(d, "b", "app").is_some_and(|t| t.contains("value: \"g2\""))
     })
     .await;
     eventually("a repairs drift with the hub down", || {
-        read(d, "a", "app").is_some_and(|t| t.contains("value: g2"))
+        read(d, "a", "app").is_some_and(|t| t.contains("value: \"g2\""))
     })
     .await;
     std::fs::remove_file(file(d, "c", "app")).unwrap();

@@ -111,7 +111,7 @@ fn render_into<W: Write>(
         if let Err(e) = out.write_all(b"---\n") {
             return Err(fail(&out, &e));
         }
-        if let Err(e) = serde_yaml_ng::to_writer(&mut out, m) {
+        if let Err(e) = out.write_all(super::yaml::document(m).as_bytes()) {
             return Err(fail(&out, &e));
         }
     }

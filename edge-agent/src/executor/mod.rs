@@ -8,6 +8,7 @@
 pub mod dir;
 pub mod kube;
 pub mod memory;
+pub mod yaml;
 
 use std::collections::BTreeSet;
 use std::future::Future;
