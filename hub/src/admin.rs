@@ -587,7 +587,7 @@ pub fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView {
     };
     ClusterView {
         connected: health.is_connected(&rec.name),
-        state: live_state.as_str().to_string(),
+        state: live_state,
         last_seen_ms: health.last_heartbeat(&rec.name).or(rec.last_seen_ms),
         name: rec.name,
         labels: rec.labels,
@@ -781,13 +781,15 @@ async fn route(
                 .into_iter()
                 .map(|(_, r)| {
                     let (st, reason) = match r.decision {
-                        JoinDecision::Pending => ("Pending", None),
-                        JoinDecision::Approved { .. } => ("Approved", None),
-                        JoinDecision::Denied { reason } => ("Denied", Some(reason)),
+                        JoinDecision::Pending => (crate::api::JoinState::Pending, None),
+                        JoinDecision::Approved { .. } => (crate::api::JoinState::Approved, None),
+                        JoinDecision::Denied { reason } => {
+                            (crate::api::JoinState::Denied, Some(reason))
+                        }
                     };
                     JoinRequestView {
                         name: r.name,
-                        state: st.into(),
+                        state: st,
                         reason,
                         token_id: r.token_id,
                         labels: r.labels,
@@ -894,7 +896,7 @@ async fn route(
                 &ApplyResult {
                     name,
                     generation,
-                    outcome: format!("{outcome:?}"),
+                    outcome,
                 },
             ))
         }
@@ -959,7 +961,8 @@ async fn route(
                 .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
             let view = d.rollout.clone().unwrap_or(crate::controller::RolloutView {
                 generation: d.generation,
-                phase: "All: no progressive rollout; every selected cluster at once".into(),
+                phase: crate::api::RolloutPhase::All,
+                reason: "no progressive rollout: every selected cluster at once".into(),
                 total: d.selected.len(),
                 admitted: d.selected.len(),
                 ..Default::default()
@@ -1054,7 +1057,7 @@ async fn route(
                             seq: e.seq,
                             work: e.status.work,
                             generation: e.status.generation,
-                            phase: e.status.phase.as_str().to_string(),
+                            phase: e.status.phase,
                             received_at_ms: e.received_at_ms,
                         })
                         .collect();

@@ -1,13 +1,44 @@
 //! JSON shapes of the admin API, shared by the server and `tetherctl`.
 
 use serde::{Deserialize, Serialize};
+pub use tether_protocol::WorkPhase;
 use tether_protocol::{Condition, Facts, Labels};
-pub use tether_store::hub::FactPins;
+pub use tether_store::hub::{ClusterState, FactPins};
+
+/// Where a join request stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JoinState {
+    Pending,
+    Approved,
+    Denied,
+}
+
+/// What `PUT /v1/works` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Where a work's rollout stands; `RolloutView::reason` says why when it is not obvious.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutPhase {
+    /// No progressive rollout: every selected cluster at once.
+    #[default]
+    All,
+    Progressing,
+    Complete,
+    /// Paused by an operator or by the rollout's own rules (failure budget, deadline).
+    Paused,
+    /// An undo or auto-rollback restoring an earlier generation everywhere at once.
+    RolledBack,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterView {
     pub name: String,
-    pub state: String,
+    pub state: ClusterState,
     pub connected: bool,
     pub labels: Labels,
     /// As the agent last reported them (clamped).
@@ -25,8 +56,7 @@ pub struct ClusterView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JoinRequestView {
     pub name: String,
-    /// `Pending`, `Approved` or `Denied`.
-    pub state: String,
+    pub state: JoinState,
     pub reason: Option<String>,
     pub token_id: String,
     pub labels: Labels,
@@ -159,8 +189,7 @@ pub struct ApiError {
 pub struct ApplyResult {
     pub name: String,
     pub generation: u64,
-    /// `Created`, `Updated` or `Unchanged`.
-    pub outcome: String,
+    pub outcome: ApplyOutcome,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -192,7 +221,7 @@ pub struct ClusterWorkView {
     pub targeted: bool,
     pub delivered_generation: Option<u64>,
     pub applied_generation: Option<u64>,
-    pub phase: Option<String>,
+    pub phase: Option<WorkPhase>,
     pub conditions: Vec<tether_protocol::Condition>,
     pub resources: Vec<tether_protocol::ResourceStatus>,
     pub message: String,
@@ -215,7 +244,7 @@ pub struct StatusLogView {
     pub seq: u64,
     pub work: String,
     pub generation: u64,
-    pub phase: String,
+    pub phase: WorkPhase,
     pub received_at_ms: u64,
 }
 

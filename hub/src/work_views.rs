@@ -61,7 +61,7 @@ fn table(
             targeted,
             delivered_generation: row.and_then(|r| r.delivered.as_ref()).map(|d| d.generation),
             applied_generation: applied.map(|s| s.generation),
-            phase: status.map(|s| s.phase.as_str().to_string()),
+            phase: status.map(|s| s.phase),
             conditions: status.map(|s| s.conditions.clone()).unwrap_or_default(),
             resources: status.map(|s| s.resources.clone()).unwrap_or_default(),
             message: status.map(|s| s.message.clone()).unwrap_or_default(),
@@ -82,9 +82,9 @@ fn summarize(name: &str, record: &WorkRecord, table: &[ClusterWorkView]) -> Work
         delivered: count(&|c| c.targeted && current(c.delivered_generation)),
         applied: count(&|c| c.targeted && current(c.applied_generation)),
         available: count(&|c| {
-            c.targeted && current(c.applied_generation) && c.phase.as_deref() == Some("Available")
+            c.targeted && current(c.applied_generation) && c.phase == Some(WorkPhase::Available)
         }),
-        failed: count(&|c| c.targeted && c.phase.as_deref() == Some("Failed")),
+        failed: count(&|c| c.targeted && c.phase == Some(WorkPhase::Failed)),
         updated_at_ms: record.updated_at_ms,
     }
 }

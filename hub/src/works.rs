@@ -115,12 +115,7 @@ impl WorkIndex {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ApplyOutcome {
-    Created,
-    Updated,
-    Unchanged,
-}
+pub use crate::api::ApplyOutcome;
 
 /// Create or update a work. Idempotent: applying the same document changes nothing.
 pub fn apply(

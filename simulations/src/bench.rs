@@ -708,7 +708,11 @@ async fn wait_ready(hub: &LocalHub, n: usize, limit: Duration) -> anyhow::Result
         let ready = admin
             .clusters()
             .await
-            .map(|c| c.iter().filter(|c| c.state == "Ready").count())
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c.state == tether_store::hub::ClusterState::Ready)
+                    .count()
+            })
             .unwrap_or(0);
         if ready >= n {
             return Ok(start.elapsed().as_secs_f64());

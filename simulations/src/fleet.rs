@@ -220,8 +220,10 @@ pub fn all_in_state<'a>(
     state: &'a str,
 ) -> impl Fn(&[ClusterView]) -> bool + 'a {
     move |clusters| {
-        names
-            .iter()
-            .all(|n| clusters.iter().any(|c| &c.name == n && c.state == state))
+        names.iter().all(|n| {
+            clusters
+                .iter()
+                .any(|c| &c.name == n && c.state.as_str() == state)
+        })
     }
 }

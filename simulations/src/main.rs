@@ -275,7 +275,7 @@ async fn demo(
         println!(
             "{:<12} {:<8} {:<8} {:<10} {}",
             c.name,
-            c.state,
+            c.state.as_str(),
             c.facts.arch,
             c.connected,
             labels.join(",")
@@ -312,7 +312,7 @@ async fn demo(
         println!(
             "  {:<12} {:<8} {}",
             c.cluster,
-            c.phase.as_deref().unwrap_or("-"),
+            c.phase.map_or("-", |p| p.as_str()),
             dir.join("agents")
                 .join(&c.cluster)
                 .join("manifests")

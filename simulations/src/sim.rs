@@ -220,7 +220,12 @@ async fn sample(
     };
     let ready: BTreeMap<&str, bool> = clusters
         .iter()
-        .map(|c| (c.name.as_str(), c.state == "Ready"))
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.state == tether_store::hub::ClusterState::Ready,
+            )
+        })
         .collect();
     s.ready = ready.values().filter(|r| **r).count();
     let mut ok: Vec<bool> = names
@@ -502,7 +507,7 @@ impl Run {
                 Ok(r) => {
                     self.applied
                         .insert(work.to_string(), (r.generation, n, target.clone()));
-                    return format!("generation {} ({})", r.generation, r.outcome);
+                    return format!("generation {} ({:?})", r.generation, r.outcome);
                 }
                 Err(e) if start.elapsed() > Duration::from_secs(10) => {
                     return format!("apply failed for 10s: {e:#}")
@@ -707,7 +712,10 @@ pub async fn run(scenario: Scenario, cfg: RunConfig) -> anyhow::Result<Report> {
     let join_limit = Duration::from_secs(60) + Duration::from_millis(100 * plan.agents as u64);
     loop {
         let clusters = admin.clusters().await.unwrap_or_default();
-        let ready = clusters.iter().filter(|c| c.state == "Ready").count();
+        let ready = clusters
+            .iter()
+            .filter(|c| c.state == tether_store::hub::ClusterState::Ready)
+            .count();
         if ready == plan.agents {
             break;
         }

@@ -201,9 +201,9 @@ async fn an_apply_that_panics_fails_that_work_and_is_retried_until_it_applies() 
     loop {
         let d = admin.work("w").await.unwrap();
         let row = d.clusters.iter().find(|c| c.cluster == "a");
-        if row
-            .is_some_and(|r| r.phase.as_deref() == Some("Failed") && r.message.contains("panicked"))
-        {
+        if row.is_some_and(|r| {
+            r.phase == Some(tether_protocol::WorkPhase::Failed) && r.message.contains("panicked")
+        }) {
             break;
         }
         assert!(

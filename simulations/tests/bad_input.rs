@@ -195,7 +195,10 @@ async fn bad_certificates_are_refused_and_the_hub_keeps_serving() {
         (after.cert_serial, after.joined_at_ms, after.labels),
         (before.cert_serial, before.joined_at_ms, before.labels)
     );
-    assert_eq!(admin.cluster("bystander").await.unwrap().state, "Ready");
+    assert_eq!(
+        admin.cluster("bystander").await.unwrap().state,
+        tether_hub::api::ClusterState::Ready
+    );
     bystander.stop().await.unwrap();
 }
 
@@ -347,7 +350,7 @@ async fn malformed_frames_get_typed_errors() {
             .find(|c| c.name == "bystander")
             .unwrap()
             .state,
-        "Ready"
+        tether_hub::api::ClusterState::Ready
     );
     bystander.stop().await.unwrap();
 }

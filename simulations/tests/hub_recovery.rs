@@ -302,7 +302,10 @@ async fn restoring_an_older_backup_under_a_running_fleet_loses_no_work() {
         .unwrap();
     wait_applied(&admin, "after", 1, 2).await;
     wait_applied(&admin, "old", 1, 2).await;
-    assert_eq!(admin.cluster("stolen").await.unwrap().state, "Denied");
+    assert_eq!(
+        admin.cluster("stolen").await.unwrap().state,
+        tether_hub::api::ClusterState::Denied
+    );
     for n in ["north", "south"] {
         assert!(
             manifests_dir(dir.path(), n)
@@ -385,5 +388,5 @@ async fn an_agent_with_a_slow_clock_joins_and_applies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let c = admin.cluster("slowpoke").await.unwrap();
-    assert_eq!(c.state, "Ready");
+    assert_eq!(c.state, tether_hub::api::ClusterState::Ready);
 }

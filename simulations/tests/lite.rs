@@ -32,7 +32,7 @@ async fn lite_agents_hold_sessions_take_works_and_report_exactly_once() {
         loop {
             let c = admin.clusters().await.unwrap();
             if c.iter()
-                .filter(|c| c.connected && c.state == "Ready")
+                .filter(|c| c.connected && c.state == tether_hub::api::ClusterState::Ready)
                 .count()
                 == 3
             {

@@ -27,7 +27,7 @@ async fn join_pending_approve_ready() {
         assert!(started.elapsed() < WAIT, "join request never arrived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(pending.state, "Pending");
+    assert_eq!(pending.state, tether_hub::api::JoinState::Pending);
     assert_eq!(pending.facts.arch, std::env::consts::ARCH);
     assert!(
         admin.clusters().await.unwrap().is_empty(),
@@ -183,8 +183,8 @@ async fn deny_cuts_a_live_session_within_a_second_and_the_certificate_stays_refu
     // The bystander never noticed, and the hub records the denial.
     let clusters = admin.clusters().await.unwrap();
     let by = |n: &str| clusters.iter().find(|c| c.name == n).unwrap().clone();
-    assert_eq!(by("bystander").state, "Ready");
-    assert_eq!(by("victim").state, "Denied");
+    assert_eq!(by("bystander").state, tether_hub::api::ClusterState::Ready);
+    assert_eq!(by("victim").state, tether_hub::api::ClusterState::Denied);
     let audit = admin.audit(100).await.unwrap();
     for kind in ["join_denied", "cert_revoked", "handshake_rejected"] {
         assert!(audit.iter().any(|e| e.kind == kind), "audit lacks {kind}");
@@ -271,7 +271,7 @@ async fn rotation_swaps_the_certificate_without_dropping_the_session() {
     );
     tokio::time::sleep(HEARTBEAT * 3).await;
     let after = admin.cluster("rotor").await.unwrap();
-    assert_eq!(after.state, "Ready");
+    assert_eq!(after.state, tether_hub::api::ClusterState::Ready);
     assert!(
         after.last_seen_ms.unwrap() > renewed_at,
         "heartbeats continue on the same session"
@@ -297,8 +297,9 @@ async fn rotation_swaps_the_certificate_without_dropping_the_session() {
     drop(store);
     let b = agent(&hub, dir.path(), "rotor", &token);
     wait_for(&admin, WAIT, "Ready again", |c| {
-        c.iter()
-            .any(|c| c.name == "rotor" && c.state == "Ready" && c.connected)
+        c.iter().any(|c| {
+            c.name == "rotor" && c.state == tether_hub::api::ClusterState::Ready && c.connected
+        })
     })
     .await
     .unwrap();
@@ -449,6 +450,6 @@ async fn idle_heartbeats_are_datagrams_and_keep_the_cluster_ready() {
         "a stream heartbeat was sent although the facts did not change"
     );
     let c = admin.cluster("quiet").await.unwrap();
-    assert_eq!(c.state, "Ready");
+    assert_eq!(c.state, tether_hub::api::ClusterState::Ready);
     a.stop().await.unwrap();
 }

@@ -70,7 +70,8 @@ async fn progressive_rollout_completes_without_the_offline_site_which_catches_up
     let (s6, s6_mem) = agents[5].take().unwrap();
     s6.stop().await.unwrap();
     wait_for(&admin, WAIT, "s6 not Ready", |cs| {
-        cs.iter().any(|c| c.name == "s6" && c.state != "Ready")
+        cs.iter()
+            .any(|c| c.name == "s6" && c.state != tether_hub::api::ClusterState::Ready)
     })
     .await
     .unwrap();
@@ -83,7 +84,7 @@ async fn progressive_rollout_completes_without_the_offline_site_which_catches_up
         if r.generation == 2 {
             max_seen = max_seen.max(r.in_flight);
         }
-        r.generation == 2 && r.phase == "Complete"
+        r.generation == 2 && r.phase == tether_hub::api::RolloutPhase::Complete
     })
     .await;
     assert!(
@@ -148,10 +149,10 @@ async fn failures_past_the_budget_pause_and_auto_rollback_restores() {
         .await
         .unwrap();
     let r = rollout_until(&admin, "paused", |r| {
-        r.generation == 2 && r.phase.starts_with("Paused")
+        r.generation == 2 && r.phase == tether_hub::api::RolloutPhase::Paused
     })
     .await;
-    assert!(r.phase.contains("failure budget"), "{r:?}");
+    assert!(r.reason.contains("failure budget"), "{r:?}");
     assert_eq!(r.failed, 2);
 
     // Operator pause / resume round trip is accepted.
@@ -184,7 +185,7 @@ async fn failures_past_the_budget_pause_and_auto_rollback_restores() {
     assert!(detail
         .clusters
         .iter()
-        .all(|c| c.phase.as_deref() == Some("Available")));
+        .all(|c| c.phase == Some(tether_protocol::WorkPhase::Available)));
     // Only one cluster ever received the failing generation (maxConcurrency 1, budget 0).
     let history: usize = {
         let mut n = 0;

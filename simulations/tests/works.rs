@@ -31,7 +31,10 @@ async fn apply_update_retarget_delete_and_orphan() {
     // Apply: every cluster gets it and reports generation 1.
     let web = config_work("web", everywhere(), &["one", "two"], "v1");
     let r = admin.apply_work(&web).await.unwrap();
-    assert_eq!((r.generation, r.outcome.as_str()), (1, "Created"));
+    assert_eq!(
+        (r.generation, r.outcome),
+        (1, tether_hub::api::ApplyOutcome::Created)
+    );
     let detail = wait_applied(&admin, "web", 1, 3).await;
     assert!(detail
         .clusters
@@ -47,7 +50,10 @@ async fn apply_update_retarget_delete_and_orphan() {
 
     // Re-applying the same document changes nothing.
     let r = admin.apply_work(&web).await.unwrap();
-    assert_eq!((r.generation, r.outcome.as_str()), (1, "Unchanged"));
+    assert_eq!(
+        (r.generation, r.outcome),
+        (1, tether_hub::api::ApplyOutcome::Unchanged)
+    );
 
     // Update: generation 2 everywhere, files rewritten.
     let web2 = config_work("web", everywhere(), &["one", "two"], "v2");

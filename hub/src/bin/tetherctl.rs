@@ -11,7 +11,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_hub::api::{AuditFilter, ClusterView, CreateTokenRequest, JoinRequestView};
+use tether_hub::api::{
+    ApplyOutcome, AuditFilter, ClusterView, CreateTokenRequest, JoinRequestView, RolloutPhase,
+};
 use tether_hub::config::CtlConfig;
 use tether_hub::ctl::AdminClient;
 use tether_hub::util::{now_ms, parse_duration, rfc3339};
@@ -311,7 +313,7 @@ fn clusters_table(rows: &[ClusterView]) {
         println!(
             "{:<24} {:<8} {:<10} {:<8} {:<10} {:<22} {}",
             c.name,
-            c.state,
+            c.state.as_str(),
             ago(c.last_seen_ms),
             c.facts.arch,
             c.facts.agent_version,
@@ -461,7 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .join_requests()
                 .await?
                 .into_iter()
-                .filter(|r| r.state == "Pending")
+                .filter(|r| r.state == tether_hub::api::JoinState::Pending)
                 .collect();
             print(out, &rows, || {
                 if rows.is_empty() {
@@ -545,10 +547,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             print(out, &results, || {
                 for r in &results {
-                    let verb = match r.outcome.as_str() {
-                        "Created" => "created",
-                        "Updated" => "updated",
-                        _ => "unchanged",
+                    let verb = match r.outcome {
+                        ApplyOutcome::Created => "created",
+                        ApplyOutcome::Updated => "updated",
+                        ApplyOutcome::Unchanged => "unchanged",
                     };
                     println!("work/{} {verb} (generation {})", r.name, r.generation);
                 }
@@ -623,14 +625,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.failed,
                     r.pending_offline,
                     r.admitted,
-                    r.phase
+                    if r.reason.is_empty() {
+                        format!("{:?}", r.phase)
+                    } else {
+                        format!("{:?}: {}", r.phase, r.reason)
+                    }
                 );
             })?;
             if !watch
-                || r.phase == "Complete"
-                || r.phase.starts_with("Paused")
                 || r.rollback_of.is_some()
-                || r.phase.starts_with("All")
+                || matches!(
+                    r.phase,
+                    RolloutPhase::Complete | RolloutPhase::Paused | RolloutPhase::All
+                )
             {
                 break;
             }
@@ -692,7 +699,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         if c.targeted { "yes" } else { "removing" },
                         g(c.delivered_generation),
                         g(c.applied_generation),
-                        c.phase.as_deref().unwrap_or("-"),
+                        c.phase.map_or("-", |p| p.as_str()),
                         ago(c.observed_at_ms),
                         tail
                     );

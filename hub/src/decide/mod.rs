@@ -49,7 +49,10 @@ impl WorkDecision {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RolloutView {
     pub generation: u64,
-    pub phase: String,
+    pub phase: crate::api::RolloutPhase,
+    /// Why it is paused, or what it restores; empty otherwise.
+    #[serde(default)]
+    pub reason: String,
     pub paused: bool,
     pub total: usize,
     pub admitted: usize,
@@ -324,7 +327,8 @@ fn decide_work(
             if let Some(of) = record.rollback_of {
                 decision.rollout = Some(RolloutView {
                     generation,
-                    phase: format!("RolledBack: restores generation {of} everywhere at once"),
+                    phase: crate::api::RolloutPhase::RolledBack,
+                    reason: format!("restores generation {of} everywhere at once"),
                     rollback_of: Some(of),
                     total: decision.selected.len(),
                     ..RolloutView::default()

@@ -1,6 +1,7 @@
 //! One step of a progressive rollout, and maintenance windows.
 
 use super::{Inputs, RolloutView};
+use crate::api::RolloutPhase;
 use crate::placement::Candidate;
 use crate::rollout::{self, ClusterProgress, Group, Limit, OfflinePolicy, Phase, Progress};
 use std::collections::{BTreeMap, BTreeSet};
@@ -161,10 +162,10 @@ pub(super) fn step(
     for n in &d.admitted {
         record.admitted.entry(n.clone()).or_insert(now);
     }
-    let phase = match &d.phase {
-        Phase::Progressing => "Progressing".to_string(),
-        Phase::Complete => "Complete".to_string(),
-        Phase::Paused(why) => format!("Paused: {why}"),
+    let (phase, reason) = match &d.phase {
+        Phase::Progressing => (RolloutPhase::Progressing, String::new()),
+        Phase::Complete => (RolloutPhase::Complete, String::new()),
+        Phase::Paused(why) => (RolloutPhase::Paused, why.clone()),
     };
     let roll_back = cx.spec.auto_rollback
         && !record.rolled_back
@@ -175,11 +176,17 @@ pub(super) fn step(
     if !d.newly_admitted.is_empty() {
         tracing::info!(work = %cx.name, generation = cx.generation, admitted = ?d.newly_admitted, "rollout admitted clusters");
     }
-    record.phase = phase.clone();
+    // The stored record keeps the text form it always had.
+    record.phase = if reason.is_empty() {
+        format!("{phase:?}")
+    } else {
+        format!("{phase:?}: {reason}")
+    };
     Step {
         view: RolloutView {
             generation: cx.generation,
             phase,
+            reason,
             paused: record.paused,
             total: members.len(),
             admitted: d.admitted.len(),
