@@ -726,6 +726,23 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
             }
             state.metrics.status_entries.inc_by(i.stored as u64);
             state.metrics.status_duplicates.inc_by(i.duplicates as u64);
+            if i.duplicates > 0 && i.stored == 0 && i.foreign == 0 {
+                // A batch of nothing new: the agent resends what the hub has. Once in a while
+                // is a lost ack; again and again is a loop worth seeing (coalesced per minute).
+                let first = state.registry.coalesced.record(
+                    "status_resent",
+                    &format!("agent:{cluster}"),
+                    format!(
+                        "{} status entries the hub already has, through seq {}",
+                        i.duplicates, i.through
+                    ),
+                    cluster,
+                    now_ms(),
+                );
+                if first {
+                    tracing::warn!(%cluster, entries = i.duplicates, through = i.through, "agent resends statuses the hub already stored (more this minute are only counted)");
+                }
+            }
             if i.foreign > 0 {
                 state
                     .metrics

@@ -427,3 +427,52 @@ async fn refused_certificates_are_counted_but_audited_sparingly() {
         "{rows} audit rows for {attempts} refused handshakes"
     );
 }
+
+/// A batch with nothing new (everything already stored) is a resend; over and over it is a
+/// loop, which the hub now shows (a coalesced audit event and a log line) instead of only
+/// counting it in a fleet-wide counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_statuses_are_shown_not_only_counted() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Labels::new()).await.unwrap();
+    let id = joined_identity(&hub, dir.path(), "echo", &token).await;
+    admin
+        .apply_work(&config_work("mine", only(&["echo"]), &["a"], "1"))
+        .await
+        .unwrap();
+    eventually("mine is placed on echo", || {
+        hub.running()
+            .state
+            .decisions
+            .snapshot()
+            .get("mine")
+            .is_some_and(|d| d.selected.contains_key("echo"))
+    })
+    .await;
+    let (_ep, conn) = session(&hub, &id).await;
+    for _ in 0..3 {
+        let answer = request(&conn, &batch(1, &["mine"]), limits())
+            .await
+            .unwrap();
+        assert!(matches!(answer, Message::StatusAck(_)), "{answer:?}");
+    }
+    // Coalesced events reach the audit log on the next drain (about a second).
+    let filter = tether_hub::api::AuditFilter {
+        kind: Some("status_resent".into()),
+        actor: Some("agent:echo".into()),
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let (events, _) = admin.audit_search(&filter, None, 10).await.unwrap();
+        if !events.is_empty() {
+            assert!(events[0].detail.contains("already has"), "{events:#?}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no status_resent event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
