@@ -53,6 +53,9 @@ pub struct Signals {
     pub cluster_facts: Arc<std::sync::Mutex<(Option<String>, Option<u32>)>>,
     /// Supervised tasks that failed and have not recovered yet (reported in heartbeats).
     pub tasks: crate::supervise::TaskHealth,
+    /// This host's clock minus the hub's, in ms, as last measured from the hub's answers
+    /// (`HelloAck`, `HeartbeatAck`); reported as the `ClockSkew` condition when large.
+    pub clock_offset_ms: Arc<std::sync::Mutex<Option<i64>>>,
     /// A delivery was refused because the store failed. The hub does not send refused content
     /// again on the same session, so once the store works the session starts over: its
     /// inventory then makes the hub send what is missing.

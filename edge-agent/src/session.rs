@@ -266,6 +266,7 @@ async fn session(
     let ack = hello(&conn, agent.limits).await?;
     // The hub acknowledged a message sent at `hello_sent` (and records it as a heartbeat).
     agent.signals.contact(hello_sent);
+    note_hub_time(&agent.signals, ack.hub_time_ms);
     backoff.reset();
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
@@ -331,8 +332,9 @@ async fn session(
                 let sent = std::time::Instant::now();
                 if !datagram_beats || reported.as_ref() != Some(&report) {
                     let depth = agent.store.read(outbox::depth).unwrap_or(0);
-                    if let Err(e) = send_heartbeat(&conn, &name, depth, report.clone(), agent.limits).await {
-                        return Ok(End::Lost(e));
+                    match send_heartbeat(&conn, &name, depth, report.clone(), agent.limits).await {
+                        Ok(hub_time_ms) => note_hub_time(&agent.signals, hub_time_ms),
+                        Err(e) => return Ok(End::Lost(e)),
                     }
                     agent.signals.contact(sent);
                     reported = Some(report);
@@ -424,6 +426,26 @@ pub fn conditions(store: &Store, signals: &Signals) -> Vec<Condition> {
                 .join("; "),
         }
     }];
+    if let Some(offset) = *signals
+        .clock_offset_ms
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        if offset.unsigned_abs() > CLOCK_SKEW_REPORTED.as_millis() as u64 {
+            out.push(Condition {
+                kind: "ClockSkew".into(),
+                status: "True".into(),
+                reason: "ClockOff".into(),
+                message: format!(
+                    "this host's clock is about {}s {} the hub's; certificates tolerate {}s",
+                    // Whole tens of seconds: jitter must not change the condition each beat.
+                    offset.unsigned_abs() / 10_000 * 10,
+                    if offset < 0 { "behind" } else { "ahead of" },
+                    crate::clock::MAX_CLOCK_SKEW.as_secs()
+                ),
+            });
+        }
+    }
     if let Some(f) = store.failure() {
         out.push(Condition {
             kind: STORE_CONDITION.into(),
@@ -433,6 +455,22 @@ pub fn conditions(store: &Store, signals: &Signals) -> Vec<Condition> {
         });
     }
     out
+}
+
+/// An offset from the hub's clock above this is reported (`ClockSkew`): well beyond network
+/// delay, and a warning long before certificates stop verifying.
+pub const CLOCK_SKEW_REPORTED: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Record this host's clock offset from the hub's (`hub_time_ms` 0: an older hub, unknown).
+pub fn note_hub_time(signals: &Signals, hub_time_ms: u64) {
+    if hub_time_ms == 0 {
+        return;
+    }
+    let offset = now_ms() as i64 - hub_time_ms as i64;
+    *signals
+        .clock_offset_ms
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(offset);
 }
 
 /// Condition type present (status True) while the agent's database fails; the hub counts it.
@@ -457,7 +495,7 @@ async fn send_heartbeat(
     outbox_depth: u64,
     (facts, conditions): (Facts, Vec<Condition>),
     limits: Limits,
-) -> Result<(), AgentError> {
+) -> Result<u64, AgentError> {
     let hb = Message::Heartbeat(Heartbeat {
         facts,
         conditions,
@@ -466,7 +504,7 @@ async fn send_heartbeat(
         outbox_depth,
     });
     match request(conn, &hb, limits).await {
-        Ok(Message::HeartbeatAck(_)) => Ok(()),
+        Ok(Message::HeartbeatAck(ack)) => Ok(ack.hub_time_ms),
         Ok(other) => Err(AgentError::Protocol(format!(
             "expected HeartbeatAck, got {}",
             other.kind()

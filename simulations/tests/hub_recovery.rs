@@ -387,6 +387,23 @@ async fn an_agent_with_a_slow_clock_joins_and_applies() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let c = admin.cluster("slowpoke").await.unwrap();
+    // The skew is reported before it can break anything.
+    let mut c = admin.cluster("slowpoke").await.unwrap();
+    for _ in 0..100 {
+        if c.conditions.iter().any(|k| k.kind == "ClockSkew") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c = admin.cluster("slowpoke").await.unwrap();
+    }
     assert_eq!(c.state, tether_hub::api::ClusterState::Ready);
+    let skew = c
+        .conditions
+        .iter()
+        .find(|k| k.kind == "ClockSkew")
+        .unwrap_or_else(|| panic!("no ClockSkew condition: {:?}", c.conditions));
+    assert!(
+        skew.status == "True" && skew.message.contains("behind"),
+        "{skew:?}"
+    );
 }
