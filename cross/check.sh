@@ -200,7 +200,8 @@ c = [c for c in d["clusters"] if c["cluster"] == sys.argv[2]]
 sys.exit(0 if c and c[0]["applied_generation"] == gen and c[0]["phase"] == "Applied" else 1)' "$view" "$name"; then
       ctl describe work "$work" | sed 's/^/     /'
       local f
-      f=$(grep -l "name: $work" "$dir"/* 2>/dev/null | head -n 1)
+      # The dir executor quotes every string (YAML 1.1 readers must not retype values).
+      f=$(grep -lE "name: \"?$work\"?\$" "$dir"/* 2>/dev/null | head -n 1)
       [ -n "$f" ] || die "work Applied but no manifest in the executor directory $dir"
       ok "work $work Applied on $name; the agent wrote ${f#"$W"/}"
       return 0
