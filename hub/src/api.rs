@@ -255,3 +255,52 @@ pub struct StatusLogView {
 pub struct BackupRequest {
     pub to: String,
 }
+
+/// Why one cluster was or was not chosen for a work (`GET /v1/works/{name}/placement`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Choice {
+    pub cluster: String,
+    pub selected: bool,
+    pub reason: String,
+}
+
+/// A work's rollout (`GET /v1/works/{name}/rollout`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutView {
+    pub generation: u64,
+    pub phase: RolloutPhase,
+    /// Why it is paused, or what it restores; empty otherwise.
+    #[serde(default)]
+    pub reason: String,
+    pub paused: bool,
+    pub total: usize,
+    pub admitted: usize,
+    pub done: usize,
+    pub in_flight: usize,
+    pub failed: usize,
+    pub pending_offline: usize,
+    pub rollback_of: Option<u64>,
+    /// Highest (slots in use + newly admitted) at any admission for this generation since the
+    /// hub started: the quantity `maxConcurrency` bounds. Simulations check it.
+    #[serde(default)]
+    pub admission_peak: usize,
+}
+
+/// A join token, as created (`POST /v1/tokens`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CreatedToken {
+    /// The secret. Shown once; the hub keeps only its hash.
+    pub token: String,
+    pub id: String,
+    pub expires_at_ms: u64,
+}
+
+/// A backup taken while the hub serves (`POST /v1/backup`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupInfo {
+    pub path: String,
+    pub taken_at_ms: u64,
+    pub tables: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}

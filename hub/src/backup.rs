@@ -5,20 +5,12 @@
 //! the old file is kept beside it. What a restored hub cannot know (see docs/recovery.md):
 //! works, joins and revocations after the backup. Agents keep works the hub does not know.
 
+use crate::api::BackupInfo;
 use std::path::{Path, PathBuf};
 use tether_store::hub::{ClusterState, ADMINS, AUDIT, BACKUP_META, CLUSTERS, REVOKED, WORKS};
 use tether_store::{SnapshotInfo, Store, StoreError};
 
 const TAKEN_AT: &str = "taken_at_ms";
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BackupInfo {
-    pub path: String,
-    pub taken_at_ms: u64,
-    pub tables: usize,
-    pub rows: u64,
-    pub bytes: u64,
-}
 
 /// Snapshot `store` into `to` (which must not exist) and mark the copy as a backup.
 pub fn write_backup(store: &Store, to: &Path, now_ms: u64) -> Result<BackupInfo, StoreError> {

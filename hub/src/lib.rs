@@ -1,37 +1,44 @@
-//! Tether hub: registration (double opt-in), authenticated agent sessions, cluster health, and
-//! the admin API used by `tetherctl`.
+//! Tether hub: registration (double opt-in), authenticated agent sessions, cluster health,
+//! work placement and delivery, and the admin API used by `tetherctl`.
+//!
+//! Layers, bottom up (no module imports one above it): `api`, `config`, `util` (leaves);
+//! `decide` (pure decisions) over `works` (the catalog); `fleet`, `identity`, `limits`,
+//! `ingest`; `state` (what the shells share); the shells `controller`, `delivery`, `net`,
+//! `admin`; `app` wires them together.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod admission;
+pub(crate) mod admin;
 pub mod api;
+pub(crate) mod app;
 pub mod backup;
-pub(crate) mod budget;
-pub mod committer;
 pub mod config;
-pub mod controller;
-pub mod ctl;
+pub(crate) mod controller;
 pub(crate) mod decide;
-pub mod delivery;
-pub(crate) mod facts;
-pub mod health;
-pub mod hub;
-pub mod init;
-pub mod metrics;
-pub mod pki;
-pub mod placement;
-pub mod registry;
-pub mod render;
-pub mod rollout;
-pub mod scope;
-pub mod server;
-pub mod sessions;
-pub mod singleton;
-pub mod status;
+pub(crate) mod delivery;
+pub(crate) mod fleet;
+pub(crate) mod identity;
+pub(crate) mod ingest;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod state;
 pub mod util;
-pub mod windows;
-pub mod work_views;
-pub mod works;
+pub(crate) mod works;
 
-pub use hub::{start, HubConfig, RunningHub};
+pub use admin::client::{parse_work_documents, AdminClient};
+pub use app::{start, RunningHub};
+pub use decide::RolloutView;
+pub use identity::init::{init, InitOptions};
+pub use state::{HubConfig, HubState};
+
+/// Parts the simulator, the benchmarks and the end-to-end tests drive directly, below the
+/// running hub.
+pub mod parts {
+    pub use crate::identity::pki;
+    pub use crate::identity::registry::{Registry, TokenSpec, RENEWALS_PER_DAY};
+    pub use crate::ingest::status::ingest;
+    pub use crate::limits::admission::MAX_JOINS_PER_SOURCE;
+    pub use crate::limits::scope::Scope;
+    pub use crate::works::render::{matching_rules, render};
+}

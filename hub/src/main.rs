@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tether_hub::config::DataDir;
-use tether_hub::init::{init, InitOptions};
 use tether_hub::util::{now_ms, parse_duration};
 use tether_hub::HubConfig;
+use tether_hub::{init, InitOptions};
 
 #[derive(Parser)]
 #[command(
@@ -232,7 +232,7 @@ async fn backup(data: &DataDir, to: &std::path::Path) -> anyhow::Result<()> {
     let info = match tether_store::Store::open_existing(data.database()) {
         Err(tether_store::StoreError::Locked { .. }) => {
             let cfg = tether_hub::config::CtlConfig::load(&data.ctl_config())?;
-            let client = tether_hub::ctl::AdminClient::new(&cfg)?;
+            let client = tether_hub::AdminClient::new(&cfg)?;
             client
                 .backup(&to.display().to_string())
                 .await

@@ -230,7 +230,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_certificate_expiry(&self, certs: &[crate::pki::CertExpiry]) {
+    pub fn set_certificate_expiry(&self, certs: &[crate::identity::pki::CertExpiry]) {
         for c in certs {
             self.certificate_expiry
                 .get_or_create(&CertLabel {

@@ -12,15 +12,15 @@ fn documented_examples_are_valid_works() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let docs = tether_hub::ctl::parse_work_documents(&text)
+        let docs = tether_hub::parse_work_documents(&text)
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         for doc in docs {
             for i in 0..doc.spec.overrides.len() {
-                tether_hub::render::render(&doc.spec, &[i])
+                tether_hub::parts::render(&doc.spec, &[i])
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             }
             let all: Vec<usize> = (0..doc.spec.overrides.len()).collect();
-            tether_hub::render::render(&doc.spec, &all).unwrap();
+            tether_hub::parts::render(&doc.spec, &all).unwrap();
             seen += 1;
         }
     }
@@ -33,12 +33,10 @@ fn the_overrides_example_renders_what_the_guide_says() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/overrides.yaml"),
     )
     .unwrap();
-    let doc = tether_hub::ctl::parse_work_documents(&text)
-        .unwrap()
-        .remove(0);
+    let doc = tether_hub::parse_work_documents(&text).unwrap().remove(0);
     let eu: tether_protocol::Labels = [("region".to_string(), "eu".to_string())].into();
-    let rules = tether_hub::render::matching_rules(&doc.spec, "store-042", &eu);
-    let out = tether_hub::render::render(&doc.spec, &rules).unwrap();
+    let rules = tether_hub::parts::matching_rules(&doc.spec, "store-042", &eu);
+    let out = tether_hub::parts::render(&doc.spec, &rules).unwrap();
     let c = &out[0]["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "mirror.eu.example.com/nginx:1.27");
     assert_eq!(c["args"][0], "--debug");

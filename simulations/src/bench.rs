@@ -494,12 +494,12 @@ impl HubProc {
         })
     }
 
-    fn admin(&self) -> anyhow::Result<tether_hub::ctl::AdminClient> {
+    fn admin(&self) -> anyhow::Result<tether_hub::AdminClient> {
         let mut ctl = tether_hub::config::CtlConfig::load(
             &tether_hub::config::DataDir::new(self.dir.join("hub")).ctl_config(),
         )?;
         ctl.admin_address = self.admin_addr.to_string();
-        tether_hub::ctl::AdminClient::new(&ctl)
+        tether_hub::AdminClient::new(&ctl)
     }
 
     fn pid(&self) -> u32 {
@@ -514,8 +514,8 @@ impl HubProc {
 }
 
 fn init_hub_dir(hub_dir: &Path) -> anyhow::Result<()> {
-    tether_hub::init::init(
-        &tether_hub::init::InitOptions {
+    tether_hub::init(
+        &tether_hub::InitOptions {
             data_dir: tether_hub::config::DataDir::new(hub_dir),
             hub_name: "localhost".into(),
             sans: vec![],
@@ -571,7 +571,7 @@ fn spawn_lite_swarm(
 }
 
 /// Live sessions and clusters Ready, from the hub's metrics (cheap at 100k, unlike listing).
-async fn hub_counts(admin: &tether_hub::ctl::AdminClient) -> anyhow::Result<(usize, usize)> {
+async fn hub_counts(admin: &tether_hub::AdminClient) -> anyhow::Result<(usize, usize)> {
     let text = admin.get_text("/metrics").await?;
     Ok((
         metric(&text, "tether_hub_live_sessions") as usize,
@@ -579,7 +579,7 @@ async fn hub_counts(admin: &tether_hub::ctl::AdminClient) -> anyhow::Result<(usi
     ))
 }
 
-async fn hub_counter(admin: &tether_hub::ctl::AdminClient, name: &str) -> f64 {
+async fn hub_counter(admin: &tether_hub::AdminClient, name: &str) -> f64 {
     admin
         .get_text("/metrics")
         .await
@@ -588,7 +588,7 @@ async fn hub_counter(admin: &tether_hub::ctl::AdminClient, name: &str) -> f64 {
 
 /// Poll (every `poll`) until `n` sessions are live and Ready; seconds it took.
 async fn wait_sessions(
-    admin: &tether_hub::ctl::AdminClient,
+    admin: &tether_hub::AdminClient,
     n: usize,
     limit: Duration,
     poll: Duration,
@@ -1044,11 +1044,7 @@ async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
     })
 }
 
-async fn wait_all_applied(
-    admin: &tether_hub::ctl::AdminClient,
-    n: usize,
-    g: u64,
-) -> anyhow::Result<()> {
+async fn wait_all_applied(admin: &tether_hub::AdminClient, n: usize, g: u64) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         if let Ok(d) = admin.work("bench").await {
@@ -1088,7 +1084,7 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
     };
     // The works the writers report on, as if the hub had selected them for every writer.
     let works: std::collections::BTreeSet<String> = (0..8).map(|w| format!("w{w}")).collect();
-    let selected = tether_hub::scope::Scope {
+    let selected = tether_hub::parts::Scope {
         known: works.clone(),
         selected: works,
     };
@@ -1114,7 +1110,7 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
                 let name = cluster.clone();
                 let selected = selected.clone();
                 match committer
-                    .write(move |tx| tether_hub::status::ingest(tx, &name, &batch, &selected, 0))
+                    .write(move |tx| tether_hub::parts::ingest(tx, &name, &batch, &selected, 0))
                     .await
                 {
                     Ok(i) => stored += i.stored,
@@ -1176,8 +1172,7 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
                         entries: (1..=BATCH as u64).map(|k| status(seq + k)).collect(),
                     };
                     let cluster = format!("c{w:03}");
-                    stored +=
-                        tether_hub::status::ingest(tx, &cluster, &batch, &selected, 0)?.stored;
+                    stored += tether_hub::parts::ingest(tx, &cluster, &batch, &selected, 0)?.stored;
                 }
                 Ok::<_, tether_store::StoreError>(())
             })?;
@@ -1306,8 +1301,8 @@ pub async fn server_main(
         "bare" => {
             let data = tether_hub::config::DataDir::new(dir.join("hub"));
             if !data.ca_cert().exists() {
-                tether_hub::init::init(
-                    &tether_hub::init::InitOptions {
+                tether_hub::init(
+                    &tether_hub::InitOptions {
                         data_dir: data.clone(),
                         hub_name: "localhost".into(),
                         sans: vec![],

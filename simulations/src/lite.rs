@@ -40,9 +40,9 @@ pub struct LiteIdentity {
 /// agents over the network would measure the join path, which is not what the session and
 /// storm benchmarks are about.
 pub fn provision(hub_dir: &Path, prefix: &str, n: usize) -> anyhow::Result<Vec<LiteIdentity>> {
-    use tether_hub::registry::{Registry, TokenSpec};
+    use tether_hub::parts::{Registry, TokenSpec};
     let data = tether_hub::config::DataDir::new(hub_dir);
-    let ca = tether_hub::pki::CertificateAuthority::load(
+    let ca = tether_hub::parts::pki::CertificateAuthority::load(
         &std::fs::read_to_string(data.ca_cert()).context("reading the hub CA")?,
         &std::fs::read_to_string(data.ca_key()).context("reading the hub CA key")?,
     )?;

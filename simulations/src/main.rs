@@ -285,7 +285,7 @@ async fn demo(
     // Deliver a Work to every agent and wait until each reports it applied.
     let example = include_str!("../../docs/examples/hello-work.yaml");
     let applied_at = Instant::now();
-    for doc in tether_hub::ctl::parse_work_documents(example)? {
+    for doc in tether_hub::parse_work_documents(example)? {
         admin.apply_work(&doc).await?;
     }
     let detail = loop {

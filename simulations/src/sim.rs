@@ -14,7 +14,7 @@ use tether_agent::executor::memory::MemoryExecutor;
 use tether_agent::executor::AnyExecutor;
 use tether_agent::{AgentError, JoinOptions, RunOptions, Shutdown};
 use tether_hub::api::CreateTokenRequest;
-use tether_hub::ctl::AdminClient;
+use tether_hub::AdminClient;
 use tether_hub::HubConfig;
 use tether_protocol::work::WorkDocument;
 use tether_protocol::Labels;

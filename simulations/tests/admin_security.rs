@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tether_agent::AgentError;
 use tether_hub::api::CreateTokenRequest;
-use tether_hub::ctl::AdminClient;
+use tether_hub::AdminClient;
 use tether_protocol::{ErrorCode, Facts, Hello, JoinRequest, Labels, Message, ALPN_JOIN};
 use tether_sim::fleet::{all_in_state, metric, wait_for, LocalAgent, LocalHub};
 use tether_transport::framed::request;
@@ -92,7 +92,7 @@ fn non_admin_client(hub: &LocalHub) -> AdminClient {
     let data = &hub.cfg.data_dir;
     let ca_pem = std::fs::read_to_string(data.ca_cert()).unwrap();
     let ca_key = std::fs::read_to_string(data.ca_key()).unwrap();
-    let ca = tether_hub::pki::CertificateAuthority::load(&ca_pem, &ca_key).unwrap();
+    let ca = tether_hub::parts::pki::CertificateAuthority::load(&ca_pem, &ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
@@ -113,7 +113,7 @@ fn non_admin_client(hub: &LocalHub) -> AdminClient {
     AdminClient::new(&cfg).unwrap()
 }
 
-fn hub_of(hub: &LocalHub) -> &Arc<tether_hub::hub::HubState> {
+fn hub_of(hub: &LocalHub) -> &Arc<tether_hub::HubState> {
     &hub.running().state
 }
 
@@ -218,8 +218,8 @@ async fn a_hub_with_an_expired_serving_certificate_refuses_to_start() {
     // Initialised 400 days ago: the serving and admin certificates (365 days) have expired,
     // the CA (10 years) has not.
     let day = 86_400_000u64;
-    tether_hub::init::init(
-        &tether_hub::init::InitOptions {
+    tether_hub::init(
+        &tether_hub::InitOptions {
             data_dir: tether_hub::config::DataDir::new(&data),
             hub_name: "localhost".into(),
             sans: vec![],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tether_agent::executor::memory::MemoryExecutor;
 use tether_agent::executor::{ApplyReport, ExecError, Executor, Managed};
 use tether_agent::{RunOptions, Shutdown};
-use tether_hub::ctl::AdminClient;
+use tether_hub::AdminClient;
 use tether_protocol::Condition;
 use tether_sim::fleet::{all_in_state, wait_for};
 use tether_store::agent::DesiredWork;

@@ -8,7 +8,7 @@ use common::*;
 use peer::*;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_hub::pki::{self, CertificateAuthority};
+use tether_hub::parts::pki::{self, CertificateAuthority};
 use tether_protocol::{
     close_code, ErrorCode, Facts, Heartbeat, JoinRequest, Labels, Message, ALPN_JOIN, ALPN_SESSION,
     PROTOCOL_VERSION,

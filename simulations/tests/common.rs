@@ -127,7 +127,7 @@ pub fn only(clusters: &[&str]) -> tether_protocol::work::Targets {
 /// Wait until every targeted cluster reports `generation` applied (and `expect` clusters are
 /// targeted).
 pub async fn wait_applied(
-    admin: &tether_hub::ctl::AdminClient,
+    admin: &tether_hub::AdminClient,
     work: &str,
     generation: u64,
     expect: usize,
@@ -164,7 +164,7 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 /// strictly increase, and (after the agent stopped) they end at what the agent had acknowledged
 /// with nothing left in its outbox.
 pub async fn assert_status_history_exact(
-    admin: &tether_hub::ctl::AdminClient,
+    admin: &tether_hub::AdminClient,
     cluster: &str,
     agent_data_dir: &Path,
 ) {

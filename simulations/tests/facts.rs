@@ -60,7 +60,7 @@ fn arch_work(name: &str) -> tether_protocol::work::WorkDocument {
     }))
 }
 
-async fn replicas_of(admin: &tether_hub::ctl::AdminClient, work: &str, c: &str) -> u64 {
+async fn replicas_of(admin: &tether_hub::AdminClient, work: &str, c: &str) -> u64 {
     let r = admin.rendered(work, c).await.unwrap();
     r[0]["spec"]["replicas"].as_u64().unwrap()
 }

@@ -18,7 +18,7 @@ fn leader_anywhere() -> tether_protocol::work::WorkDocument {
     }))
 }
 
-async fn holder(admin: &tether_hub::ctl::AdminClient, work: &str, generation: u64) -> String {
+async fn holder(admin: &tether_hub::AdminClient, work: &str, generation: u64) -> String {
     let start = Instant::now();
     loop {
         if let Ok(d) = admin.work(work).await {

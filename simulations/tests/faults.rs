@@ -47,7 +47,7 @@ fn sigterm(child: &mut Child) {
 }
 
 /// Apply generation `g` of `app`, retrying while the hub is down; returns once acknowledged.
-async fn apply(admin: &tether_hub::ctl::AdminClient, keys: &[&str], g: u64) {
+async fn apply(admin: &tether_hub::AdminClient, keys: &[&str], g: u64) {
     for _ in 0..200 {
         if admin
             .apply_work(&config_work("app", everywhere(), keys, &format!("g{g}")))
@@ -62,7 +62,7 @@ async fn apply(admin: &tether_hub::ctl::AdminClient, keys: &[&str], g: u64) {
 }
 
 async fn finish(
-    admin: &tether_hub::ctl::AdminClient,
+    admin: &tether_hub::AdminClient,
     d: &Path,
     procs: Vec<AgentProcess>,
     all: &[&str],

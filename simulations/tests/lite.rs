@@ -9,7 +9,7 @@ use common::*;
 use tether_sim::fleet::metric;
 use tether_sim::lite::{provision, LiteFleet};
 
-async fn hub_metric(admin: &tether_hub::ctl::AdminClient, name: &str) -> f64 {
+async fn hub_metric(admin: &tether_hub::AdminClient, name: &str) -> f64 {
     metric(&admin.get_text("/metrics").await.unwrap(), name)
 }
 
@@ -27,7 +27,7 @@ async fn lite_agents_hold_sessions_take_works_and_report_exactly_once() {
     let ca = std::fs::read_to_string(h.cfg.data_dir.ca_cert()).unwrap();
     let fleet = LiteFleet::start(&ids, &ca, h.quic_addr(), 0).await.unwrap();
     let admin = h.admin().unwrap();
-    let ready = |admin: tether_hub::ctl::AdminClient| async move {
+    let ready = |admin: tether_hub::AdminClient| async move {
         let start = std::time::Instant::now();
         loop {
             let c = admin.clusters().await.unwrap();

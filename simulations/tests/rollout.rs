@@ -26,10 +26,10 @@ fn configmap_work(
 }
 
 async fn rollout_until(
-    admin: &tether_hub::ctl::AdminClient,
+    admin: &tether_hub::AdminClient,
     work: &str,
-    mut pred: impl FnMut(&tether_hub::controller::RolloutView) -> bool,
-) -> tether_hub::controller::RolloutView {
+    mut pred: impl FnMut(&tether_hub::RolloutView) -> bool,
+) -> tether_hub::RolloutView {
     let start = Instant::now();
     loop {
         if let Ok(r) = admin.rollout(work).await {
@@ -336,9 +336,7 @@ async fn replicas_are_divided_by_weight_and_spread_over_zones() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/replicas.yaml"),
     )
     .unwrap();
-    let doc = tether_hub::ctl::parse_work_documents(&text)
-        .unwrap()
-        .remove(0);
+    let doc = tether_hub::parse_work_documents(&text).unwrap().remove(0);
     admin.apply_work(&doc).await.unwrap();
     let detail = wait_applied(&admin, "inference", 1, 3).await;
     let chosen: Vec<&str> = detail
@@ -439,7 +437,7 @@ async fn a_cluster_outside_its_maintenance_window_is_not_updated() {
     }
 }
 
-async fn eventually_applied_on(admin: &tether_hub::ctl::AdminClient, work: &str, cluster: &str) {
+async fn eventually_applied_on(admin: &tether_hub::AdminClient, work: &str, cluster: &str) {
     let start = Instant::now();
     loop {
         if let Ok(d) = admin.work(work).await {

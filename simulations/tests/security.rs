@@ -8,8 +8,8 @@ use common::*;
 use peer::*;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_hub::admission::MAX_JOINS_PER_SOURCE;
-use tether_hub::registry::RENEWALS_PER_DAY;
+use tether_hub::parts::MAX_JOINS_PER_SOURCE;
+use tether_hub::parts::RENEWALS_PER_DAY;
 use tether_protocol::{
     close_code, ErrorCode, HeldWork, Inventory, JoinPoll, JoinRequest, Labels, Message,
     RenewRequest, StatusBatch, StatusEntry, ALPN_JOIN, MAX_STATUS_ENTRIES, PROTOCOL_VERSION,
@@ -395,9 +395,10 @@ async fn refused_certificates_are_counted_but_audited_sparingly() {
     let hub = hub(dir.path()).await;
     let admin = hub.admin().unwrap();
     let now = tether_hub::util::now_ms();
-    let other = tether_hub::pki::generate("evil-hub", &[], now).unwrap();
+    let other = tether_hub::parts::pki::generate("evil-hub", &[], now).unwrap();
     let other_ca =
-        tether_hub::pki::CertificateAuthority::load(&other.ca_pem, &other.ca_key_pem).unwrap();
+        tether_hub::parts::pki::CertificateAuthority::load(&other.ca_pem, &other.ca_key_pem)
+            .unwrap();
     let (key, csr) = tether_agent::join::key_and_csr("nobody").unwrap();
     let forged = other_ca
         .sign_cluster(&csr, "nobody", Duration::from_secs(3600), now)

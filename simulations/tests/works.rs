@@ -151,13 +151,12 @@ async fn bad_works_are_refused_with_clear_errors() {
         "{err}"
     );
 
-    let err = tether_hub::ctl::parse_work_documents(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
-    )
-    .unwrap_err()
-    .to_string();
+    let err =
+        tether_hub::parse_work_documents("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("not a Work"), "{err}");
-    let err = tether_hub::ctl::parse_work_documents(
+    let err = tether_hub::parse_work_documents(
         "apiVersion: tether.dev/v1alpha1\nkind: Work\nmetadata: {name: x}\nspec: {targets: {clusters: [a]}, manifests: [], placment: {}}\n",
     )
     .unwrap_err();
@@ -271,7 +270,7 @@ async fn survives_kills_restarts_and_outages() {
 }
 
 async fn wait_applied_on(
-    admin: &tether_hub::ctl::AdminClient,
+    admin: &tether_hub::AdminClient,
     work: &str,
     generation: u64,
     clusters: &[&str],

@@ -15,8 +15,8 @@ use tether_hub::api::{
     ApplyOutcome, AuditFilter, ClusterView, CreateTokenRequest, JoinRequestView, RolloutPhase,
 };
 use tether_hub::config::CtlConfig;
-use tether_hub::ctl::AdminClient;
 use tether_hub::util::{now_ms, parse_duration, rfc3339};
+use tether_hub::AdminClient;
 use tether_protocol::names::parse_label;
 use tether_protocol::Labels;
 
@@ -539,7 +539,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?
             };
-            let docs = tether_hub::ctl::parse_work_documents(&text)
+            let docs = tether_hub::parse_work_documents(&text)
                 .with_context(|| format!("in {}", file.display()))?;
             let mut results = Vec::new();
             for doc in &docs {

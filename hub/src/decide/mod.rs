@@ -3,12 +3,17 @@
 //! about it. Pure: no store, no tokio, no clock; `controller` gathers the inputs and carries
 //! out the effects.
 
+pub mod placement;
 mod progressive;
 mod replicas;
+pub mod rollout;
+pub mod singleton;
 mod taints;
 
-use crate::placement::{self, Candidate, Choice};
-use crate::singleton;
+use crate::api::Choice;
+pub use crate::api::RolloutView;
+use placement::Candidate;
+
 use crate::works::WorkEntry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use tether_store::hub::{ClusterWorkRecord, RolloutRecord};
 pub struct WorkDecision {
     pub generation: u64,
     /// Selected clusters and the override rules that apply to each.
-    pub selected: BTreeMap<String, crate::render::Assignment>,
+    pub selected: BTreeMap<String, crate::works::render::Assignment>,
     pub choices: Vec<Choice>,
     /// `None`: every selected cluster may hold this generation.
     pub admitted: Option<BTreeSet<String>>,
@@ -44,27 +49,6 @@ impl WorkDecision {
             && self.replacements_ready == other.replacements_ready
             && self.waiting_for == other.waiting_for
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RolloutView {
-    pub generation: u64,
-    pub phase: crate::api::RolloutPhase,
-    /// Why it is paused, or what it restores; empty otherwise.
-    #[serde(default)]
-    pub reason: String,
-    pub paused: bool,
-    pub total: usize,
-    pub admitted: usize,
-    pub done: usize,
-    pub in_flight: usize,
-    pub failed: usize,
-    pub pending_offline: usize,
-    pub rollback_of: Option<u64>,
-    /// Highest (slots in use + newly admitted) at any admission for this generation since the
-    /// hub started: the quantity `maxConcurrency` bounds. Simulations check it.
-    #[serde(default)]
-    pub admission_peak: usize,
 }
 
 /// One cluster as decisions see it.
@@ -204,14 +188,18 @@ fn decide_work(
             .unwrap_or_default()
     };
     let shares = replicas::shares(spec, &choices, inputs.clusters, &labels_of);
-    let selected: BTreeMap<String, crate::render::Assignment> = choices
+    let selected: BTreeMap<String, crate::works::render::Assignment> = choices
         .iter()
         .filter(|c| c.selected)
         .map(|c| {
             (
                 c.cluster.clone(),
-                crate::render::Assignment {
-                    rules: crate::render::matching_rules(spec, &c.cluster, &labels_of(&c.cluster)),
+                crate::works::render::Assignment {
+                    rules: crate::works::render::matching_rules(
+                        spec,
+                        &c.cluster,
+                        &labels_of(&c.cluster),
+                    ),
                     replicas: shares.get(&c.cluster).copied(),
                 },
             )

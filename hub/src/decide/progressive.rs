@@ -2,8 +2,8 @@
 
 use super::{Inputs, RolloutView};
 use crate::api::RolloutPhase;
-use crate::placement::Candidate;
-use crate::rollout::{self, ClusterProgress, Group, Limit, OfflinePolicy, Phase, Progress};
+use crate::decide::placement::Candidate;
+use crate::decide::rollout::{self, ClusterProgress, Group, Limit, OfflinePolicy, Phase, Progress};
 use std::collections::{BTreeMap, BTreeSet};
 use tether_protocol::work::{CountOrPercent, OfflinePolicySpec, RolloutSpec, WorkSpec};
 use tether_protocol::{Labels, WorkPhase};
@@ -14,7 +14,7 @@ use tether_store::hub::RolloutRecord;
 pub(super) fn outside_window(
     name: &str,
     spec: &WorkSpec,
-    selected: &BTreeMap<String, crate::render::Assignment>,
+    selected: &BTreeMap<String, crate::works::render::Assignment>,
     labels_of: &dyn Fn(&str) -> Labels,
     now_ms: u64,
 ) -> BTreeSet<String> {
@@ -35,7 +35,7 @@ pub(super) fn outside_window(
             else {
                 return false;
             };
-            match crate::windows::is_open(w, now_ms) {
+            match crate::works::windows::is_open(w, now_ms) {
                 Ok(open) => !open,
                 Err(e) => {
                     tracing::warn!(work = %name, cluster = %c, error = %e, "bad maintenance window");
@@ -110,7 +110,7 @@ pub(super) struct Step {
 /// Map each selected cluster's status to rollout progress and let `rollout::decide` admit.
 pub(super) fn step(
     cx: &Context,
-    selected: &BTreeMap<String, crate::render::Assignment>,
+    selected: &BTreeMap<String, crate::works::render::Assignment>,
     mut record: RolloutRecord,
 ) -> Step {
     let now = cx.inputs.now_ms;

@@ -1,7 +1,8 @@
 //! How a work's replicas are divided over its selected clusters.
 
 use super::ClusterView;
-use crate::placement::{self, Choice};
+use crate::api::Choice;
+use crate::decide::placement;
 use std::collections::BTreeMap;
 use tether_protocol::work::{Divide, WorkSpec};
 use tether_protocol::Labels;
@@ -29,7 +30,7 @@ pub(super) fn shares(
                     )
                 })
                 .collect();
-            crate::facts::capacity_weights(&claimed)
+            crate::fleet::facts::capacity_weights(&claimed)
                 .into_iter()
                 .collect()
         }

@@ -1,8 +1,8 @@
 //! The QUIC listener: the join channel (`tether-join/1`) and authenticated sessions
 //! (`tether/1`). Every stream carries one request frame and one response frame.
 
-use crate::hub::HubState;
-use crate::registry::RegistryError;
+use crate::identity::registry::RegistryError;
+use crate::state::HubState;
 use crate::util::now_ms;
 use quinn::{Connection, SendStream};
 use rustls::pki_types::CertificateDer;
@@ -20,13 +20,13 @@ use tether_transport::framed::{read_frame, send_last, send_last_and_close};
 use tether_transport::{beat, certs, TransportError};
 use tokio::task::JoinSet;
 
-use crate::admission::HANDSHAKE_TIMEOUT;
+use crate::limits::admission::HANDSHAKE_TIMEOUT;
 const HUB_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<HubState>) {
     // Connection tasks live in this set, so aborting the loop aborts them all.
     let mut conns = JoinSet::new();
-    let admission = crate::admission::Admission::default();
+    let admission = crate::limits::admission::Admission::default();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -36,12 +36,12 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<HubState>) {
                         Ok((slot, timeout)) => {
                             conns.spawn(handle_incoming(incoming, slot, timeout, state.clone()));
                         }
-                        Err(crate::admission::Verdict::Retry) if incoming.may_retry() => {
+                        Err(crate::limits::admission::Verdict::Retry) if incoming.may_retry() => {
                             state.metrics.reject("retry_sent");
                             // Fails only if the Initial already carried a token (see may_retry).
                             let _ = incoming.retry();
                         }
-                        Err(crate::admission::Verdict::Refuse(reason)) => {
+                        Err(crate::limits::admission::Verdict::Refuse(reason)) => {
                             state.metrics.reject(reason);
                             incoming.refuse();
                         }
@@ -71,7 +71,7 @@ fn counted_by_verifier(e: &quinn::ConnectionError) -> bool {
 
 async fn handle_incoming(
     incoming: quinn::Incoming,
-    slot: crate::admission::Slot,
+    slot: crate::limits::admission::Slot,
     timeout: Duration,
     state: Arc<HubState>,
 ) {
@@ -595,7 +595,7 @@ async fn handle_session_message(
             }
             state.health_event(|h| h.heartbeat(cluster, now_ms()));
             state.note_conditions(cluster, &hb.conditions);
-            let report = (crate::facts::clamp(&hb.facts), hb.conditions);
+            let report = (crate::fleet::facts::clamp(&hb.facts), hb.conditions);
             let seen = session
                 .last_reported
                 .lock()
@@ -611,7 +611,7 @@ async fn handle_session_message(
                         let Some(mut rec) = tx.get(&CLUSTERS, &name)? else {
                             return Ok(false);
                         };
-                        let changed = crate::facts::changes(&rec.facts, &to_store.0);
+                        let changed = crate::fleet::facts::changes(&rec.facts, &to_store.0);
                         let now = now_ms();
                         if !changed.is_empty() {
                             // Reported facts are claims; a change is worth a trail, and pinned
@@ -704,7 +704,7 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
                 ErrorCode::Busy,
                 format!(
                     "status arrives faster than {}/s; retry in {} s",
-                    crate::budget::STATUS_ENTRIES.per_second,
+                    crate::limits::budget::STATUS_ENTRIES.per_second,
                     wait.as_secs() + 1
                 ),
             );
@@ -717,7 +717,7 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
     let name = cluster.to_string();
     let ingested = state
         .committer
-        .write(move |tx| crate::status::ingest(tx, &name, &batch, &scope, now_ms()))
+        .write(move |tx| crate::ingest::status::ingest(tx, &name, &batch, &scope, now_ms()))
         .await;
     match ingested {
         Ok(i) => {

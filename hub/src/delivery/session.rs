@@ -4,9 +4,9 @@
 //! The hub records a work as delivered only after the agent's `WorkAck`, which the agent sends
 //! only after committing. A lost ack means a resend, which the agent treats idempotently.
 
-use crate::hub::HubState;
+use crate::delivery::{plan, Action};
+use crate::state::HubState;
 use crate::util::now_ms;
-use crate::works::{plan, Action};
 use quinn::Connection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub async fn record_inventory(
     state: &HubState,
     cluster: &str,
     held: &BTreeMap<String, HeldWork>,
-) -> Result<usize, crate::committer::CommitError> {
+) -> Result<usize, crate::ingest::committer::CommitError> {
     let selected = state
         .scope_of(cluster, held.keys().map(String::as_str))
         .selected;
@@ -38,7 +38,9 @@ pub async fn record_inventory(
         .works
         .snapshot()
         .iter()
-        .filter(|(_, e)| crate::controller::fence_after_ms(&e.record.document.spec).is_some())
+        .filter(|(_, e)| {
+            crate::decide::singleton::fence_after_ms(&e.record.document.spec).is_some()
+        })
         .map(|(n, _)| n.clone())
         .collect();
     state
@@ -73,7 +75,7 @@ pub async fn record_inventory(
                     row.delivered = None;
                     // A singleton's copy may still be being removed: keep what its last
                     // status says until the agent reports it gone (see `singleton`).
-                    if singletons.contains(work) && crate::singleton::copy_may_run(Some(&row)) {
+                    if singletons.contains(work) && crate::decide::singleton::copy_may_run(Some(&row)) {
                         tx.put(&CLUSTER_WORKS, &key, &row)?;
                     } else {
                         tx.remove(&CLUSTER_WORKS, &key)?;
@@ -104,7 +106,7 @@ fn plan_for(
 ) -> (Vec<Action>, Vec<String>) {
     let decisions = state.decisions.snapshot();
     plan(held, works, |name, entry| {
-        crate::controller::want_from(&decisions, cluster, name, entry)
+        crate::delivery::plan::want_from(&decisions, cluster, name, entry)
     })
 }
 
@@ -214,7 +216,9 @@ async fn send(
                 hash: packed.hash.clone(),
                 force_conflicts: entry.record.document.spec.force_conflicts,
                 bundle: full.then(|| packed.compressed.clone()),
-                fence_after_ms: crate::controller::fence_after_ms(&entry.record.document.spec),
+                fence_after_ms: crate::decide::singleton::fence_after_ms(
+                    &entry.record.document.spec,
+                ),
             })
         }
         Action::Remove { work, orphan } => Message::WorkRemove(WorkRemove {
@@ -228,7 +232,7 @@ async fn send(
     };
     let singleton = matches!(&msg, Message::WorkUpdate(u) if u.fence_after_ms.is_some());
     let singleton_removal = matches!(action, Action::Remove { work, .. }
-        if works.get(work).and_then(|e| crate::controller::fence_after_ms(&e.record.document.spec)).is_some());
+        if works.get(work).and_then(|e| crate::decide::singleton::fence_after_ms(&e.record.document.spec)).is_some());
     let _in_flight = singleton.then(|| state.singleton_in_flight.start(action.work(), cluster));
     let reply = match request(conn, &msg, limits).await {
         Ok(r) => r,
@@ -314,7 +318,8 @@ async fn send(
                     // acknowledgement only says the removal is committed (see `singleton`).
                     match row {
                         Some(r)
-                            if singleton_removal && crate::singleton::copy_may_run(Some(&r)) =>
+                            if singleton_removal
+                                && crate::decide::singleton::copy_may_run(Some(&r)) =>
                         {
                             tx.put(&CLUSTER_WORKS, &key, &r)?;
                         }

@@ -1,5 +1,6 @@
 //! Placement: which clusters a work goes to, and why each one was or was not chosen. Pure.
 
+use crate::api::Choice;
 use sha2::{Digest, Sha256};
 use tether_protocol::work::{WorkSpec, FACT_LABEL_PREFIX};
 use tether_protocol::{Facts, Labels};
@@ -24,13 +25,6 @@ pub fn selectable_labels(labels: &Labels, facts: &Facts) -> Labels {
         put("kubernetes-version", v);
     }
     out
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Choice {
-    pub cluster: String,
-    pub selected: bool,
-    pub reason: String,
 }
 
 /// Rendezvous score: stable per (work, cluster), so `maxClusters` keeps its choice as long as

@@ -2,7 +2,7 @@
 //! the database and a ready-to-use `tetherctl.yaml`.
 
 use crate::config::{CtlConfig, DataDir};
-use crate::pki;
+use crate::identity::pki;
 use crate::util::write_private;
 use anyhow::{bail, Context};
 use std::net::SocketAddr;

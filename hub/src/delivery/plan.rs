@@ -1,258 +1,50 @@
-//! Works on the hub: validation, generations, the in-memory index sessions plan from, and the
-//! pure delivery planner (what to send or remove given what an agent holds).
+//! The delivery plan, pure: what one agent must receive, given what it holds, the works and
+//! the published decisions.
 
-use crate::util::now_ms;
+use crate::decide::WorkDecision;
+use crate::works::{WorkEntry, WorkMap};
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use tether_protocol::bundle::{self, Packed};
-use tether_protocol::work::{validate, WorkDocument};
+use std::sync::Arc;
+use tether_protocol::bundle::Packed;
 use tether_protocol::HeldWork;
-use tether_store::hub::{
-    work_history_key, AuditEvent, Deletion, WorkRecord, AUDIT, WORKS, WORK_HISTORY,
-};
-use tether_store::{Store, StoreError};
-use tokio::sync::watch;
 
-/// Room left in a frame for the `WorkUpdate` envelope around the bundle.
-const ENVELOPE_ALLOWANCE: usize = 16 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkError {
-    #[error("invalid Work: {}", .0.join("; "))]
-    Invalid(Vec<String>),
-    #[error("work {name:?} is too large: {compressed} bytes compressed ({raw} raw); a work must fit in one {limit}-byte frame. Split it into several works")]
-    TooLarge {
-        name: String,
-        compressed: usize,
-        raw: usize,
-        limit: usize,
-    },
-    #[error("work {0:?} not found")]
-    NotFound(String),
-    #[error("{0}")]
-    Bundle(#[from] bundle::BundleError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// A work as sessions see it: the record plus its packed bundle (absent once deleted).
-#[derive(Debug)]
-pub struct WorkEntry {
-    pub record: WorkRecord,
-    /// The bundle without overrides.
-    pub packed: Option<Packed>,
-    /// Rendered bundles by the set of override rules that apply (clusters with the same set
-    /// share one). Dropped with the entry when the work changes.
-    renders: std::sync::Mutex<std::collections::HashMap<crate::render::Assignment, Arc<Packed>>>,
-}
-
-impl WorkEntry {
-    pub fn new(record: WorkRecord, packed: Option<Packed>) -> Self {
-        Self {
-            record,
-            packed,
-            renders: Default::default(),
-        }
-    }
-
-    /// The bundle for a cluster with this assignment (override rules, replica share).
-    pub fn rendered(&self, a: &crate::render::Assignment) -> Result<Arc<Packed>, String> {
-        let base = self.packed.as_ref().ok_or("work is deleted")?;
-        if a == &crate::render::Assignment::default() {
-            return Ok(Arc::new(base.clone()));
-        }
-        let mut cache = self.renders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(a) {
-            return Ok(p.clone());
-        }
-        let manifests = crate::render::render_assignment(&self.record.document.spec, a)?;
-        let packed = Arc::new(bundle::pack(&manifests).map_err(|e| e.to_string())?);
-        cache.insert(a.clone(), packed.clone());
-        Ok(packed)
-    }
-}
-
-pub type WorkMap = BTreeMap<String, Arc<WorkEntry>>;
-
-/// Copy-on-write index: a session takes a snapshot (one `Arc` clone) and plans without locks.
-pub struct WorkIndex {
-    map: RwLock<Arc<WorkMap>>,
-    changed: watch::Sender<u64>,
-}
-
-impl WorkIndex {
-    pub fn load(store: &Store) -> Result<Self, WorkError> {
-        let mut map = WorkMap::new();
-        for (name, record) in store.read(|tx| tx.list(&WORKS))? {
-            let packed = match record.deleted {
-                None => Some(bundle::pack(&record.document.spec.manifests)?),
-                Some(_) => None,
-            };
-            map.insert(name, Arc::new(WorkEntry::new(record, packed)));
-        }
-        Ok(Self {
-            map: RwLock::new(Arc::new(map)),
-            changed: watch::channel(0).0,
-        })
-    }
-
-    pub fn snapshot(&self) -> Arc<WorkMap> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    fn publish(&self, name: &str, entry: WorkEntry) {
-        {
-            let mut guard = self.map.write().unwrap_or_else(|p| p.into_inner());
-            let mut next = (**guard).clone();
-            next.insert(name.to_string(), Arc::new(entry));
-            *guard = Arc::new(next);
-        }
-        self.changed.send_modify(|v| *v += 1);
-    }
-}
-
-pub use crate::api::ApplyOutcome;
-
-/// Create or update a work. Idempotent: applying the same document changes nothing.
-pub fn apply(
-    store: &Store,
-    index: &WorkIndex,
-    doc: WorkDocument,
-    max_frame: usize,
-    actor: &str,
-) -> Result<(ApplyOutcome, u64), WorkError> {
-    validate(&doc).map_err(WorkError::Invalid)?;
-    // Each override rule must apply cleanly on its own (a JSON patch to a missing path...).
-    let broken: Vec<String> = (0..doc.spec.overrides.len())
-        .filter_map(|i| crate::render::render(&doc.spec, &[i]).err())
-        .collect();
-    let mut broken = broken;
-    if let Some(r) = &doc.spec.rollout {
-        for (name, w) in &r.maintenance_windows {
-            if let Err(e) = crate::windows::validate(w) {
-                broken.push(format!("spec.rollout.maintenanceWindows.{name}: {e}"));
-            }
-        }
-    }
-    if !broken.is_empty() {
-        return Err(WorkError::Invalid(broken));
-    }
-    let name = doc.metadata.name.clone();
-    let packed = bundle::pack(&doc.spec.manifests)?;
-    let limit = max_frame.saturating_sub(ENVELOPE_ALLOWANCE);
-    if packed.compressed.len() > limit {
-        return Err(WorkError::TooLarge {
-            name,
-            compressed: packed.compressed.len(),
-            raw: packed.raw_len,
-            limit,
-        });
-    }
-    let now = now_ms();
-    let (outcome, record) = store.write(|tx| {
-        let existing = tx.get(&WORKS, &name)?;
-        let (outcome, record) = match existing {
-            Some(r) if r.deleted.is_none() && r.document == doc => (ApplyOutcome::Unchanged, r),
-            Some(r) => (
-                if r.deleted.is_some() {
-                    ApplyOutcome::Created
-                } else {
-                    ApplyOutcome::Updated
-                },
-                WorkRecord {
-                    document: doc.clone(),
-                    generation: r.generation + 1,
-                    created_at_ms: if r.deleted.is_some() {
-                        now
-                    } else {
-                        r.created_at_ms
-                    },
-                    updated_at_ms: now,
-                    deleted: None,
-                },
-            ),
-            None => (
-                ApplyOutcome::Created,
-                WorkRecord {
-                    document: doc.clone(),
-                    generation: 1,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    deleted: None,
-                },
-            ),
-        };
-        if outcome != ApplyOutcome::Unchanged {
-            tx.put(&WORKS, &name, &record)?;
-            tx.put(
-                &WORK_HISTORY,
-                &work_history_key(&name, record.generation),
-                &record.document,
-            )?;
-            tx.append(
-                &AUDIT,
-                &AuditEvent {
-                    at_ms: now,
-                    kind: "work_applied".into(),
-                    cluster: None,
-                    actor: actor.into(),
-                    detail: format!(
-                        "work {name} generation {} ({} manifests, {})",
-                        record.generation,
-                        doc.spec.manifests.len(),
-                        packed.hash
-                    ),
-                },
-            )?;
-        }
-        Ok::<_, WorkError>((outcome, record))
-    })?;
-    let generation = record.generation;
-    if outcome != ApplyOutcome::Unchanged {
-        tracing::info!(work = %name, generation, outcome = ?outcome, "work applied");
-        index.publish(&name, WorkEntry::new(record, Some(packed)));
-    }
-    Ok((outcome, generation))
-}
-
-/// Mark a work deleted. Clusters remove it (or orphan its objects) as they are reached; the
-/// tombstone keeps the generation counter and reaches clusters that were offline.
-pub fn delete(
-    store: &Store,
-    index: &WorkIndex,
+/// What `cluster` should hold of `entry` under the published `decisions`.
+pub fn want_from(
+    decisions: &BTreeMap<String, Arc<WorkDecision>>,
+    cluster: &str,
     name: &str,
-    orphan: bool,
-    actor: &str,
-) -> Result<u64, WorkError> {
-    let now = now_ms();
-    let record = store.write(|tx| {
-        let mut r = tx
-            .get(&WORKS, name)?
-            .filter(|r| r.deleted.is_none())
-            .ok_or_else(|| WorkError::NotFound(name.to_string()))?;
-        r.deleted = Some(Deletion { at_ms: now, orphan });
-        r.updated_at_ms = now;
-        tx.put(&WORKS, name, &r)?;
-        tx.append(
-            &AUDIT,
-            &AuditEvent {
-                at_ms: now,
-                kind: "work_deleted".into(),
-                cluster: None,
-                actor: actor.into(),
-                detail: format!("work {name} (orphan: {orphan})"),
-            },
-        )?;
-        Ok::<_, WorkError>(r)
-    })?;
-    let generation = record.generation;
-    tracing::info!(work = %name, orphan, "work deleted");
-    index.publish(name, WorkEntry::new(record, None));
-    Ok(generation)
+    entry: &WorkEntry,
+) -> Want {
+    let Some(d) = decisions.get(name) else {
+        return Want::Keep;
+    };
+    if d.generation != entry.record.generation {
+        // Not decided yet for this generation: change nothing until it is.
+        return Want::Keep;
+    }
+    let Some(assignment) = d.selected.get(cluster) else {
+        // A singleton's old copy goes first, but only once its successor may start (not while
+        // the successor waits for its rollout slot or maintenance window).
+        let successor_admitted = d
+            .selected
+            .keys()
+            .all(|c| d.admitted.as_ref().is_none_or(|a| a.contains(c)));
+        return if d.replacements_ready || (d.singleton && successor_admitted) {
+            Want::Absent
+        } else {
+            Want::Keep
+        };
+    };
+    if d.admitted.as_ref().is_some_and(|a| !a.contains(cluster)) || !d.waiting_for.is_empty() {
+        return Want::Keep;
+    }
+    match entry.rendered(assignment) {
+        Ok(p) => Want::Hold(d.generation, p),
+        Err(e) => {
+            tracing::error!(work = %name, %cluster, error = %e, "cannot render work for cluster");
+            Want::Keep
+        }
+    }
 }
 
 /// One step of bringing an agent in line with the hub.
@@ -342,8 +134,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+    use tether_protocol::bundle;
     use tether_protocol::work::*;
     use tether_protocol::Labels;
+    use tether_store::hub::{Deletion, WorkRecord};
 
     fn entry(
         name: &str,

@@ -5,7 +5,8 @@
 //! transaction, so the audit log never disagrees with the state it describes. The current time
 //! is a parameter.
 
-use crate::pki::{CertificateAuthority, PkiError};
+use crate::api::CreatedToken;
+use crate::identity::pki::{CertificateAuthority, PkiError};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,14 +150,6 @@ pub struct TokenSpec {
     pub labels: Labels,
     /// Label keys agents may request with this token; empty: any unreserved key.
     pub allowed_labels: Vec<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CreatedToken {
-    /// The secret. Shown once; the hub keeps only its hash.
-    pub token: String,
-    pub id: String,
-    pub expires_at_ms: u64,
 }
 
 /// What the caller must do after a deny/detach commits.
@@ -369,7 +362,7 @@ fn forget_cluster_state(tx: &WriteTx, cluster: &str) -> Result<(), StoreError> {
                 .failover
                 .is_some_and(|f| f.mode == tether_protocol::work::FailoverMode::Singleton)
         });
-        if singleton && crate::singleton::copy_may_run(Some(&row)) {
+        if singleton && crate::decide::singleton::copy_may_run(Some(&row)) {
             row.status_seq = 0;
             tx.put(&CLUSTER_WORKS, &key, &row)?;
         } else {
@@ -633,7 +626,7 @@ impl Registry {
                 secret_sha256: secret_hash.clone(),
                 token_id: token.id.clone(),
                 labels,
-                facts: crate::facts::clamp(&req.facts),
+                facts: crate::fleet::facts::clamp(&req.facts),
                 csr_pem: req.csr_pem.clone(),
                 peer_addr: peer_addr.to_string(),
                 decision: JoinDecision::Pending,
@@ -720,7 +713,7 @@ impl Registry {
             name: record.name.clone(),
             labels: record.labels.clone(),
             facts: record.facts.clone(),
-            pins: crate::facts::pins_at_approval(&record.facts),
+            pins: crate::fleet::facts::pins_at_approval(&record.facts),
             conditions: Vec::new(),
             state: ClusterState::Unknown,
             state_since_ms: now_ms,
@@ -828,12 +821,12 @@ impl Registry {
             let mut rec = tx
                 .get(&CLUSTERS, name)?
                 .ok_or_else(|| RegistryError::NotFound(format!("cluster {name:?}")))?;
-            let pins = crate::facts::apply_pins(&rec.pins, &rec.facts, req)
+            let pins = crate::fleet::facts::apply_pins(&rec.pins, &rec.facts, req)
                 .map_err(RegistryError::BadRequest)?;
             let detail = format!(
                 "pins {} -> {}",
-                crate::facts::describe_pins(&rec.pins),
-                crate::facts::describe_pins(&pins)
+                crate::fleet::facts::describe_pins(&rec.pins),
+                crate::fleet::facts::describe_pins(&pins)
             );
             rec.pins = pins;
             tx.put(&CLUSTERS, name, &rec)?;
@@ -1005,7 +998,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000;
 
     fn registry(dir: &std::path::Path) -> Registry {
-        let m = crate::pki::generate("hub", &[], NOW).unwrap();
+        let m = crate::identity::pki::generate("hub", &[], NOW).unwrap();
         let store = Arc::new(Store::open(dir.join("hub.redb")).unwrap());
         let ca = CertificateAuthority::load(&m.ca_pem, &m.ca_key_pem).unwrap();
         Registry::new(

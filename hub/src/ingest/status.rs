@@ -9,7 +9,7 @@
 //! acknowledged, so a confused agent does not resend them forever. The per-cluster history
 //! keeps the newest `STATUS_HISTORY_PER_CLUSTER` entries.
 
-use crate::scope::Scope;
+use crate::limits::scope::Scope;
 use tether_protocol::{StatusBatch, WorkPhase};
 use tether_store::hub::{
     cluster_prefix, cluster_work_key, status_history_key, ClusterWorkRecord, StatusLogEntry,

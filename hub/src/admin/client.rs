@@ -165,7 +165,7 @@ impl AdminClient {
         .await
     }
 
-    pub async fn backup(&self, to: &str) -> anyhow::Result<crate::backup::BackupInfo> {
+    pub async fn backup(&self, to: &str) -> anyhow::Result<BackupInfo> {
         self.post("/v1/backup", serde_json::json!({ "to": to }))
             .await
     }
@@ -178,10 +178,7 @@ impl AdminClient {
         .await
     }
 
-    pub async fn create_token(
-        &self,
-        req: &CreateTokenRequest,
-    ) -> anyhow::Result<crate::registry::CreatedToken> {
+    pub async fn create_token(&self, req: &CreateTokenRequest) -> anyhow::Result<CreatedToken> {
         self.post("/v1/tokens", serde_json::to_value(req)?).await
     }
 
@@ -279,11 +276,11 @@ impl AdminClient {
         serde_json::from_slice(&bytes).context("decoding the admin API response")
     }
 
-    pub async fn placement(&self, work: &str) -> anyhow::Result<Vec<crate::placement::Choice>> {
+    pub async fn placement(&self, work: &str) -> anyhow::Result<Vec<Choice>> {
         self.get(&format!("/v1/works/{work}/placement")).await
     }
 
-    pub async fn rollout(&self, work: &str) -> anyhow::Result<crate::controller::RolloutView> {
+    pub async fn rollout(&self, work: &str) -> anyhow::Result<RolloutView> {
         self.get(&format!("/v1/works/{work}/rollout")).await
     }
 

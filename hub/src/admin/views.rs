@@ -32,7 +32,7 @@ fn fleet(tx: &ReadTx) -> Result<Fleet, StoreError> {
     Ok(Fleet { clusters, rows })
 }
 
-pub type DecisionMap = BTreeMap<String, std::sync::Arc<crate::controller::WorkDecision>>;
+pub type DecisionMap = BTreeMap<String, std::sync::Arc<crate::decide::WorkDecision>>;
 
 fn table(
     fleet: &Fleet,

@@ -1,294 +1,25 @@
 //! Assembles a running hub: store, registry, health, QUIC listener, admin API, background tick.
 
-use crate::config::DataDir;
-use crate::health::{HealthConfig, HealthTracker, Transition};
-use crate::metrics::{Metrics, StateLabel};
-use crate::pki::CertificateAuthority;
-use crate::registry::{Registry, Revocation};
-use crate::sessions::Sessions;
+use crate::fleet::health::HealthTracker;
+use crate::fleet::sessions::Sessions;
+use crate::identity::pki::CertificateAuthority;
+use crate::identity::registry::Registry;
+use crate::metrics::Metrics;
 use crate::util::now_ms;
 use anyhow::Context;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_protocol::{close_code, ALPN_JOIN, ALPN_SESSION};
 use tether_store::hub::{AuditEvent, ClusterState, ADMINS, AUDIT, CLUSTERS, REVOKED};
 use tether_store::{Store, StoreError};
+use tether_transport::certs;
 use tether_transport::tls::{HubClientVerifier, RevocationList};
-use tether_transport::{certs, Limits};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-#[derive(Debug, Clone)]
-pub struct HubConfig {
-    pub data_dir: DataDir,
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub health: HealthConfig,
-    /// Lifetime of certificates issued to clusters.
-    pub cert_validity: Duration,
-    pub limits: Limits,
-    /// Concurrent unauthenticated join connections; more are refused as busy.
-    pub max_join_connections: usize,
-    /// A join connection is closed after this long; the agent reconnects and polls again.
-    pub join_connection_lifetime: Duration,
-    /// A join connection with no request for this long is closed (an agent polls every 2 s).
-    pub join_idle_timeout: Duration,
-}
-
-impl HubConfig {
-    pub fn new(data_dir: impl Into<std::path::PathBuf>) -> Self {
-        Self {
-            data_dir: DataDir::new(data_dir),
-            listen: "0.0.0.0:7443"
-                .parse()
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7443))),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
-            health: HealthConfig::default(),
-            cert_validity: Duration::from_secs(30 * 86_400),
-            limits: Limits::default(),
-            max_join_connections: 256,
-            join_connection_lifetime: Duration::from_secs(300),
-            join_idle_timeout: Duration::from_secs(20),
-        }
-    }
-}
-
-/// Shared state of a running hub.
-pub struct HubState {
-    pub cfg: HubConfig,
-    pub registry: Registry,
-    pub store: Arc<Store>,
-    pub health: Mutex<HealthTracker>,
-    pub sessions: Sessions,
-    pub metrics: Arc<Metrics>,
-    pub admin_fingerprints: HashSet<String>,
-    pub join_slots: Arc<Semaphore>,
-    /// Open join connections by source (see `admission`).
-    pub(crate) join_sources: crate::admission::JoinSources,
-    pub works: crate::works::WorkIndex,
-    /// Placement, overrides and rollout decisions per work (see `controller`).
-    pub decisions: crate::controller::Decisions,
-    /// Singleton deliveries not yet answered (see `singleton`).
-    pub singleton_in_flight: crate::singleton::InFlight,
-    /// When this hub process started: it cannot know what happened before, so no cluster is
-    /// treated as unreachable for longer than this (a restart must not trigger failover).
-    pub started_ms: u64,
-    /// Wakes the decision loop (status arrived, health changed, rollout paused...).
-    pub decisions_wake: tokio::sync::Notify,
-    /// Group commit for hot-path durable writes (delivery acks, status).
-    pub committer: crate::committer::Committer,
-    /// Status entries each cluster may have stored (see `budget`).
-    pub status_budget: crate::budget::Budgets,
-    /// Best-effort audit events from hot paths (handshake rejections); bounded, batched.
-    audit_queue: mpsc::Sender<AuditEvent>,
-    /// Health transitions not yet stored (see `apply_transitions`).
-    pending_health: Mutex<BTreeMap<String, Transition>>,
-    health_dirty: tokio::sync::Notify,
-    /// Clusters whose agent last reported its store failing (for `/metrics`).
-    store_unavailable: Mutex<std::collections::BTreeSet<String>>,
-}
-
-fn store_transitions(
-    tx: &tether_store::WriteTx,
-    transitions: &BTreeMap<String, Transition>,
-) -> Result<(), StoreError> {
-    for t in transitions.values() {
-        if let Some(mut rec) = tx.get(&CLUSTERS, &t.cluster)? {
-            if rec.state == ClusterState::Denied {
-                continue;
-            }
-            rec.state = t.to;
-            rec.state_since_ms = t.at_ms;
-            if t.last_heartbeat_ms.is_some() {
-                rec.last_seen_ms = t.last_heartbeat_ms;
-            }
-            tx.put(&CLUSTERS, &t.cluster, &rec)?;
-        }
-    }
-    Ok(())
-}
-
-/// Store queued health transitions, one group commit per wake-up, and refresh the gauges.
-async fn persist_health(state: Arc<HubState>) {
-    loop {
-        state.health_dirty.notified().await;
-        let batch = state.take_pending_health();
-        if batch.is_empty() {
-            continue;
-        }
-        if let Err(e) = state
-            .committer
-            .write(move |tx| store_transitions(tx, &batch))
-            .await
-        {
-            tracing::error!(error = %e, "could not persist cluster health");
-        }
-        state.refresh_state_gauges();
-    }
-}
-
-impl HubState {
-    /// Log health transitions and queue them for persistence.
-    ///
-    /// Called from the session and tick paths on the async runtime, so nothing here touches
-    /// the disk: `persist_health` writes the queued transitions through the group committer,
-    /// newest per cluster, many per fsync. (Writing them here, one fsynced transaction per
-    /// transition, blocked the runtime's workers when tens of thousands of agents connected at
-    /// once: 60k sessions never all came up.) The live state is the tracker's; the stored one
-    /// only seeds the next start.
-    pub fn apply_transitions(&self, transitions: Vec<Transition>) {
-        if transitions.is_empty() {
-            return;
-        }
-        for t in &transitions {
-            tracing::info!(cluster = %t.cluster, from = t.from.as_str(), to = t.to.as_str(), "cluster health changed");
-        }
-        self.decisions_wake.notify_one();
-        {
-            let mut pending = self
-                .pending_health
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            // Bounded by the number of clusters: the newest transition per cluster wins.
-            for t in transitions {
-                pending.insert(t.cluster.clone(), t);
-            }
-        }
-        self.health_dirty.notify_one();
-    }
-
-    fn take_pending_health(&self) -> BTreeMap<String, Transition> {
-        std::mem::take(
-            &mut *self
-                .pending_health
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
-    }
-
-    fn refresh_state_gauges(&self) {
-        let counts = self
-            .health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .count_by_state();
-        for s in [
-            ClusterState::Ready,
-            ClusterState::Unknown,
-            ClusterState::Offline,
-        ] {
-            self.metrics
-                .clusters
-                .get_or_create(&StateLabel {
-                    state: s.as_str().to_string(),
-                })
-                .set(counts.get(&s).copied().unwrap_or(0) as i64);
-        }
-    }
-
-    pub fn health_event(&self, f: impl FnOnce(&mut HealthTracker) -> Option<Transition>) {
-        let t = f(&mut self.health.lock().unwrap_or_else(|p| p.into_inner()));
-        self.apply_transitions(t.into_iter().collect());
-    }
-
-    /// Queue a security event that is not part of a state change (rate-limited by the queue).
-    /// Track a cluster's `StoreUnavailable` condition from its heartbeat.
-    pub(crate) fn note_conditions(&self, cluster: &str, conditions: &[tether_protocol::Condition]) {
-        let failing = conditions
-            .iter()
-            .any(|c| c.kind == tether_protocol::message::STORE_UNAVAILABLE && c.status == "True");
-        let mut set = self
-            .store_unavailable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let changed = if failing {
-            set.insert(cluster.to_string())
-        } else {
-            set.remove(cluster)
-        };
-        if changed {
-            self.metrics
-                .clusters_store_unavailable
-                .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
-            if failing {
-                tracing::error!(%cluster, "the cluster's agent reports its store failing (StoreUnavailable)");
-            } else {
-                tracing::info!(%cluster, "the cluster's agent store works again");
-            }
-        }
-    }
-
-    /// Why the hub cannot serve durably, if it cannot: its store fails or its writer stopped.
-    pub fn store_trouble(&self) -> Option<String> {
-        self.metrics
-            .store_failures
-            .set(i64::try_from(self.store.failures_total()).unwrap_or(i64::MAX));
-        let trouble = if let Some(f) = self.store.failure() {
-            Some(format!(
-                "store failing since {}: {}",
-                crate::util::rfc3339(f.since_ms),
-                f.error
-            ))
-        } else if *self.committer.stopped().borrow() {
-            Some("the store writer has stopped".to_string())
-        } else {
-            None
-        };
-        self.metrics.store_failing.set(i64::from(trouble.is_some()));
-        trouble
-    }
-
-    pub fn audit_async(&self, kind: &str, cluster: Option<String>, actor: &str, detail: String) {
-        let ev = AuditEvent {
-            at_ms: now_ms(),
-            kind: kind.to_string(),
-            cluster,
-            actor: actor.to_string(),
-            detail,
-        };
-        if self.audit_queue.try_send(ev).is_err() {
-            self.metrics.audit_dropped.inc();
-        }
-    }
-
-    /// What the hub knows and selects for `cluster` of the works `names` (see `scope`).
-    pub(crate) fn scope_of<'a>(
-        &self,
-        cluster: &str,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> crate::scope::Scope {
-        let works = self.works.snapshot();
-        let decisions = self.decisions.snapshot();
-        crate::scope::of(
-            names,
-            |n| works.contains_key(n),
-            |n| {
-                decisions
-                    .get(n)
-                    .is_some_and(|d| d.selected.contains_key(cluster))
-            },
-        )
-    }
-
-    /// After an admin revoked a cluster (the revocation is committed): cut every connection of
-    /// it, registered or still before Hello, and stop tracking its health.
-    pub fn enforce_revocation(&self, revocation: &Revocation, code: u32, why: &str) -> bool {
-        let closed =
-            self.sessions
-                .close_cluster(&revocation.cluster, &revocation.serials, code, why);
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget(&revocation.cluster);
-        self.refresh_state_gauges();
-        if closed > 0 {
-            tracing::warn!(cluster = %revocation.cluster, reason = why, connections = closed, "closed the cluster's connections");
-        }
-        closed > 0
-    }
-}
+use crate::state::{persist_health, store_transitions, HubConfig, HubState};
 
 /// A hub running in this process (used by `tether-hub serve`, tests and the simulator).
 pub struct RunningHub {
@@ -326,7 +57,9 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         Store::open_existing(dir.database())
             .context("opening the hub database (recovery: docs/recovery.md)")?,
     );
-    if let Some(n) = crate::status::retire_legacy_log(&store).context("retiring the status log")? {
+    if let Some(n) =
+        crate::ingest::status::retire_legacy_log(&store).context("retiring the status log")?
+    {
         tracing::warn!(
             entries = n,
             "dropped the global status log of an older hub version (display history only; the newest status of every cluster and work is kept)"
@@ -357,7 +90,9 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         }
     }
     let metrics = Arc::new(Metrics::new());
-    metrics.set_certificate_expiry(&crate::pki::check_certificates(&dir, &admins, now)?);
+    metrics.set_certificate_expiry(&crate::identity::pki::check_certificates(
+        &dir, &admins, now,
+    )?);
     let (audit_tx, audit_rx) = mpsc::channel(1024);
 
     let reject_metrics = metrics.clone();
@@ -416,7 +151,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let admin_addr = admin_listener.local_addr()?;
 
     let works = crate::works::WorkIndex::load(&store).context("loading works")?;
-    let committer = crate::committer::Committer::start(store.clone());
+    let committer = crate::ingest::committer::Committer::start(store.clone());
     let state = Arc::new(HubState {
         registry: Registry::new(store.clone(), ca, revoked, cfg.cert_validity),
         store,
@@ -433,7 +168,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         store_unavailable: Mutex::new(Default::default()),
         started_ms: now,
         committer,
-        status_budget: crate::budget::Budgets::new(crate::budget::STATUS_ENTRIES),
+        status_budget: crate::limits::budget::Budgets::new(crate::limits::budget::STATUS_ENTRIES),
         audit_queue: audit_tx,
         pending_health: Mutex::new(BTreeMap::new()),
         health_dirty: tokio::sync::Notify::new(),
@@ -445,11 +180,14 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let mut task_names = std::collections::HashMap::new();
     let mut name = |h: tokio::task::AbortHandle, n: &'static str| task_names.insert(h.id(), n);
     name(
-        tasks.spawn(crate::server::accept_loop(endpoint.clone(), state.clone())),
+        tasks.spawn(crate::net::server::accept_loop(
+            endpoint.clone(),
+            state.clone(),
+        )),
         "agent accept loop",
     );
     name(
-        tasks.spawn(crate::admin::serve(
+        tasks.spawn(crate::admin::server::serve(
             admin_listener,
             Arc::new(admin_tls),
             state.clone(),

@@ -17,57 +17,8 @@
 //! A reachable holder is thus asked to remove its copy first, and the new cluster gets the
 //! work once the removal is acknowledged: break before make.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use tether_protocol::WorkPhase;
 use tether_store::hub::ClusterWorkRecord;
-
-type Key = (String, String);
-
-/// Singleton deliveries sent and not yet answered, as (work, cluster) with a count (an old
-/// session's delivery may still be winding down when the next session's starts). At most one
-/// per session: its delivery task waits for each answer.
-#[derive(Debug, Default)]
-pub struct InFlight(Mutex<BTreeMap<Key, usize>>);
-
-impl InFlight {
-    /// Record a delivery about to be sent; it counts until the guard is dropped.
-    pub fn start<'a>(&'a self, work: &str, cluster: &str) -> InFlightGuard<'a> {
-        let key = (work.to_string(), cluster.to_string());
-        *self.lock().entry(key.clone()).or_insert(0) += 1;
-        InFlightGuard { set: self, key }
-    }
-
-    /// Take this before reading the store: a delivery that completes in between is then in
-    /// the snapshot or in the rows read, never in neither.
-    pub fn snapshot(&self) -> BTreeSet<Key> {
-        self.lock().keys().cloned().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, usize>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Drop it once the delivery is answered, or once its connection is closed (a closed
-/// connection retransmits nothing).
-#[must_use]
-pub struct InFlightGuard<'a> {
-    set: &'a InFlight,
-    key: Key,
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        let mut map = self.set.lock();
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
 
 /// Whether the hub's row says a copy may be running there: an unfenced copy acknowledged, or
 /// a last reported status of a copy that was applied (or half-applied). For singletons the
@@ -117,6 +68,14 @@ pub fn sessions_to_close<'a>(others: impl IntoIterator<Item = Other<'a>>) -> Vec
         .collect()
 }
 
+/// Singleton works tell their agent when to fence itself.
+pub fn fence_after_ms(spec: &tether_protocol::work::WorkSpec) -> Option<u64> {
+    spec.failover
+        .as_ref()
+        .filter(|f| f.mode == tether_protocol::work::FailoverMode::Singleton)
+        .map(|f| f.fence_after_seconds * 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,21 +87,6 @@ mod tests {
             tainted,
             session_open,
         }
-    }
-
-    #[test]
-    fn in_flight_lasts_as_long_as_its_last_guard() {
-        let f = InFlight::default();
-        let old_session = f.start("w", "a");
-        let new_session = f.start("w", "a");
-        assert!(f.snapshot().contains(&("w".into(), "a".into())));
-        drop(old_session);
-        assert!(
-            f.snapshot().contains(&("w".into(), "a".into())),
-            "the new session's delivery is still on its way"
-        );
-        drop(new_session);
-        assert!(f.snapshot().is_empty());
     }
 
     fn row(delivered: Option<bool>, phase: Option<WorkPhase>) -> ClusterWorkRecord {

@@ -1,0 +1,7 @@
+//! The admin API: the HTTPS server, its read models, and the client `tetherctl` uses. The
+//! client knows only the wire shapes (`crate::api`), never the server's internals.
+
+pub mod client;
+mod routes;
+pub mod server;
+pub mod views;

@@ -1,0 +1,162 @@
+//! Routes for clusters: list, get, approve, deny, detach, pin facts, status log.
+
+use crate::admin::server::bytes_body::Body;
+use crate::admin::server::*;
+use crate::api::*;
+use crate::state::HubState;
+use crate::util::now_ms;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::Arc;
+use tether_protocol::close_code;
+use tether_store::hub::{ClusterRecord, CLUSTERS};
+
+pub(super) async fn route(
+    state: &Arc<HubState>,
+    method: &Method,
+    seg: &[&str],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Response<Body>> {
+    match (method, seg) {
+        (&Method::GET, ["v1", "clusters"]) => {
+            let rows = in_blocking(state, |s| Ok(s.store.read(|tx| tx.list(&CLUSTERS))?)).await?;
+            let views: Vec<_> = rows
+                .into_iter()
+                .map(|(_, r)| cluster_view(state, r))
+                .collect();
+            Ok(json(StatusCode::OK, &views))
+        }
+        (&Method::GET, ["v1", "clusters", name]) => {
+            let n = name.to_string();
+            let rec = in_blocking(state, move |s| {
+                Ok(s.store.read(|tx| tx.get(&CLUSTERS, &n))?)
+            })
+            .await?;
+            match rec {
+                Some(r) => Ok(json(StatusCode::OK, &cluster_view(state, r))),
+                None => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("cluster {name:?} not found"),
+                )),
+            }
+        }
+        (&Method::POST, ["v1", "clusters", name, "approve"]) => {
+            let n = name.to_string();
+            let rec =
+                in_blocking(state, move |s| s.registry.approve(&n, "admin", now_ms())).await?;
+            state.health_event(|h| {
+                h.track(&rec.name, rec.state, None, now_ms());
+                None
+            });
+            tracing::info!(cluster = %name, "join request approved by admin");
+            Ok(json(
+                StatusCode::OK,
+                &ActionResult {
+                    cluster: name.to_string(),
+                    action: "approved".into(),
+                    session_closed: false,
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "clusters", name, action @ ("deny" | "detach")]) => {
+            let body: DenyRequest = read_json(req).await?;
+            let n = name.to_string();
+            let detach = *action == "detach";
+            let reason = if body.reason.is_empty() {
+                format!("{action} by admin")
+            } else {
+                body.reason
+            };
+            let why = reason.clone();
+            let revocation = in_blocking(state, move |s| {
+                if detach {
+                    s.registry.detach(&n, "admin", now_ms())
+                } else {
+                    s.registry.deny(&n, &why, "admin", now_ms())
+                }
+            })
+            .await?;
+            let code = if detach {
+                close_code::DETACHED
+            } else {
+                close_code::DENIED
+            };
+            let session_closed = revocation
+                .as_ref()
+                .is_some_and(|r| state.enforce_revocation(r, code, &reason));
+            tracing::warn!(cluster = %name, action, session_closed, "cluster {action} by admin");
+            Ok(json(
+                StatusCode::OK,
+                &ActionResult {
+                    cluster: name.to_string(),
+                    action: if detach { "detached" } else { "denied" }.into(),
+                    session_closed,
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "clusters", name, "facts"]) => {
+            let body: crate::api::PinFactsRequest = read_json(req).await?;
+            let n = name.to_string();
+            let rec = in_blocking(state, move |s| {
+                s.registry.pin_facts(&n, &body, "admin", now_ms())
+            })
+            .await?;
+            state.decisions_wake.notify_one();
+            tracing::info!(cluster = %name, pins = %crate::fleet::facts::describe_pins(&rec.pins), "facts pinned by admin");
+            Ok(json(StatusCode::OK, &cluster_view(state, rec)))
+        }
+        (&Method::GET, ["v1", "clusters", name, "status-log"]) => {
+            let limit = query_usize(&req, "limit").unwrap_or(1000).min(100_000);
+            let n = name.to_string();
+            let rows = in_blocking(state, move |s| {
+                Ok(s.store.read(|tx| {
+                    tx.list_prefix(
+                        &tether_store::hub::STATUS_HISTORY,
+                        &tether_store::hub::cluster_prefix(&n),
+                    )
+                })?)
+                .map(|rows| {
+                    let mut mine: Vec<StatusLogView> = rows
+                        .into_iter()
+                        .map(|(_, e)| StatusLogView {
+                            log_seq: e.seq,
+                            cluster: e.cluster,
+                            seq: e.seq,
+                            work: e.status.work,
+                            generation: e.status.generation,
+                            phase: e.status.phase,
+                            received_at_ms: e.received_at_ms,
+                        })
+                        .collect();
+                    let skip = mine.len().saturating_sub(limit);
+                    mine.drain(..skip);
+                    mine
+                })
+            })
+            .await?;
+            Ok(json(StatusCode::OK, &rows))
+        }
+        _ => Err(no_route(method, seg)),
+    }
+}
+
+pub(crate) fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView {
+    let health = state.health.lock().unwrap_or_else(|p| p.into_inner());
+    let live_state = match rec.state {
+        tether_store::hub::ClusterState::Denied => rec.state,
+        persisted => health.state(&rec.name).unwrap_or(persisted),
+    };
+    ClusterView {
+        connected: health.is_connected(&rec.name),
+        state: live_state,
+        last_seen_ms: health.last_heartbeat(&rec.name).or(rec.last_seen_ms),
+        name: rec.name,
+        labels: rec.labels,
+        facts: rec.facts,
+        pins: rec.pins,
+        conditions: rec.conditions,
+        joined_at_ms: rec.joined_at_ms,
+        cert_serial: rec.cert_serial,
+        cert_not_after_ms: rec.cert_not_after_ms,
+    }
+}

@@ -1,0 +1,33 @@
+//! The admin API's routes, one module per resource. Every route here runs after the caller's
+//! admin certificate has been checked (see `server`).
+
+mod audit;
+mod backup;
+mod clusters;
+mod joins;
+mod works;
+
+use crate::admin::server::bytes_body::Body;
+use crate::admin::server::no_route;
+use crate::state::HubState;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use std::sync::Arc;
+
+pub(super) async fn route(
+    state: &Arc<HubState>,
+    method: &Method,
+    seg: &[&str],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Response<Body>> {
+    match seg {
+        ["v1", "clusters", ..] => clusters::route(state, method, seg, req).await,
+        ["v1", "join-requests", ..] | ["v1", "tokens", ..] => {
+            joins::route(state, method, seg, req).await
+        }
+        ["v1", "audit", ..] => audit::route(state, method, seg, req).await,
+        ["v1", "works", ..] => works::route(state, method, seg, req).await,
+        ["v1", "backup"] => backup::route(state, method, seg, req).await,
+        _ => Err(no_route(method, seg)),
+    }
+}

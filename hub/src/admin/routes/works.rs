@@ -1,0 +1,183 @@
+//! Routes for works: apply, list, get, delete, placement, rollout, pause/resume, undo, rendered.
+
+use crate::admin::server::bytes_body::Body;
+use crate::admin::server::*;
+use crate::api::*;
+use crate::state::HubState;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::Arc;
+
+pub(super) async fn route(
+    state: &Arc<HubState>,
+    method: &Method,
+    seg: &[&str],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Response<Body>> {
+    match (method, seg) {
+        (&Method::PUT, ["v1", "works"]) => {
+            let doc: tether_protocol::work::WorkDocument =
+                read_json_limited(req, MAX_WORK_BODY).await?;
+            let name = doc.metadata.name.clone();
+            let st = state.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                crate::works::apply(&st.store, &st.works, doc, st.cfg.limits.max_frame, "admin")
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let (outcome, generation) = applied.map_err(|e| work_error(&e))?;
+            let status = if outcome == crate::works::ApplyOutcome::Created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json(
+                status,
+                &ApplyResult {
+                    name,
+                    generation,
+                    outcome,
+                },
+            ))
+        }
+        (&Method::GET, ["v1", "works"]) => {
+            let views = in_blocking(state, |s| {
+                let decisions = s.decisions.snapshot();
+                Ok(s.store
+                    .read(|tx| crate::admin::views::summaries(tx, &decisions))?)
+            })
+            .await?;
+            Ok(json(StatusCode::OK, &views))
+        }
+        (&Method::GET, ["v1", "works", name]) => {
+            let n = name.to_string();
+            let detail = in_blocking(state, move |s| {
+                let decisions = s.decisions.snapshot();
+                Ok(s.store
+                    .read(|tx| crate::admin::views::detail(tx, &n, &decisions))?)
+            })
+            .await?;
+            match detail {
+                Some(d) => Ok(json(StatusCode::OK, &d)),
+                None => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("work {name:?} not found"),
+                )),
+            }
+        }
+        (&Method::DELETE, ["v1", "works", name]) => {
+            let orphan = query_flag(&req, "orphan");
+            let n = name.to_string();
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::works::delete(&st.store, &st.works, &n, orphan, "admin")
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| work_error(&e))?;
+            Ok(json(
+                StatusCode::OK,
+                &DeleteResult {
+                    name: name.to_string(),
+                    orphan,
+                },
+            ))
+        }
+        (&Method::GET, ["v1", "works", name, "placement"]) => {
+            let d = state
+                .decisions
+                .snapshot()
+                .get(*name)
+                .cloned()
+                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
+            Ok(json(StatusCode::OK, &d.choices))
+        }
+        (&Method::GET, ["v1", "works", name, "rollout"]) => {
+            let d = state
+                .decisions
+                .snapshot()
+                .get(*name)
+                .cloned()
+                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
+            let view = d.rollout.clone().unwrap_or(crate::decide::RolloutView {
+                generation: d.generation,
+                phase: crate::api::RolloutPhase::All,
+                reason: "no progressive rollout: every selected cluster at once".into(),
+                total: d.selected.len(),
+                admitted: d.selected.len(),
+                ..Default::default()
+            });
+            Ok(json(StatusCode::OK, &view))
+        }
+        (&Method::POST, ["v1", "works", name, action @ ("pause" | "resume")]) => {
+            let paused = *action == "pause";
+            let st = state.clone();
+            let n = name.to_string();
+            tokio::task::spawn_blocking(move || crate::controller::set_paused(&st, &n, paused))
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| work_error(&e))?;
+            let (kind, verb) = if paused {
+                ("rollout_paused", "paused")
+            } else {
+                ("rollout_resumed", "resumed")
+            };
+            audit_now(state, kind, format!("rollout of work {name} {verb}")).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"work": name, "paused": paused}),
+            ))
+        }
+        (&Method::POST, ["v1", "works", name, "undo"]) => {
+            let to = query_usize(&req, "to_generation").map(|g| g as u64);
+            let st = state.clone();
+            let n = name.to_string();
+            let (from, generation) = tokio::task::spawn_blocking(move || {
+                let from = st
+                    .works
+                    .snapshot()
+                    .get(n.as_str())
+                    .map(|e| e.record.generation);
+                crate::controller::undo(&st, &n, to, "admin").map(|g| (from, g))
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| work_error(&e))?;
+            let from = from.unwrap_or(generation.saturating_sub(1));
+            // `undo` defaults to the generation before the current one.
+            let to = to.unwrap_or(from.saturating_sub(1));
+            audit_now(
+                state,
+                "rollout_undone",
+                format!("work {name} rolled back from generation {from} to generation {to} (as new generation {generation})"),
+            )
+            .await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"work": name, "generation": generation}),
+            ))
+        }
+        (&Method::GET, ["v1", "works", name, "rendered", cluster]) => {
+            let snapshot = state.works.snapshot();
+            let entry = snapshot
+                .get(*name)
+                .filter(|e| e.record.deleted.is_none())
+                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
+            let d = state.decisions.snapshot().get(*name).cloned();
+            let assignment = d
+                .as_ref()
+                .and_then(|d| d.selected.get(*cluster).cloned())
+                .ok_or_else(|| {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!("work {name:?} is not placed on cluster {cluster:?}"),
+                    )
+                })?;
+            let manifests =
+                crate::works::render::render_assignment(&entry.record.document.spec, &assignment)
+                    .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            Ok(json(StatusCode::OK, &manifests))
+        }
+        _ => Err(no_route(method, seg)),
+    }
+}

@@ -1,0 +1,88 @@
+//! Operator actions on a work's rollout that write the store: undo (re-apply an earlier
+//! generation) and pause/resume.
+
+use crate::state::HubState;
+use tether_store::hub::{work_history_key, RolloutRecord, ROLLOUTS, WORK_HISTORY};
+
+/// Re-apply an earlier generation's document as a new generation that goes everywhere at once.
+/// `to` defaults to the generation before the current one.
+pub fn undo(
+    state: &HubState,
+    name: &str,
+    to: Option<u64>,
+    actor: &str,
+) -> Result<u64, crate::works::WorkError> {
+    use crate::works::WorkError;
+    let current = state
+        .works
+        .snapshot()
+        .get(name)
+        .filter(|e| e.record.deleted.is_none())
+        .map(|e| e.record.generation)
+        .ok_or_else(|| WorkError::NotFound(name.to_string()))?;
+    let to = to.unwrap_or(current.saturating_sub(1));
+    if to == 0 || to >= current {
+        return Err(WorkError::Invalid(vec![format!(
+            "cannot roll back work {name} from generation {current} to {to}"
+        )]));
+    }
+    let doc = state
+        .store
+        .read(|tx| tx.get(&WORK_HISTORY, &work_history_key(name, to)))?
+        .ok_or_else(|| {
+            WorkError::Invalid(vec![format!(
+                "generation {to} of work {name} is not in the history"
+            )])
+        })?;
+    // Mark the next generation as a rollback before it becomes visible to the decision loop.
+    let next = current + 1;
+    state.store.write(|tx| {
+        tx.put(
+            &ROLLOUTS,
+            name,
+            &RolloutRecord {
+                generation: next,
+                rollback_of: Some(to),
+                phase: "RolledBack".into(),
+                ..RolloutRecord::default()
+            },
+        )
+    })?;
+    let (_, generation) = crate::works::apply(
+        &state.store,
+        &state.works,
+        doc,
+        state.cfg.limits.max_frame,
+        actor,
+    )?;
+    tracing::warn!(work = %name, from = current, to, new_generation = generation, %actor, "rolled back");
+    Ok(generation)
+}
+
+/// Pause or resume a progressive rollout.
+pub fn set_paused(
+    state: &HubState,
+    name: &str,
+    paused: bool,
+) -> Result<(), crate::works::WorkError> {
+    let generation = state
+        .works
+        .snapshot()
+        .get(name)
+        .filter(|e| e.record.deleted.is_none())
+        .map(|e| e.record.generation)
+        .ok_or_else(|| crate::works::WorkError::NotFound(name.to_string()))?;
+    state.store.write(|tx| {
+        let mut r = tx
+            .get(&ROLLOUTS, name)?
+            .filter(|r| r.generation == generation)
+            .unwrap_or(RolloutRecord {
+                generation,
+                ..RolloutRecord::default()
+            });
+        r.paused = paused;
+        tx.put(&ROLLOUTS, name, &r)
+    })?;
+    state.decisions_wake.notify_one();
+    Ok(())
+}

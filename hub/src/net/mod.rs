@@ -1,0 +1,3 @@
+//! The QUIC listener: handshakes, joins and agent sessions.
+
+pub mod server;
