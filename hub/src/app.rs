@@ -164,7 +164,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         works,
         decisions: Default::default(),
         singleton_in_flight: Default::default(),
-        decisions_wake: tokio::sync::Notify::new(),
+        changes: Default::default(),
         store_unavailable: Mutex::new(Default::default()),
         started_ms: now,
         committer,
@@ -195,10 +195,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         "admin API",
     );
     name(tasks.spawn(tick_loop(state.clone())), "health tick");
-    // Decide once before accepting sessions' plans, so nothing is sent undecided.
-    if let Err(e) = crate::controller::decide_all(&state) {
-        tracing::error!(error = %e, "initial decision pass failed");
-    }
+    // Sessions accepted before the controller's first pass plan nothing: a work without a
+    // decision is left as the agent holds it.
     name(
         tasks.spawn(crate::controller::run(state.clone())),
         "controller",

@@ -7,7 +7,7 @@ use crate::fleet::sessions::Sessions;
 use crate::identity::registry::{Registry, Revocation};
 use crate::metrics::{Metrics, StateLabel};
 use crate::util::now_ms;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,8 +73,8 @@ pub struct HubState {
     /// When this hub process started: it cannot know what happened before, so no cluster is
     /// treated as unreachable for longer than this (a restart must not trigger failover).
     pub started_ms: u64,
-    /// Wakes the decision loop (status arrived, health changed, rollout paused...).
-    pub decisions_wake: tokio::sync::Notify,
+    /// What changed for the decision loop (status arrived, health changed, rollout paused...).
+    pub changes: crate::fleet::changes::Changes,
     /// Group commit for hot-path durable writes (delivery acks, status).
     pub committer: crate::ingest::committer::Committer,
     /// Status entries each cluster may have stored (see `budget`).
@@ -143,7 +143,9 @@ impl HubState {
         for t in &transitions {
             tracing::info!(cluster = %t.cluster, from = t.from.as_str(), to = t.to.as_str(), "cluster health changed");
         }
-        self.decisions_wake.notify_one();
+        for t in &transitions {
+            self.changes.cluster(&t.cluster);
+        }
         {
             let mut pending = self
                 .pending_health
@@ -290,17 +292,24 @@ impl HubState {
 
 /// The published decisions, and the channel that tells delivery tasks they changed. Works
 /// changes wake the controller only: a session has nothing to re-plan until the controller
-/// has decided the new generation.
+/// has decided the new generation. Each publication logs which clusters it concerns, so a
+/// delivery task re-plans only when its own cluster's plan can differ.
 pub struct Decisions {
     map: RwLock<Arc<BTreeMap<String, Arc<WorkDecision>>>>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// (version, clusters concerned; `None` = all), newest last, at most `LOG_LEN`.
+    log: Mutex<std::collections::VecDeque<(u64, Option<BTreeSet<String>>)>>,
 }
+
+/// Publications remembered for `concerns`; a task further behind re-plans.
+const LOG_LEN: usize = 256;
 
 impl Default for Decisions {
     fn default() -> Self {
         Self {
             map: RwLock::default(),
             changed: tokio::sync::watch::channel(0).0,
+            log: Mutex::default(),
         }
     }
 }
@@ -310,10 +319,36 @@ impl Decisions {
         self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) fn publish(&self, next: BTreeMap<String, Arc<WorkDecision>>, changed: bool) {
+    /// Publish `next`; `concerned` names the clusters whose plan may differ (`None`: all).
+    /// Nothing is signalled when no work's plan changed.
+    pub(crate) fn publish(
+        &self,
+        next: BTreeMap<String, Arc<WorkDecision>>,
+        changed: bool,
+        concerned: Option<BTreeSet<String>>,
+    ) {
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         if changed {
-            self.changed.send_modify(|v| *v += 1);
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            let version = *self.changed.borrow() + 1;
+            log.push_back((version, concerned));
+            while log.len() > LOG_LEN {
+                log.pop_front();
+            }
+            self.changed.send_modify(|v| *v = version);
+        }
+    }
+
+    /// Whether a publication after version `seen` may change what `cluster` should hold.
+    pub fn concerns(&self, cluster: &str, seen: u64) -> bool {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        match log.front() {
+            Some((oldest, _)) if *oldest <= seen + 1 => log
+                .iter()
+                .filter(|(v, _)| *v > seen)
+                .any(|(_, c)| c.as_ref().is_none_or(|c| c.contains(cluster))),
+            // Fell behind the log (or nothing logged yet): assume it does.
+            _ => *self.changed.borrow() > seen,
         }
     }
 

@@ -241,9 +241,7 @@ fn the_hub_crate_has_no_import_cycle() {
         assert!(
             rest.starts_with("api") || rest.starts_with("config"),
             "admin/client.rs imports server internals: crate::{}",
-            &rest[..rest
-                .find([';', '\n'])
-                .unwrap_or(rest.len())]
+            &rest[..rest.find([';', '\n']).unwrap_or(rest.len())]
         );
     }
 }

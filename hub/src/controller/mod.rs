@@ -1,121 +1,174 @@
-//! The decision loop, the shell around `decide`: it gathers the fleet view when works,
-//! clusters, health or status change (and every 500 ms), persists rollout state, carries out
-//! the effects (close a session, start an auto-rollback) and publishes the decisions to the
-//! sessions. Undo and pause/resume live here too: they write the store.
+//! The decision loop, the shell around `decide`. Writers report what changed (see
+//! `fleet::changes`); the loop re-reads only that into its in-memory fleet view (`view`),
+//! decides only the works the changes touch (plus the works whose decisions depend on time,
+//! every 500 ms), persists rollout state through the group committer, carries out the effects
+//! (close a session, start an auto-rollback) and publishes, naming the clusters each change
+//! concerns. A full re-read every `RESYNC_EVERY` is the safety net. Undo and pause/resume live
+//! in `undo`.
 
-use crate::decide::placement;
-use crate::decide::{ClusterView, Effect, Inputs};
+use crate::decide::{Effect, Inputs, Outcome, WorkDecision};
 use crate::state::HubState;
 use crate::util::now_ms;
-use std::collections::BTreeMap;
+use crate::works::WorkMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tether_protocol::close_code;
-use tether_store::hub::{
-    ClusterState, ClusterWorkRecord, RolloutRecord, CLUSTERS, CLUSTER_WORKS, ROLLOUTS,
-};
+use tether_store::hub::{RolloutRecord, ROLLOUTS};
 use tether_store::StoreError;
+use view::{FleetView, Touched};
 
 pub mod undo;
+mod view;
+
 pub use undo::{set_paused, undo};
 
 /// Run until the hub stops.
 pub async fn run(state: Arc<HubState>) {
     let mut works = state.works.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut view = Some(FleetView::default());
+    let mut last_resync = Instant::now();
     loop {
+        if last_resync.elapsed() >= RESYNC_EVERY {
+            state.changes.resync();
+        }
+        let pending = state.changes.take();
+        if pending.resync {
+            last_resync = Instant::now();
+        }
         let st = state.clone();
-        let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || decide_all(&st)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "decision pass failed"),
-            Err(e) => tracing::error!(error = %e, "decision pass panicked"),
+        let started = Instant::now();
+        let mut v = view.take().unwrap_or_default();
+        let pass = tokio::task::spawn_blocking(move || {
+            let r = decide_pass(&st, &mut v, &pending);
+            (v, r)
+        })
+        .await;
+        match pass {
+            Ok((v, Ok(pass))) => {
+                view = Some(v);
+                if let Some(pass) = pass {
+                    carry_out(&state, pass).await;
+                }
+            }
+            Ok((_, Err(e))) => {
+                tracing::error!(error = %e, "decision pass failed; the next one re-reads everything");
+                state.changes.resync();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "decision pass panicked; the next one re-reads everything");
+                state.changes.resync();
+            }
         }
         let took = started.elapsed();
         tokio::select! {
             r = works.changed() => if r.is_err() { return },
-            _ = state.decisions_wake.notified() => {}
+            _ = state.changes.wait() => {}
             _ = tick.tick() => {}
         }
-        // A pass reads every cluster and status row. Under a status storm the wake-ups never
-        // stop, and back-to-back passes would take a whole core from the sessions delivering
-        // and acknowledging; spacing passes by their own duration caps the controller at half
-        // a core, at the cost of deciding at most one pass later.
+        // Under a status storm the wake-ups never stop, and back-to-back passes would take a
+        // whole core from the sessions delivering and acknowledging; spacing passes by their
+        // own duration caps the controller at half a core, at the cost of deciding at most one
+        // pass later. Changes that arrive meanwhile are coalesced into the next pass.
         tokio::time::sleep(took.min(MAX_PASS_SPACING)).await;
     }
 }
 
+/// How often works whose decisions depend on time (failover tolerations, rollout pacing,
+/// maintenance windows) are decided again without a change.
+const TICK: Duration = Duration::from_millis(500);
+/// A full re-read of clusters and rows: the safety net under the change events.
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// Upper bound of the spacing between decision passes (see `run`).
 const MAX_PASS_SPACING: Duration = Duration::from_secs(1);
 
-/// One pass over every work: gather the inputs, let `decide` decide, persist rollout state,
-/// carry out the effects, publish. Returns whether any cluster's allowed state changed.
-pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
+/// What one pass decided, for the async half to persist, carry out and publish.
+struct Pass {
+    outcome: Outcome,
+    previous: Arc<BTreeMap<String, Arc<WorkDecision>>>,
+}
+
+/// Works whose decision can change with time alone.
+fn time_dependent(works: &WorkMap) -> BTreeSet<String> {
+    works
+        .iter()
+        .filter(|(_, e)| e.record.deleted.is_none())
+        .filter(|(_, e)| {
+            let spec = &e.record.document.spec;
+            spec.failover.is_some() || spec.rollout.is_some()
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Refresh the view from `pending`, and decide the works it touched. `None`: nothing to do.
+fn decide_pass(
+    state: &HubState,
+    view: &mut FleetView,
+    pending: &crate::fleet::changes::Pending,
+) -> Result<Option<Pass>, StoreError> {
     let now = now_ms();
     let works = state.works.snapshot();
     let in_flight = state.singleton_in_flight.snapshot();
-    let (records, rows, rollouts) = state.store.read(|tx| {
-        Ok::<_, StoreError>((
-            tx.list(&CLUSTERS)?,
-            tx.list(&CLUSTER_WORKS)?,
-            tx.list(&ROLLOUTS)?,
-        ))
-    })?;
-    let clusters: BTreeMap<String, ClusterView> = {
-        let h = state.health.lock().unwrap_or_else(|p| p.into_inner());
-        records
-            .into_iter()
-            .map(|(n, c)| {
-                let ready = h.state(&n) == Some(ClusterState::Ready);
-                // Unreachable since (hub time): this process cannot know of anything before it
-                // started, so a restart does not count as an outage.
-                let away_ms = (!ready).then(|| {
-                    let since = h
-                        .last_heartbeat(&n)
-                        .or(c.last_seen_ms)
-                        .unwrap_or(c.state_since_ms)
-                        .max(state.started_ms);
-                    now.saturating_sub(since)
-                });
-                let facts = crate::fleet::facts::effective(&c.facts, &c.pins);
-                let view = ClusterView {
-                    labels: placement::selectable_labels(&c.labels, &facts),
-                    cpus: facts.cpus,
-                    cpus_pinned: c.pins.cpus.is_some(),
-                    denied: c.state == ClusterState::Denied,
-                    ready,
-                    away_ms,
-                    session_open: state.sessions.stable_id(&n).is_some(),
-                };
-                (n, view)
-            })
-            .collect()
-    };
-    let mut status: BTreeMap<(String, String), ClusterWorkRecord> = BTreeMap::new();
-    for (key, row) in rows {
-        if let Some((c, w)) = key.split_once('/') {
-            status.insert((w.to_string(), c.to_string()), row);
-        }
-    }
-    let rollouts: BTreeMap<String, RolloutRecord> = rollouts.into_iter().collect();
+    let touched = view.refresh(state, pending)?;
+    view.age(now);
+    let rollouts: BTreeMap<String, RolloutRecord> = state
+        .store
+        .read(|tx| tx.list(&ROLLOUTS))?
+        .into_iter()
+        .collect();
     let previous = state.decisions.snapshot();
+    let only = match touched {
+        Touched::All => None,
+        Touched::Nothing => Some(time_dependent(&works)),
+        Touched::Works(mut w) => {
+            w.extend(time_dependent(&works));
+            Some(w)
+        }
+    };
     let outcome = crate::decide::decide(&Inputs {
         now_ms: now,
         works: &works,
-        clusters: &clusters,
-        status: &status,
+        clusters: &view.clusters,
+        status: &view.status,
         rollouts: &rollouts,
         in_flight: &in_flight,
         previous: &previous,
+        only: only.as_ref(),
     });
+    let nothing =
+        !outcome.changed && outcome.rollout_writes.is_empty() && outcome.effects.is_empty();
+    if nothing && outcome.decisions.len() == previous.len() {
+        // Same plans: publish anyway (views such as rollout progress may have moved), silently.
+        state.decisions.publish(outcome.decisions, false, None);
+        return Ok(None);
+    }
+    Ok(Some(Pass { outcome, previous }))
+}
+
+/// Persist rollout state, carry out the effects, publish; then start any auto-rollback.
+async fn carry_out(state: &Arc<HubState>, pass: Pass) {
+    let Pass { outcome, previous } = pass;
     if !outcome.rollout_writes.is_empty() {
-        state.store.write(|tx| {
-            for (name, r) in &outcome.rollout_writes {
-                tx.put(&ROLLOUTS, name, r)?;
-            }
-            Ok::<_, StoreError>(())
-        })?;
+        let writes = outcome.rollout_writes.clone();
+        let r = state
+            .committer
+            .write(move |tx| {
+                for (name, r) in &writes {
+                    tx.put(&ROLLOUTS, name, r)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            // Publishing decisions whose rollout state is not stored could admit more than
+            // the stored state allows after a restart: skip this pass and read everything again.
+            tracing::error!(error = %e, "could not store rollout state; deciding again");
+            state.changes.resync();
+            return;
+        }
     }
     // Sessions close before the decisions that count on them being closed are published.
     let mut rollbacks = Vec::new();
@@ -130,11 +183,31 @@ pub fn decide_all(state: &HubState) -> Result<bool, StoreError> {
             Effect::AutoRollback { work } => rollbacks.push(work),
         }
     }
-    state.decisions.publish(outcome.decisions, outcome.changed);
+    let mut concerned = Some(BTreeSet::new());
+    for w in &outcome.changed_works {
+        let c = crate::decide::affected_clusters(
+            previous.get(w).map(|d| d.as_ref()),
+            outcome.decisions.get(w).map(|d| d.as_ref()),
+        );
+        concerned = match (concerned, c) {
+            (Some(mut all), Some(c)) => {
+                all.extend(c);
+                Some(all)
+            }
+            _ => None,
+        };
+    }
+    state
+        .decisions
+        .publish(outcome.decisions, outcome.changed, concerned);
     for name in rollbacks {
-        if let Err(e) = undo(state, &name, None, "auto-rollback") {
-            tracing::error!(work = %name, error = %e, "automatic rollback failed");
+        let st = state.clone();
+        let n = name.clone();
+        let r = tokio::task::spawn_blocking(move || undo(&st, &n, None, "auto-rollback")).await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(work = %name, error = %e, "automatic rollback failed"),
+            Err(e) => tracing::error!(work = %name, error = %e, "automatic rollback panicked"),
         }
     }
-    Ok(outcome.changed)
 }

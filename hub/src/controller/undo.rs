@@ -83,6 +83,6 @@ pub fn set_paused(
         r.paused = paused;
         tx.put(&ROLLOUTS, name, &r)
     })?;
-    state.decisions_wake.notify_one();
+    state.changes.rollout(name);
     Ok(())
 }

@@ -51,6 +51,40 @@ impl WorkDecision {
     }
 }
 
+/// The clusters whose delivery plan can differ between two decisions of one work; `None`
+/// means any cluster (a new generation, a deleted work, or a change that concerns clusters
+/// holding old copies, which a decision does not list).
+pub(crate) fn affected_clusters(
+    old: Option<&WorkDecision>,
+    new: Option<&WorkDecision>,
+) -> Option<BTreeSet<String>> {
+    let (old, new) = (old?, new?);
+    if old.generation != new.generation
+        || old.replacements_ready != new.replacements_ready
+        || old.singleton != new.singleton
+        || old.waiting_for != new.waiting_for
+    {
+        return None;
+    }
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for (c, a) in &old.selected {
+        if new.selected.get(c) != Some(a) {
+            out.insert(c.clone());
+        }
+    }
+    for c in new.selected.keys() {
+        if !old.selected.contains_key(c) {
+            out.insert(c.clone());
+        }
+    }
+    match (&old.admitted, &new.admitted) {
+        (Some(a), Some(b)) => out.extend(a.symmetric_difference(b).cloned()),
+        (None, None) => {}
+        _ => out.extend(old.selected.keys().chain(new.selected.keys()).cloned()),
+    }
+    Some(out)
+}
+
 /// One cluster as decisions see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClusterView {
@@ -76,6 +110,9 @@ pub(crate) struct Inputs<'a> {
     /// (work, cluster) singleton deliveries not yet answered.
     pub in_flight: &'a BTreeSet<(String, String)>,
     pub previous: &'a BTreeMap<String, Arc<WorkDecision>>,
+    /// Decide only these works (the ones a change touched); every other work keeps its
+    /// previous decision if that decision is for its current generation. `None`: all.
+    pub only: Option<&'a BTreeSet<String>>,
 }
 
 /// What the shell must do, in this order, before it publishes the decisions.
@@ -96,9 +133,13 @@ pub(crate) struct Outcome {
     pub effects: Vec<Effect>,
     /// Whether any work's plan differs from `previous` (sessions must re-plan).
     pub changed: bool,
+    /// The works whose plan differs from `previous` (deleted ones included).
+    pub changed_works: BTreeSet<String>,
+    /// How many works were decided (the rest kept their previous decision).
+    pub decided: usize,
 }
 
-/// Decide every work that is not deleted.
+/// Decide every work that is not deleted (or, with `only`, the works a change touched).
 pub(crate) fn decide(inputs: &Inputs) -> Outcome {
     let fleet: Vec<Candidate> = inputs
         .clusters
@@ -117,24 +158,26 @@ pub(crate) fn decide(inputs: &Inputs) -> Outcome {
         if entry.record.deleted.is_some() {
             continue;
         }
+        let previous = inputs.previous.get(name);
+        let untouched = inputs.only.is_some_and(|only| !only.contains(name));
+        if let Some(p) = previous.filter(|p| untouched && p.generation == entry.record.generation) {
+            out.decisions.insert(name.clone(), p.clone());
+            continue;
+        }
+        out.decided += 1;
         let decision = decide_work(inputs, &fleet, name, entry, &mut closing, &mut out);
-        if inputs
-            .previous
-            .get(name)
-            .is_none_or(|b| !b.same_plan(&decision))
-        {
-            out.changed = true;
+        if previous.is_none_or(|b| !b.same_plan(&decision)) {
+            out.changed_works.insert(name.clone());
         }
         out.decisions.insert(name.clone(), Arc::new(decision));
     }
     // A work deleted (or gone) since: sessions must re-plan to remove it.
-    if inputs
-        .previous
-        .keys()
-        .any(|k| !out.decisions.contains_key(k))
-    {
-        out.changed = true;
+    for k in inputs.previous.keys() {
+        if !out.decisions.contains_key(k) {
+            out.changed_works.insert(k.clone());
+        }
     }
+    out.changed = !out.changed_works.is_empty();
     out
 }
 
@@ -158,8 +201,9 @@ fn decide_work(
             // After a hub restart: whoever holds it keeps it.
             inputs
                 .status
-                .iter()
-                .filter(|((w, _), row)| w == name && row.delivered.is_some())
+                .range((name.to_string(), String::new())..)
+                .take_while(|((w, _), _)| w == name)
+                .filter(|(_, row)| row.delivered.is_some())
                 .map(|((_, c), _)| c.clone())
                 .collect()
         });
@@ -181,10 +225,11 @@ fn decide_work(
     }
     let choices = placement::select(name, spec, fleet, &sticky, &excluded);
     let labels_of = |c: &str| -> Labels {
-        fleet
-            .iter()
-            .find(|f| f.name == c)
-            .map(|f| f.labels.clone())
+        inputs
+            .clusters
+            .get(c)
+            .filter(|v| !v.denied)
+            .map(|v| v.labels.clone())
             .unwrap_or_default()
     };
     let shares = replicas::shares(spec, &choices, inputs.clusters, &labels_of);

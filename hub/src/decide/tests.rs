@@ -97,6 +97,20 @@ impl World {
             rollouts: &self.rollouts,
             in_flight: &self.in_flight,
             previous: &self.previous,
+            only: None,
+        })
+    }
+    fn decide_only(&self, now_ms: u64, only: &[&str]) -> Outcome {
+        let only: BTreeSet<String> = only.iter().map(|s| s.to_string()).collect();
+        decide(&Inputs {
+            now_ms,
+            works: &self.works,
+            clusters: &self.clusters,
+            status: &self.status,
+            rollouts: &self.rollouts,
+            in_flight: &self.in_flight,
+            previous: &self.previous,
+            only: Some(&only),
         })
     }
     /// Decide, and remember the result as the previous decisions.
@@ -346,4 +360,84 @@ proptest! {
             prop_assert!(a.iter().all(|c| d.selected.contains_key(c)));
         }
     }
+}
+
+#[test]
+fn deciding_only_the_touched_works_keeps_the_others_and_matches_a_full_pass() {
+    let spec = serde_json::json!({"targets": {"selector": {"matchLabels": {"env": "prod"}}}});
+    let mut w = World::default()
+        .with("a", cluster(&[("env", "prod")], true, None))
+        .with("b", cluster(&[("env", "dev")], true, None))
+        .add_work(work("one", 1, spec.clone()))
+        .add_work(work("two", 1, spec.clone()));
+    w.step(NOW);
+    // Cluster b joins prod; a change event names work "one" only.
+    w.clusters
+        .insert("b".into(), cluster(&[("env", "prod")], true, None));
+    let partial = w.decide_only(NOW, &["one"]);
+    assert_eq!(partial.decided, 1);
+    assert_eq!(selected(&partial, "one"), ["a", "b"]);
+    assert_eq!(
+        selected(&partial, "two"),
+        ["a"],
+        "untouched: previous decision"
+    );
+    assert!(Arc::ptr_eq(&partial.decisions["two"], &w.previous["two"]));
+    assert_eq!(partial.changed_works, BTreeSet::from(["one".to_string()]));
+    let full = w.decide(NOW);
+    assert_eq!(selected(&full, "one"), selected(&partial, "one"));
+    // A new generation is decided even when no change event named it.
+    w.works.insert("two".into(), work("two", 2, spec));
+    let partial = w.decide_only(NOW, &[]);
+    assert_eq!(partial.decided, 1);
+    assert_eq!(partial.decisions["two"].generation, 2);
+    assert_eq!(selected(&partial, "two"), ["a", "b"]);
+}
+
+#[test]
+fn a_deleted_work_counts_as_a_changed_plan() {
+    let spec = serde_json::json!({"targets": {"clusters": ["a"]}});
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .add_work(work("gone", 1, spec));
+    w.step(NOW);
+    w.works.clear();
+    let out = w.decide_only(NOW, &[]);
+    assert!(out.changed);
+    assert_eq!(out.changed_works, BTreeSet::from(["gone".to_string()]));
+}
+
+#[test]
+fn only_the_clusters_a_decision_change_concerns_are_woken() {
+    let spec = serde_json::json!({
+        "targets": {"selector": {}},
+        "rollout": {"strategy": "Progressive", "maxConcurrency": 1},
+    });
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .with("b", cluster(&[], true, None))
+        .with("c", cluster(&[], true, None))
+        .add_work(work("web", 1, spec));
+    let first = w.step(NOW);
+    let admitted = first.decisions["web"].admitted.clone().unwrap();
+    assert_eq!(admitted.len(), 1);
+    let done = admitted.iter().next().unwrap().clone();
+    w.status.insert(("web".into(), done.clone()), applied(1));
+    let second = w.decide(NOW + 60_000);
+    let now_admitted = second.decisions["web"].admitted.clone().unwrap();
+    let woken = affected_clusters(
+        Some(&first.decisions["web"]),
+        Some(&second.decisions["web"]),
+    );
+    let expected: BTreeSet<String> = now_admitted.difference(&admitted).cloned().collect();
+    assert!(!expected.is_empty(), "the rollout moved on");
+    assert_eq!(woken, Some(expected), "the one already done is not woken");
+    // A new generation concerns every cluster (old copies included).
+    let mut next = (*second.decisions["web"]).clone();
+    next.generation = 2;
+    assert_eq!(
+        affected_clusters(Some(&second.decisions["web"]), Some(&next)),
+        None
+    );
+    assert_eq!(affected_clusters(Some(&next), None), None);
 }

@@ -43,7 +43,8 @@ pub async fn record_inventory(
         })
         .map(|(n, _)| n.clone())
         .collect();
-    state
+    let changed = cluster.clone();
+    let foreign = state
         .committer
         .write(move |tx| {
             let mut foreign = 0;
@@ -84,7 +85,11 @@ pub async fn record_inventory(
             }
             Ok(foreign)
         })
-        .await
+        .await;
+    if foreign.is_ok() {
+        state.changes.cluster(&changed);
+    }
+    foreign
 }
 
 /// How many changes an agent holding `held` is about to receive.
@@ -118,12 +123,12 @@ pub async fn run(
     mut held: BTreeMap<String, HeldWork>,
 ) {
     let mut changes = state.decisions.subscribe();
+    let mut seen = *changes.borrow_and_update();
     // Works the agent refused at a given content: not retried until the content changes.
     let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
     // Consecutive passes that ended in a retry: the pause doubles up to RETRY_MAX.
     let mut retries: u32 = 0;
     loop {
-        changes.borrow_and_update();
         let mut retry = false;
         let works = state.works.snapshot();
         let (actions, unknown) = plan_for(&state, &cluster, &held, &works);
@@ -172,10 +177,24 @@ pub async fn run(
             retries = 0;
             std::time::Duration::from_secs(86_400)
         };
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(pause) => {}
-            _ = conn.closed() => return,
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let version = *changes.borrow_and_update();
+                    let concerns = state.decisions.concerns(&cluster, seen);
+                    seen = version;
+                    if concerns {
+                        break;
+                    }
+                }
+                _ = &mut sleep => break,
+                _ = conn.closed() => return,
+            }
         }
     }
 }
@@ -332,9 +351,12 @@ async fn send(
             Ok(())
         })
         .await;
-    if let Err(e) = committed {
+    match committed {
+        Ok(()) => state.changes.rows(cluster, [ack.name.as_str()]),
         // The agent holds it either way; the next session's inventory will set this right.
-        tracing::error!(%cluster, work = %ack.name, error = %e, "could not record a delivery");
+        Err(e) => {
+            tracing::error!(%cluster, work = %ack.name, error = %e, "could not record a delivery")
+        }
     }
     tracing::debug!(%cluster, work = %ack.name, held = ?ack.held, "delivered");
     Ok(ack.held)

@@ -6,6 +6,7 @@ use crate::state::HubState;
 use crate::util::now_ms;
 use quinn::{Connection, SendStream};
 use rustls::pki_types::CertificateDer;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_protocol::frame::FrameError;
@@ -280,10 +281,14 @@ async fn serve_join(conn: Connection, state: Arc<HubState>) {
                 Message::JoinRequest(req) => {
                     // Unvalidated until the registry has looked at it: never logged raw.
                     let name = crate::util::loggable(&req.name, 64);
+                    let joining = req.name.clone();
                     let r = blocking(&state, move |s| {
                         s.registry.submit_join(&req, &peer, now_ms())
                     })
                     .await;
+                    if let Ok(JoinStatus::Approved { .. }) = &r {
+                        state.changes.cluster(&joining);
+                    }
                     let outcome = match &r {
                         Ok(JoinStatus::Approved { .. }) => "auto_approved",
                         Ok(JoinStatus::Pending) => "pending",
@@ -450,6 +455,7 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
         })
         .inc();
     state.sessions.insert(&cluster, conn.clone());
+    state.changes.cluster(&cluster);
     state.metrics.live_sessions.inc();
     state.health_event(|h| h.session_opened(&cluster, now_ms()));
     // The Hello counts as a heartbeat: the agent counts it as contact (fencing contract).
@@ -517,6 +523,7 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
         d.abort();
     }
     state.sessions.remove(&cluster, conn.stable_id());
+    state.changes.cluster(&cluster);
     state.metrics.live_sessions.dec();
     state.health_event(|h| h.session_closed(&cluster, now_ms()));
     tracing::info!(%cluster, reason = %end, "session closed");
@@ -637,7 +644,7 @@ async fn handle_session_message(
                 match r {
                     Ok(placement_input_changed) => {
                         if placement_input_changed {
-                            state.decisions_wake.notify_one();
+                            state.changes.cluster(cluster);
                         }
                         *session
                             .last_reported
@@ -715,6 +722,11 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
         batch.entries.iter().map(|e| e.status.work.as_str()),
     );
     let name = cluster.to_string();
+    let touched: BTreeSet<String> = batch
+        .entries
+        .iter()
+        .map(|e| e.status.work.clone())
+        .collect();
     let ingested = state
         .committer
         .write(move |tx| crate::ingest::status::ingest(tx, &name, &batch, &scope, now_ms()))
@@ -722,7 +734,9 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
     match ingested {
         Ok(i) => {
             if i.stored > 0 {
-                state.decisions_wake.notify_one();
+                state
+                    .changes
+                    .rows(cluster, touched.iter().map(String::as_str));
             }
             state.metrics.status_entries.inc_by(i.stored as u64);
             state.metrics.status_duplicates.inc_by(i.duplicates as u64);

@@ -48,6 +48,7 @@ pub(super) async fn route(
                 h.track(&rec.name, rec.state, None, now_ms());
                 None
             });
+            state.changes.cluster(name);
             tracing::info!(cluster = %name, "join request approved by admin");
             Ok(json(
                 StatusCode::OK,
@@ -76,6 +77,7 @@ pub(super) async fn route(
                 }
             })
             .await?;
+            state.changes.cluster(name);
             let code = if detach {
                 close_code::DETACHED
             } else {
@@ -101,7 +103,7 @@ pub(super) async fn route(
                 s.registry.pin_facts(&n, &body, "admin", now_ms())
             })
             .await?;
-            state.decisions_wake.notify_one();
+            state.changes.cluster(name);
             tracing::info!(cluster = %name, pins = %crate::fleet::facts::describe_pins(&rec.pins), "facts pinned by admin");
             Ok(json(StatusCode::OK, &cluster_view(state, rec)))
         }
