@@ -35,6 +35,7 @@ pub use state::{HubConfig, HubState};
 /// Parts the simulator, the benchmarks and the end-to-end tests drive directly, below the
 /// running hub.
 pub mod parts {
+    pub use crate::controller::cost::{measure as controller_cost, ControllerCost};
     pub use crate::identity::pki;
     pub use crate::identity::registry::{Registry, TokenSpec, RENEWALS_PER_DAY};
     pub use crate::ingest::status::ingest;

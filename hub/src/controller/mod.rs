@@ -18,6 +18,7 @@ use tether_store::hub::{RolloutRecord, ROLLOUTS};
 use tether_store::StoreError;
 use view::{FleetView, Touched};
 
+pub mod cost;
 pub mod undo;
 mod view;
 
@@ -112,14 +113,14 @@ fn decide_pass(
     let now = now_ms();
     let works = state.works.snapshot();
     let in_flight = state.singleton_in_flight.snapshot();
-    let touched = view.refresh(state, pending)?;
+    let previous = state.decisions.snapshot();
+    let touched = view.refresh(state, pending, &works, &previous)?;
     view.age(now);
     let rollouts: BTreeMap<String, RolloutRecord> = state
         .store
         .read(|tx| tx.list(&ROLLOUTS))?
         .into_iter()
         .collect();
-    let previous = state.decisions.snapshot();
     let only = match touched {
         Touched::All => None,
         Touched::Nothing => Some(time_dependent(&works)),

@@ -3,7 +3,9 @@
 //! what an event names; a full re-read on the first pass, on overflow and as a periodic
 //! safety net.
 
-use crate::decide::ClusterView;
+use crate::decide::{ClusterView, WorkDecision};
+use crate::works::WorkMap;
+use std::sync::Arc;
 use crate::fleet::changes::Pending;
 use crate::state::HubState;
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,7 +52,13 @@ pub(crate) struct FleetView {
 
 impl FleetView {
     /// Apply `pending`; `None` from the caller's side means re-read everything.
-    pub fn refresh(&mut self, state: &HubState, pending: &Pending) -> Result<Touched, StoreError> {
+    pub fn refresh(
+        &mut self,
+        state: &HubState,
+        pending: &Pending,
+        works: &WorkMap,
+        previous: &BTreeMap<String, Arc<WorkDecision>>,
+    ) -> Result<Touched, StoreError> {
         if pending.resync {
             *self = Self::default();
             let (records, rows) = state
@@ -83,8 +91,18 @@ impl FleetView {
                 if pending.clusters.contains(c) {
                     continue;
                 }
-                self.set_row(c, w, tx.get(&CLUSTER_WORKS, &cluster_work_key(c, w))?);
-                touched.add(w);
+                let new = tx.get(&CLUSTER_WORKS, &cluster_work_key(c, w))?;
+                let old = self.status.get(&(w.clone(), c.clone()));
+                if crate::decide::row_change_matters(
+                    works.get(w).map(|e| e.as_ref()),
+                    previous.get(w).map(|d| d.as_ref()),
+                    c,
+                    old,
+                    new.as_ref(),
+                ) {
+                    touched.add(w);
+                }
+                self.set_row(c, w, new);
             }
             Ok::<_, StoreError>(())
         })?;

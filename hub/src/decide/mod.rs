@@ -51,6 +51,35 @@ impl WorkDecision {
     }
 }
 
+/// Whether a change of `cluster`'s row of a work can change that work's decision. A plain
+/// work (no failover, no rollout settings) depends on a row only through
+/// `replacements_ready`, so a status re-report that leaves a selected cluster as ready as it
+/// was (the steady state of a fleet) costs nothing. Works with failover or rollout settings
+/// are decided every tick anyway.
+pub(crate) fn row_change_matters(
+    entry: Option<&WorkEntry>,
+    previous: Option<&WorkDecision>,
+    cluster: &str,
+    old: Option<&ClusterWorkRecord>,
+    new: Option<&ClusterWorkRecord>,
+) -> bool {
+    let (Some(entry), Some(previous)) = (entry, previous) else {
+        return true;
+    };
+    let spec = &entry.record.document.spec;
+    let generation = entry.record.generation;
+    if spec.failover.is_some() || spec.rollout.is_some() || previous.generation != generation {
+        return true;
+    }
+    let ready = |r: Option<&ClusterWorkRecord>| {
+        r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
+            s.generation == generation
+                && matches!(s.phase, WorkPhase::Available | WorkPhase::Applied)
+        })
+    };
+    previous.selected.contains_key(cluster) && ready(old) != ready(new)
+}
+
 /// The clusters whose delivery plan can differ between two decisions of one work; `None`
 /// means any cluster (a new generation, a deleted work, or a change that concerns clusters
 /// holding old copies, which a decision does not list).
@@ -141,15 +170,9 @@ pub(crate) struct Outcome {
 
 /// Decide every work that is not deleted (or, with `only`, the works a change touched).
 pub(crate) fn decide(inputs: &Inputs) -> Outcome {
-    let fleet: Vec<Candidate> = inputs
-        .clusters
-        .iter()
-        .filter(|(_, c)| !c.denied)
-        .map(|(n, c)| Candidate {
-            name: n.clone(),
-            labels: c.labels.clone(),
-        })
-        .collect();
+    // Built only if some work is decided: a change that touches no work costs nothing per
+    // cluster.
+    let mut fleet: Option<Vec<Candidate>> = None;
     let mut out = Outcome::default();
     // Sessions closed earlier in this pass count as closed for later works, as they are by the
     // time the decisions are published.
@@ -165,7 +188,18 @@ pub(crate) fn decide(inputs: &Inputs) -> Outcome {
             continue;
         }
         out.decided += 1;
-        let decision = decide_work(inputs, &fleet, name, entry, &mut closing, &mut out);
+        let fleet = fleet.get_or_insert_with(|| {
+            inputs
+                .clusters
+                .iter()
+                .filter(|(_, c)| !c.denied)
+                .map(|(n, c)| Candidate {
+                    name: n.clone(),
+                    labels: c.labels.clone(),
+                })
+                .collect()
+        });
+        let decision = decide_work(inputs, fleet, name, entry, &mut closing, &mut out);
         if previous.is_none_or(|b| !b.same_plan(&decision)) {
             out.changed_works.insert(name.clone());
         }

@@ -441,3 +441,36 @@ fn only_the_clusters_a_decision_change_concerns_are_woken() {
     );
     assert_eq!(affected_clusters(Some(&next), None), None);
 }
+
+#[test]
+fn a_status_re_report_of_a_plain_work_touches_nothing() {
+    let spec = serde_json::json!({"targets": {"clusters": ["a", "b"]}});
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .with("b", cluster(&[], true, None))
+        .add_work(work("web", 1, spec));
+    w.step(NOW);
+    let entry = w.works["web"].clone();
+    let prev = w.previous["web"].clone();
+    let mut again = applied(1);
+    again.status_seq = 2;
+    let matters = |c: &str, old: Option<&ClusterWorkRecord>, new: Option<&ClusterWorkRecord>| {
+        row_change_matters(Some(&entry), Some(&prev), c, old, new)
+    };
+    assert!(!matters("a", Some(&applied(1)), Some(&again)), "still applied");
+    assert!(matters("a", None, Some(&applied(1))), "now applied");
+    let mut failed = applied(1);
+    if let Some(s) = failed.status.as_mut() {
+        s.phase = WorkPhase::Failed;
+    }
+    assert!(matters("a", Some(&applied(1)), Some(&failed)), "no longer applied");
+    assert!(!matters("z", None, Some(&applied(1))), "not selected: no effect");
+    assert!(row_change_matters(Some(&entry), None, "a", None, None), "undecided: decide");
+    // A full pass agrees: the re-report leaves the decision as it was.
+    w.status.insert(("web".into(), "a".into()), applied(1));
+    w.status.insert(("web".into(), "b".into()), applied(1));
+    let before = w.step(NOW);
+    w.status.insert(("web".into(), "a".into()), again);
+    let after = w.decide(NOW);
+    assert!(before.decisions["web"].same_plan(&after.decisions["web"]));
+}

@@ -7,6 +7,7 @@
 //! sizes where 10k agent stores fsyncing on the same two cores would be the figure.
 
 mod bare;
+mod controller;
 mod flood;
 mod harness;
 mod idle;
@@ -30,10 +31,13 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks, comma-separated: propagation, ingest, idle, sessions, storm, flood, or
-    /// all.
+    /// Which benchmarks, comma-separated: controller, propagation, lite-propagation, ingest,
+    /// idle, sessions, storm, flood, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
+    /// Fleet sizes for the controller benchmark (decision work per change, 100 works).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,30000")]
+    pub controller: Vec<usize>,
     /// Fleet sizes for the propagation benchmark.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub propagation: Vec<usize>,
@@ -83,6 +87,7 @@ pub struct Results {
     pub machine: String,
     pub propagation: Vec<Propagation>,
     pub lite_propagation: Vec<Propagation>,
+    pub controller: Vec<tether_hub::parts::ControllerCost>,
     pub ingest: Option<Ingest>,
     pub idle: Option<Idle>,
     pub sessions: Vec<Sessions>,
@@ -98,6 +103,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         machine: harness::machine(),
         ..Default::default()
     };
+    if want("controller") {
+        controller::run(&args, &mut r).await?;
+    }
     if want("ingest") {
         ingest::run(&args, &mut r).await?;
     }
