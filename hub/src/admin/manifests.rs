@@ -17,11 +17,9 @@ const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // Not a `source`: the cause is already in the message, and a chain would print it twice.
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("`-f -` given more than once: stdin can be read only once")]
     StdinTwice,
     #[error("no -f given: pass a file, a directory or `-` for stdin")]
@@ -87,9 +85,9 @@ pub fn read_inputs(args: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Input>,
             let mut text = String::new();
             stdin
                 .read_to_string(&mut text)
-                .map_err(|source| ManifestError::Read {
+                .map_err(|error| ManifestError::Read {
                     path: "stdin".into(),
-                    source,
+                    error,
                 })?;
             inputs.push(Input {
                 label: "stdin".into(),
@@ -98,7 +96,7 @@ pub fn read_inputs(args: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Input>,
             });
             continue;
         }
-        let meta = std::fs::metadata(arg).map_err(|source| read_error(arg, source))?;
+        let meta = std::fs::metadata(arg).map_err(|e| read_error(arg, e))?;
         let files = if meta.is_dir() {
             let mut files = Vec::new();
             collect(arg, &mut files)?;
@@ -115,7 +113,7 @@ pub fn read_inputs(args: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Input>,
             vec![arg.clone()]
         };
         for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|source| read_error(&f, source))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| read_error(&f, e))?;
             inputs.push(Input {
                 label: f.display().to_string(),
                 text,
@@ -126,10 +124,10 @@ pub fn read_inputs(args: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Input>,
     Ok(inputs)
 }
 
-fn read_error(path: &Path, source: std::io::Error) -> ManifestError {
+fn read_error(path: &Path, error: std::io::Error) -> ManifestError {
     ManifestError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 
