@@ -14,6 +14,13 @@ pub const WORK_API_VERSION: &str = "tether.dev/v1alpha1";
 pub const WORK_KIND: &str = "Work";
 /// Manifests per Work. A bundle is one unit of delivery; thousands of objects belong in several.
 pub const MAX_MANIFESTS: usize = 1000;
+/// Bounds on `metadata.annotations`: they are notes for people and tools (e.g. where the
+/// manifests came from), stored with every generation, so they must not become a second payload.
+pub const MAX_ANNOTATIONS: usize = 64;
+pub const MAX_ANNOTATION_KEY: usize = 253;
+pub const MAX_ANNOTATION_VALUE: usize = 4096;
+/// Annotation `tetherctl apply` sets on a Work it wrapped around plain manifests.
+pub const SOURCE_ANNOTATION: &str = "tether.dev/source";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -30,6 +37,10 @@ pub struct WorkMetadata {
     pub name: String,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// Free-form notes; never used for selection. Omitted when empty, so documents stored
+    /// before this field existed hash and compare the same.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub annotations: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -408,6 +419,29 @@ impl ObjectRef {
     }
 }
 
+fn validate_annotations(annotations: &Labels, errors: &mut Vec<String>) {
+    if annotations.len() > MAX_ANNOTATIONS {
+        errors.push(format!(
+            "metadata.annotations has {} entries; the limit is {MAX_ANNOTATIONS}",
+            annotations.len()
+        ));
+    }
+    for (k, v) in annotations {
+        if k.is_empty() || k.len() > MAX_ANNOTATION_KEY {
+            errors.push(format!(
+                "metadata.annotations: key {:?} must be 1-{MAX_ANNOTATION_KEY} characters",
+                k.chars().take(64).collect::<String>()
+            ));
+        }
+        if v.len() > MAX_ANNOTATION_VALUE {
+            errors.push(format!(
+                "metadata.annotations[{k:?}]: value has {} bytes; the limit is {MAX_ANNOTATION_VALUE}",
+                v.len()
+            ));
+        }
+    }
+}
+
 /// Everything wrong with a document, so the user can fix it in one go.
 pub fn validate(doc: &WorkDocument) -> Result<(), Vec<String>> {
     let mut errors = Vec::new();
@@ -429,6 +463,7 @@ pub fn validate(doc: &WorkDocument) -> Result<(), Vec<String>> {
     if let Err(e) = validate_labels(&doc.metadata.labels) {
         errors.push(format!("metadata.labels: {e}"));
     }
+    validate_annotations(&doc.metadata.annotations, &mut errors);
     let targets = &doc.spec.targets;
     match &doc.spec.placement {
         None if targets.is_empty() => errors.push(
@@ -552,6 +587,7 @@ mod tests {
             metadata: WorkMetadata {
                 name: "web".into(),
                 labels: Labels::new(),
+                annotations: Labels::new(),
             },
             spec: WorkSpec {
                 targets: Targets {
@@ -579,6 +615,39 @@ mod tests {
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("appears twice")));
         assert!(errors.iter().any(|e| e.contains("missing apiVersion")));
+    }
+
+    #[test]
+    fn annotations_are_accepted_within_bounds() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+        let mut d = doc(vec![cm]);
+        d.metadata
+            .annotations
+            .insert(SOURCE_ANNOTATION.into(), "files: a.yaml".into());
+        assert!(validate(&d).is_ok());
+        // Absent when empty, so older stored documents serialise the same.
+        let plain = serde_json::to_value(doc(vec![])).unwrap();
+        assert!(plain["metadata"].get("annotations").is_none());
+
+        let mut big = d.clone();
+        big.metadata
+            .annotations
+            .insert("k".into(), "v".repeat(MAX_ANNOTATION_VALUE + 1));
+        big.metadata
+            .annotations
+            .insert("x".repeat(MAX_ANNOTATION_KEY + 1), "v".into());
+        big.metadata.annotations.insert(String::new(), "v".into());
+        let errors = validate(&big).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+
+        let mut many = d;
+        for i in 0..MAX_ANNOTATIONS {
+            many.metadata
+                .annotations
+                .insert(format!("k{i}"), "v".into());
+        }
+        let errors = validate(&many).unwrap_err();
+        assert!(errors[0].contains("limit is 64"), "{errors:?}");
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn config_work(
         metadata: WorkMetadata {
             name: name.into(),
             labels: Labels::new(),
+            annotations: Labels::new(),
         },
         spec: WorkSpec {
             targets,

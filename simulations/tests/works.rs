@@ -286,3 +286,96 @@ async fn wait_applied_on(
     })
     .await;
 }
+
+/// What kubectl users have: a directory of plain manifests, applied through the real
+/// `tetherctl` binary with --name and --clusters, ends up as one Work on the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tetherctl_applies_a_directory_of_plain_manifests() {
+    init_logs();
+    let ctl = built_binary("tether-hub", "tetherctl");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    // The admin port was chosen at start, so the config `init` wrote does not know it.
+    let ctl_config = d.join("tetherctl.yaml");
+    std::fs::write(&ctl_config, hub.ctl_config().unwrap().to_yaml()).unwrap();
+    let token = hub.token(1, true, Default::default()).await.unwrap();
+    let (agent, mem) = memory_agent(&hub, d, "edge", &token);
+    wait_for(
+        &admin,
+        WAIT,
+        "edge Ready",
+        all_in_state(&names(&["edge"]), "Ready"),
+    )
+    .await
+    .unwrap();
+
+    let app = d.join("app");
+    std::fs::create_dir_all(app.join("config")).unwrap();
+    std::fs::write(
+        app.join("config/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: default}\ndata: {mode: fast}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("service.json"),
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}, "spec": {"ports": [{"port": 80}]}}"#,
+    )
+    .unwrap();
+    std::fs::write(app.join("README.md"), "not a manifest").unwrap();
+
+    let run = |extra: &'static [&'static str]| {
+        let (ctl, cfg, app) = (ctl.clone(), ctl_config.clone(), app.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(ctl)
+                .arg("--config")
+                .arg(cfg)
+                .args(["apply", "-f"])
+                .arg(app)
+                .args(["--name", "app", "--clusters", "edge"])
+                .args(extra)
+                .output()
+                .expect("running tetherctl")
+        })
+    };
+    let dry = run(&["--dry-run"]).await.unwrap();
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        text.contains("kind: Work") && text.contains("tether.dev/source"),
+        "{text}"
+    );
+    assert!(
+        admin.work("app").await.is_err(),
+        "--dry-run reached the hub"
+    );
+
+    let out = run(&[]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("work/app created"));
+    let detail = wait_applied(&admin, "app", 1, 1).await;
+    let source = &detail.document.metadata.annotations["tether.dev/source"];
+    assert!(
+        source.starts_with("files: ")
+            && source.contains("config/settings.yaml")
+            && source.contains("service.json")
+            && !source.contains("README"),
+        "{source}"
+    );
+    let objects = mem.objects();
+    let held: Vec<String> = objects
+        .keys()
+        .map(|r| format!("{}/{}", r.kind, r.name))
+        .collect();
+    assert_eq!(held, vec!["ConfigMap/settings", "Service/web"], "{held:?}");
+    agent.stop().await.unwrap();
+}

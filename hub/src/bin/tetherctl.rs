@@ -79,10 +79,33 @@ enum Cmd {
         #[arg(long)]
         before: Option<u64>,
     },
-    /// Create or update Works from a YAML file (multi-document; `-` reads stdin). Idempotent.
+    /// Create or update Works. Idempotent. The input is either Work documents (kind: Work),
+    /// applied as they are, or plain Kubernetes manifests (what `kubectl apply -f` takes,
+    /// `kind: List` and other *List kinds expanded), wrapped into ONE Work named --name and
+    /// targeted with --clusters and/or --selector. Example:
+    /// `helm template my-chart | tetherctl apply -f - --name my-app -l env=prod`.
     Apply {
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
+        /// A file, a directory (its *.yaml, *.yml and *.json files at any depth, in sorted
+        /// path order) or `-` for stdin (at most once). Repeatable; documents are taken in
+        /// the order given.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Plain manifests only: the name of the Work they are wrapped into. Re-applying with
+        /// the same name updates that Work (objects no longer in the input are pruned).
+        #[arg(long)]
+        name: Option<String>,
+        /// Plain manifests only: clusters to deliver to, by name (comma-separated or
+        /// repeated). Combines with --selector: a cluster matching either gets the Work.
+        #[arg(long, value_delimiter = ',')]
+        clusters: Vec<String>,
+        /// Plain manifests only: deliver to clusters whose labels match all of these
+        /// (matchLabels), e.g. `-l env=prod,region=eu` (comma-separated or repeated).
+        #[arg(short = 'l', long, value_delimiter = ',', value_parser = parse_label)]
+        selector: Vec<(String, String)>,
+        /// Print the resulting Work document(s) as YAML and stop: the hub is not contacted
+        /// and no config is needed.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List resources.
     #[command(subcommand)]
@@ -353,7 +376,39 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Read and check everything `apply` was given; no hub involved.
+fn apply_documents(
+    files: &[PathBuf],
+    name: Option<String>,
+    clusters: Vec<String>,
+    selector: Vec<(String, String)>,
+) -> anyhow::Result<Vec<tether_protocol::work::WorkDocument>> {
+    let inputs = tether_hub::read_inputs(files, &mut std::io::stdin().lock())?;
+    let opts = tether_hub::WrapOptions {
+        name,
+        clusters,
+        selector: selector.into_iter().collect(),
+    };
+    Ok(tether_hub::build_works(&inputs, &opts)?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // A dry run must work without a hub or a config (e.g. in CI, to review what a chart
+    // renders into), so it is handled before the config is required.
+    if let Cmd::Apply {
+        files,
+        name,
+        clusters,
+        selector,
+        dry_run: true,
+    } = &cli.cmd
+    {
+        let docs = apply_documents(files, name.clone(), clusters.clone(), selector.clone())?;
+        for doc in &docs {
+            print!("---\n{}", serde_yaml_ng::to_string(doc)?);
+        }
+        return Ok(());
+    }
     let Some(path) = cli.config.clone() else {
         bail!("no tetherctl config: pass --config DATA_DIR/tetherctl.yaml or set TETHER_CONFIG (it is written by `tether-hub init`)");
     };
@@ -532,15 +587,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
         }
-        Cmd::Apply { file } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-            };
-            let docs = tether_hub::parse_work_documents(&text)
-                .with_context(|| format!("in {}", file.display()))?;
+        Cmd::Apply {
+            files,
+            name,
+            clusters,
+            selector,
+            dry_run: _,
+        } => {
+            let docs = apply_documents(&files, name, clusters, selector)?;
             let mut results = Vec::new();
             for doc in &docs {
                 results.push(client.apply_work(doc).await?);

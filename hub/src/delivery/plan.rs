@@ -158,6 +158,7 @@ mod tests {
                     metadata: WorkMetadata {
                         name: name.into(),
                         labels: Labels::new(),
+                        annotations: Labels::new(),
                     },
                     spec: WorkSpec {
                         targets,
