@@ -101,12 +101,18 @@ pub fn measure(clusters: usize, works: usize) -> Result<ControllerCost, String> 
         .collect();
     let mut catalog = BTreeMap::new();
     for j in 0..works {
-        catalog.insert(format!("w{j:04}"), entry(&format!("w{j:04}"), j % REGIONS, 1)?);
+        catalog.insert(
+            format!("w{j:04}"),
+            entry(&format!("w{j:04}"), j % REGIONS, 1)?,
+        );
     }
     let mut status = BTreeMap::new();
     for (i, c) in views.keys().enumerate() {
         for j in (0..works).filter(|j| j % REGIONS == i % REGIONS) {
-            status.insert((format!("w{j:04}"), c.clone()), row(1, WorkPhase::Applied, 1));
+            status.insert(
+                (format!("w{j:04}"), c.clone()),
+                row(1, WorkPhase::Applied, 1),
+            );
         }
     }
     let (rollouts, in_flight) = (BTreeMap::new(), BTreeSet::new());

@@ -4,11 +4,11 @@
 //! safety net.
 
 use crate::decide::{ClusterView, WorkDecision};
-use crate::works::WorkMap;
-use std::sync::Arc;
 use crate::fleet::changes::Pending;
 use crate::state::HubState;
+use crate::works::WorkMap;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use tether_store::hub::{
     cluster_prefix, cluster_work_key, ClusterRecord, ClusterState, ClusterWorkRecord, CLUSTERS,
     CLUSTER_WORKS,

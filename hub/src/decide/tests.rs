@@ -457,15 +457,27 @@ fn a_status_re_report_of_a_plain_work_touches_nothing() {
     let matters = |c: &str, old: Option<&ClusterWorkRecord>, new: Option<&ClusterWorkRecord>| {
         row_change_matters(Some(&entry), Some(&prev), c, old, new)
     };
-    assert!(!matters("a", Some(&applied(1)), Some(&again)), "still applied");
+    assert!(
+        !matters("a", Some(&applied(1)), Some(&again)),
+        "still applied"
+    );
     assert!(matters("a", None, Some(&applied(1))), "now applied");
     let mut failed = applied(1);
     if let Some(s) = failed.status.as_mut() {
         s.phase = WorkPhase::Failed;
     }
-    assert!(matters("a", Some(&applied(1)), Some(&failed)), "no longer applied");
-    assert!(!matters("z", None, Some(&applied(1))), "not selected: no effect");
-    assert!(row_change_matters(Some(&entry), None, "a", None, None), "undecided: decide");
+    assert!(
+        matters("a", Some(&applied(1)), Some(&failed)),
+        "no longer applied"
+    );
+    assert!(
+        !matters("z", None, Some(&applied(1))),
+        "not selected: no effect"
+    );
+    assert!(
+        row_change_matters(Some(&entry), None, "a", None, None),
+        "undecided: decide"
+    );
     // A full pass agrees: the re-report leaves the decision as it was.
     w.status.insert(("web".into(), "a".into()), applied(1));
     w.status.insert(("web".into(), "b".into()), applied(1));
