@@ -50,9 +50,7 @@ pub async fn run(state: Arc<HubState>) {
         match pass {
             Ok((v, Ok(pass))) => {
                 view = Some(v);
-                if let Some(pass) = pass {
-                    carry_out(&state, pass).await;
-                }
+                carry_out(&state, pass).await;
             }
             Ok((_, Err(e))) => {
                 tracing::error!(error = %e, "decision pass failed; the next one re-reads everything");
@@ -104,12 +102,12 @@ fn time_dependent(works: &WorkMap) -> BTreeSet<String> {
         .collect()
 }
 
-/// Refresh the view from `pending`, and decide the works it touched. `None`: nothing to do.
+/// Refresh the view from `pending`, and decide the works it touched.
 fn decide_pass(
     state: &HubState,
     view: &mut FleetView,
     pending: &crate::fleet::changes::Pending,
-) -> Result<Option<Pass>, StoreError> {
+) -> Result<Pass, StoreError> {
     let now = now_ms();
     let works = state.works.snapshot();
     let in_flight = state.singleton_in_flight.snapshot();
@@ -139,14 +137,7 @@ fn decide_pass(
         previous: &previous,
         only: only.as_ref(),
     });
-    let nothing =
-        !outcome.changed && outcome.rollout_writes.is_empty() && outcome.effects.is_empty();
-    if nothing && outcome.decisions.len() == previous.len() {
-        // Same plans: publish anyway (views such as rollout progress may have moved), silently.
-        state.decisions.publish(outcome.decisions, false, None);
-        return Ok(None);
-    }
-    Ok(Some(Pass { outcome, previous }))
+    Ok(Pass { outcome, previous })
 }
 
 /// Persist rollout state, carry out the effects, publish; then start any auto-rollback.

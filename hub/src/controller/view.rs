@@ -77,10 +77,10 @@ impl FleetView {
         let mut touched = Touched::Nothing;
         state.store.read(|tx| {
             for c in &pending.clusters {
-                let before = self.clusters.get(c).cloned();
+                let before = self.decision_input(c);
                 self.set_cluster(state, c, tx.get(&CLUSTERS, c)?);
                 self.reload_rows(tx, c)?;
-                if self.clusters.get(c) != before.as_ref() {
+                if self.decision_input(c) != before {
                     touched = Touched::All;
                 }
                 for w in self.rows_of.get(c).into_iter().flatten() {
@@ -110,6 +110,14 @@ impl FleetView {
             touched.add(w);
         }
         Ok(touched)
+    }
+
+    /// What decisions read of a cluster, apart from the time: `away_ms` as stored has been
+    /// aged by `age`, so compare the instant it counts from instead.
+    fn decision_input(&self, cluster: &str) -> Option<(ClusterView, Option<u64>)> {
+        let mut view = self.clusters.get(cluster)?.clone();
+        view.away_ms = None;
+        Some((view, self.away_since.get(cluster).copied()))
     }
 
     /// Bring `away_ms` up to `now` (it grows while a cluster stays unreachable).
@@ -152,7 +160,7 @@ impl FleetView {
             cpus_pinned: c.pins.cpus.is_some(),
             denied: c.state == ClusterState::Denied,
             ready,
-            // Set by `age`: a view compares equal across passes while nothing happened.
+            // Set by `age` from `away_since`.
             away_ms: (!ready).then_some(0),
             session_open: state.sessions.stable_id(name).is_some(),
         };

@@ -89,19 +89,13 @@ impl World {
         self
     }
     fn decide(&self, now_ms: u64) -> Outcome {
-        decide(&Inputs {
-            now_ms,
-            works: &self.works,
-            clusters: &self.clusters,
-            status: &self.status,
-            rollouts: &self.rollouts,
-            in_flight: &self.in_flight,
-            previous: &self.previous,
-            only: None,
-        })
+        self.decide_among(now_ms, None)
     }
     fn decide_only(&self, now_ms: u64, only: &[&str]) -> Outcome {
         let only: BTreeSet<String> = only.iter().map(|s| s.to_string()).collect();
+        self.decide_among(now_ms, Some(&only))
+    }
+    fn decide_among(&self, now_ms: u64, only: Option<&BTreeSet<String>>) -> Outcome {
         decide(&Inputs {
             now_ms,
             works: &self.works,
@@ -110,7 +104,7 @@ impl World {
             rollouts: &self.rollouts,
             in_flight: &self.in_flight,
             previous: &self.previous,
-            only: Some(&only),
+            only,
         })
     }
     /// Decide, and remember the result as the previous decisions.

@@ -97,11 +97,6 @@ impl Changes {
         self.push(|p| p.resync = true);
     }
 
-    /// Wake the controller without a change (the works channel has its own).
-    pub fn poke(&self) {
-        self.wake.notify_one();
-    }
-
     /// Everything pending, leaving the queue empty.
     pub fn take(&self) -> Pending {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
