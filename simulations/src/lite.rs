@@ -292,6 +292,18 @@ impl LiteFleet {
         })
     }
 
+    /// Whether every agent received generation `g` of `work` and the hub acknowledged every
+    /// status it queued (the hub acknowledges only after committing). Reads agent memory only,
+    /// so a benchmark can wait on it without loading the hub it measures.
+    pub fn all_reported(&self, work: &str, g: u64) -> bool {
+        self.agents.iter().all(|a| {
+            let got = LiteAgent::lock(&a.received)
+                .get(work)
+                .is_some_and(|(gen, _)| *gen >= g);
+            got && a.outbox_depth() == 0
+        })
+    }
+
     pub fn up(&self) -> usize {
         self.stats.up.load(Ordering::Relaxed)
     }

@@ -62,16 +62,25 @@ pub async fn run(state: Arc<HubState>) {
             }
         }
         let took = started.elapsed();
+        let by_change = tokio::select! {
+            r = works.changed() => if r.is_err() { return } else { false },
+            _ = state.changes.wait() => true,
+            _ = tick.tick() => false,
+        };
+        // Under a status storm the wake-ups never stop, and back-to-back passes would take a
+        // whole core from the sessions delivering and acknowledging (during a 10k-cluster
+        // rollout every Applied status re-decides the work over the whole fleet). Passes are
+        // spaced by their own duration, and by `MIN_CHANGE_SPACING` after a fleet change, so
+        // changes that arrive meanwhile are coalesced into the next pass. An operator's apply
+        // cuts the pause short: it is what the fleet waits for.
+        let mut spacing = took.min(MAX_PASS_SPACING);
+        if by_change {
+            spacing = spacing.max(MIN_CHANGE_SPACING);
+        }
         tokio::select! {
             r = works.changed() => if r.is_err() { return },
-            _ = state.changes.wait() => {}
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(spacing) => {}
         }
-        // Under a status storm the wake-ups never stop, and back-to-back passes would take a
-        // whole core from the sessions delivering and acknowledging; spacing passes by their
-        // own duration caps the controller at half a core, at the cost of deciding at most one
-        // pass later. Changes that arrive meanwhile are coalesced into the next pass.
-        tokio::time::sleep(took.min(MAX_PASS_SPACING)).await;
     }
 }
 
@@ -80,6 +89,8 @@ pub async fn run(state: Arc<HubState>) {
 const TICK: Duration = Duration::from_millis(500);
 /// A full re-read of clusters and rows: the safety net under the change events.
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// Lower bound of the spacing after a pass woken by a fleet change (see `run`).
+const MIN_CHANGE_SPACING: Duration = Duration::from_millis(100);
 /// Upper bound of the spacing between decision passes (see `run`).
 const MAX_PASS_SPACING: Duration = Duration::from_secs(1);
 

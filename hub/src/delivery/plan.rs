@@ -199,7 +199,7 @@ mod tests {
                 .targets
                 .matches(cluster, &Labels::new())
             {
-                Want::Hold(e.record.generation, Arc::new(e.packed.clone().unwrap()))
+                Want::Hold(e.record.generation, e.packed.clone().unwrap())
             } else {
                 Want::Absent
             }

@@ -38,8 +38,8 @@ pub enum WorkError {
 #[derive(Debug)]
 pub struct WorkEntry {
     pub record: WorkRecord,
-    /// The bundle without overrides.
-    pub packed: Option<Packed>,
+    /// The bundle without overrides, shared by every cluster with the default assignment.
+    pub packed: Option<Arc<Packed>>,
     /// Rendered bundles by the set of override rules that apply (clusters with the same set
     /// share one). Dropped with the entry when the work changes.
     renders:
@@ -48,6 +48,7 @@ pub struct WorkEntry {
 
 impl WorkEntry {
     pub fn new(record: WorkRecord, packed: Option<Packed>) -> Self {
+        let packed = packed.map(Arc::new);
         Self {
             record,
             packed,
@@ -59,7 +60,7 @@ impl WorkEntry {
     pub fn rendered(&self, a: &crate::works::render::Assignment) -> Result<Arc<Packed>, String> {
         let base = self.packed.as_ref().ok_or("work is deleted")?;
         if a == &crate::works::render::Assignment::default() {
-            return Ok(Arc::new(base.clone()));
+            return Ok(base.clone());
         }
         let mut cache = self.renders.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = cache.get(a) {

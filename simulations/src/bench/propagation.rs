@@ -205,10 +205,14 @@ async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
     let admin = hub.admin()?;
     wait_sessions(&admin, n, connect_limit(n), Duration::from_millis(500)).await?;
     let join_s = started.elapsed().as_secs_f64();
+    // Waiting on the agents' memory: polling `describe work` (10k rows) every 100 ms took
+    // most of a core from the hub it measured.
     admin.apply_work(&work("warm")?).await?;
+    wait_fleet_reported(&fleet, 1).await?;
     wait_all_applied(&admin, n, 1).await?;
     let t0 = tether_hub::util::now_ms();
     let g = admin.apply_work(&work("measured")?).await?.generation;
+    wait_fleet_reported(&fleet, g).await?;
     wait_all_applied(&admin, n, g).await?;
     let t = lite_timings(&hub, &ids, &fleet, g, t0)?;
     let bare = bare_server(&hub.cfg.data_dir)?;
@@ -230,6 +234,19 @@ async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
         hub_applied: pct(t.applied),
         baseline_quic_rtt: baseline,
     })
+}
+
+/// Until every lite agent has generation `g` of the bench work and no unacknowledged status.
+async fn wait_fleet_reported(fleet: &LiteFleet, g: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !fleet.all_reported("bench", g) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "generation {g} not reported by every agent in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// As `real_timings`, with "cluster" the moment the lite agent received the delivery.
