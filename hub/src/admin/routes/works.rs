@@ -117,6 +117,20 @@ pub(super) async fn route(
                 .await
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .map_err(|e| work_error(&e))?;
+            // Answer once the controller has published the pause, so that what the operator
+            // reads next (and what it admits next) already follows it.
+            let deadline = tokio::time::Instant::now() + PAUSE_VISIBLE_WITHIN;
+            while tokio::time::Instant::now() < deadline {
+                let shown = state
+                    .decisions
+                    .snapshot()
+                    .get(*name)
+                    .map(|d| d.rollout.as_ref().is_none_or(|r| r.paused == paused));
+                if shown != Some(false) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             let (kind, verb) = if paused {
                 ("rollout_paused", "paused")
             } else {
@@ -181,3 +195,6 @@ pub(super) async fn route(
         _ => Err(no_route(method, seg)),
     }
 }
+
+/// How long a pause or resume waits for the controller to publish it before answering anyway.
+const PAUSE_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
