@@ -63,7 +63,7 @@ pub async fn run(state: Arc<HubState>) {
         }
         let took = started.elapsed();
         let by_change = tokio::select! {
-            r = works.changed() => if r.is_err() { return } else { false },
+            r = works.changed() => if r.is_err() { return } else { continue },
             _ = state.changes.wait() => true,
             _ = tick.tick() => false,
         };
@@ -72,7 +72,7 @@ pub async fn run(state: Arc<HubState>) {
         // rollout every Applied status re-decides the work over the whole fleet). Passes are
         // spaced by their own duration, and by `MIN_CHANGE_SPACING` after a fleet change, so
         // changes that arrive meanwhile are coalesced into the next pass. An operator's apply
-        // cuts the pause short: it is what the fleet waits for.
+        // is decided at once, and cuts a pause short: it is what the fleet waits for.
         let mut spacing = took.min(MAX_PASS_SPACING);
         if by_change {
             spacing = spacing.max(MIN_CHANGE_SPACING);
