@@ -505,6 +505,25 @@ mod tests {
     const LOG: SeqTable<String> = SeqTable::new("log");
 
     #[test]
+    fn remove_range_is_inclusive_and_stays_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("x.redb")).unwrap();
+        let keys = ["a/01", "a/02", "a/03", "a/04", "ab/01", "b/01"];
+        let (removed, left) = s
+            .write(|tx| {
+                for k in keys {
+                    tx.put(&T, k, &k.to_string())?;
+                }
+                let removed = tx.remove_range(&T, "a/", "a/02")?;
+                let left: Vec<String> = tx.list(&T)?.into_iter().map(|(k, _)| k).collect();
+                Ok::<_, StoreError>((removed, left))
+            })
+            .unwrap();
+        assert_eq!(removed, 2);
+        assert_eq!(left, ["a/03", "a/04", "ab/01", "b/01"]);
+    }
+
+    #[test]
     fn write_read_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.redb");

@@ -181,6 +181,26 @@ impl WriteTx {
         Ok(doomed.len() as u64)
     }
 
+    /// Remove the rows with keys in `from..=through`; returns how many. Reads only what it
+    /// removes, so pruning a per-cluster log by sequence number costs what it prunes, not the
+    /// size of what it keeps.
+    pub fn remove_range<V>(
+        &self,
+        t: &StrTable<V>,
+        from: &str,
+        through: &str,
+    ) -> Result<u64, StoreError> {
+        let mut table = self.txn.open_table(t.def())?;
+        let doomed: Vec<String> = table
+            .range::<&str>(from..=through)?
+            .map(|row| row.map(|(k, _)| k.value().to_string()))
+            .collect::<Result<_, _>>()?;
+        for k in &doomed {
+            table.remove(k.as_str())?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
     /// Drop a whole table (a format that was replaced); returns whether it existed.
     pub fn drop_seq_table<V>(&self, t: &SeqTable<V>) -> Result<bool, StoreError> {
         Ok(self.txn.delete_table(t.def())?)

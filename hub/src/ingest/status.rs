@@ -7,7 +7,8 @@
 //!
 //! Entries about works that are not the cluster's (see `scope`) are dropped but still
 //! acknowledged, so a confused agent does not resend them forever. The per-cluster history
-//! keeps the newest `STATUS_HISTORY_PER_CLUSTER` entries.
+//! keeps the entries of the newest `STATUS_HISTORY_PER_CLUSTER` sequence numbers (fewer rows
+//! when some were duplicates or foreign).
 
 use crate::limits::scope::Scope;
 use tether_protocol::{StatusBatch, WorkPhase};
@@ -102,11 +103,17 @@ pub fn ingest(
     if out.through > cursor {
         tx.put(&STATUS_CURSORS, cluster, &out.through)?;
     }
-    if out.stored > 0 {
-        tx.remove_prefix_except_newest(
+    // Keep the newest STATUS_HISTORY_PER_CLUSTER sequence numbers: a range delete below the
+    // horizon costs what it removes (a few rows a batch), where counting the kept rows cost a
+    // walk over all of them on every batch.
+    let horizon = out
+        .through
+        .saturating_sub(STATUS_HISTORY_PER_CLUSTER as u64);
+    if out.stored > 0 && horizon > 0 {
+        tx.remove_range(
             &STATUS_HISTORY,
             &cluster_prefix(cluster),
-            STATUS_HISTORY_PER_CLUSTER,
+            &status_history_key(cluster, horizon),
         )?;
     }
     Ok(out)
