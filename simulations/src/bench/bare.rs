@@ -15,6 +15,13 @@ pub(super) struct Bare {
 /// A bare quinn mTLS server using the hub's own certificates and transport settings, echoing
 /// one frame per stream.
 pub(super) fn bare_server(data: &tether_hub::config::DataDir) -> anyhow::Result<Bare> {
+    let bare = bare_endpoint(data)?;
+    tokio::spawn(echo(bare.server.clone()));
+    Ok(bare)
+}
+
+/// The server endpoint and a client configuration, with nothing accepting yet.
+fn bare_endpoint(data: &tether_hub::config::DataDir) -> anyhow::Result<Bare> {
     use tether_transport::{certs, quic, tls};
     let ca_pem = std::fs::read_to_string(data.ca_cert())?;
     let chain = certs::certs_from_pem(&std::fs::read_to_string(data.hub_cert())?, "hub cert")?;
@@ -36,7 +43,6 @@ pub(super) fn bare_server(data: &tether_hub::config::DataDir) -> anyhow::Result<
     )?);
     let client_tls = tls::session_client_config(&ca_pem, cert, b"bench")?;
     let client_cfg = quic::client_config(client_tls)?;
-    tokio::spawn(echo(server.clone()));
     Ok(Bare { server, client_cfg })
 }
 
@@ -119,4 +125,112 @@ pub(super) async fn quic_rtt(bare: &Bare, rounds: usize) -> anyhow::Result<Pct> 
         v.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(pct(v))
+}
+
+/// The network floor of one propagation: the two exchanges a delivery costs (the server opens
+/// a stream with a 256-byte update and reads the answer; on receipt the client opens one with
+/// a 256-byte status and reads the answer) to `n` connections at once, bare quinn with the
+/// hub's TLS and transport settings, client and server in this process as in the lite bench.
+/// Milliseconds from the start to each answered update and to each status the server read.
+#[derive(Debug, serde::Serialize)]
+pub struct FanOut {
+    pub connections: usize,
+    pub delivered: Pct,
+    pub reported: Pct,
+}
+
+pub(super) async fn fan_out(
+    data: &tether_hub::config::DataDir,
+    n: usize,
+) -> anyhow::Result<FanOut> {
+    use std::sync::Mutex;
+    use std::time::Duration;
+    let bare = bare_endpoint(data)?;
+    let addr = bare.server.local_addr()?;
+    let t0: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+    let reported: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let (conns_tx, mut conns_rx) = tokio::sync::mpsc::channel::<quinn::Connection>(n.max(1));
+    let acceptor = {
+        let (ep, t0, reported) = (bare.server.clone(), t0.clone(), reported.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let (conns_tx, t0, reported) = (conns_tx.clone(), t0.clone(), reported.clone());
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    if conns_tx.send(conn.clone()).await.is_err() {
+                        return;
+                    }
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        if let Ok(buf) = recv.read_to_end(64 * 1024).await {
+                            if let Some(t0) = t0.get() {
+                                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                                reported.lock().unwrap_or_else(|p| p.into_inner()).push(ms);
+                            }
+                            let _ = send.write_all(&buf[..buf.len().min(16)]).await;
+                            let _ = send.finish();
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let (_eps, clients) = bare_swarm(&bare.client_cfg, addr, n, 64).await?;
+    let mut agents = tokio::task::JoinSet::new();
+    for conn in clients {
+        agents.spawn(async move {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let update = recv.read_to_end(64 * 1024).await?;
+            send.write_all(&update[..update.len().min(16)]).await?;
+            send.finish()?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&[9u8; 256]).await?;
+            send.finish()?;
+            recv.read_to_end(64 * 1024).await?;
+            // Held until the end so that no close races the other exchanges.
+            Ok::<_, anyhow::Error>(conn)
+        });
+    }
+    let mut servers = Vec::with_capacity(n);
+    while servers.len() < n {
+        servers.push(conns_rx.recv().await.context("the bare acceptor stopped")?);
+    }
+    let start = Instant::now();
+    let _ = t0.set(start);
+    let mut updates = tokio::task::JoinSet::new();
+    for conn in servers {
+        updates.spawn(async move {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&[7u8; 256]).await?;
+            send.finish()?;
+            recv.read_to_end(64 * 1024).await?;
+            Ok::<_, anyhow::Error>((start.elapsed().as_secs_f64() * 1000.0, conn))
+        });
+    }
+    let mut delivered = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
+    while let Some(r) = updates.join_next().await {
+        let (ms, conn) = r??;
+        delivered.push(ms);
+        held.push(conn);
+    }
+    let mut clients_held = Vec::with_capacity(n);
+    let deadline = Duration::from_secs(120);
+    while let Some(r) = tokio::time::timeout(deadline, agents.join_next())
+        .await
+        .context("bare fan-out: clients did not finish in 120 s")?
+    {
+        clients_held.push(r??);
+    }
+    acceptor.abort();
+    let reported = std::mem::take(&mut *reported.lock().unwrap_or_else(|p| p.into_inner()));
+    anyhow::ensure!(
+        reported.len() == n,
+        "bare fan-out: {} of {n} statuses read",
+        reported.len()
+    );
+    Ok(FanOut {
+        connections: n,
+        delivered: pct(delivered),
+        reported: pct(reported),
+    })
 }

@@ -11,7 +11,7 @@
 //! (`observed_at_ms`, when the apply finished) and the hub's status log (`received_at_ms`,
 //! when the Applied status was committed) give millisecond timestamps without polling.
 
-use super::bare::{bare_server, quic_rtt};
+use super::bare::{bare_server, fan_out, quic_rtt, FanOut};
 use super::harness::{
     bench_hub_config, connect_limit, init_hub_dir, pct, provision_lite, save, spawn_agent,
     wait_all_applied, wait_ready, wait_sessions, work, Pct, LITE_CONNECTS_PER_S,
@@ -37,6 +37,9 @@ pub struct Propagation {
     pub hub_applied: Pct,
     /// Baseline: raw QUIC request/response round trip.
     pub baseline_quic_rtt: Pct,
+    /// Baseline for protocol-level agents: the same two exchanges to as many bare quinn
+    /// connections at once (`bare::fan_out`).
+    pub baseline_fan_out: Option<FanOut>,
 }
 
 pub(super) async fn run(args: &BenchArgs, r: &mut Results) -> anyhow::Result<()> {
@@ -61,6 +64,14 @@ pub(super) async fn run_lite(args: &BenchArgs, r: &mut Results) -> anyhow::Resul
             p.delivered.p50_ms, p.delivered.p99_ms, p.cluster_applied.p50_ms, p.cluster_applied.p99_ms,
             p.hub_applied.p50_ms, p.hub_applied.p99_ms, p.baseline_quic_rtt.p50_ms, p.baseline_quic_rtt.p99_ms
         );
+        if let Some(f) = &p.baseline_fan_out {
+            println!(
+                "  bare quinn fan-out, the same two exchanges to {n} connections at once: delivered p50 {:.0} ms p99 {:.0} ms, statuses read p50 {:.0} ms p99 {:.0} ms; hub / floor at p99: delivered {:.1}x, Applied {:.1}x",
+                f.delivered.p50_ms, f.delivered.p99_ms, f.reported.p50_ms, f.reported.p99_ms,
+                p.delivered.p99_ms / f.delivered.p99_ms.max(0.001),
+                p.hub_applied.p99_ms / f.reported.p99_ms.max(0.001)
+            );
+        }
         r.lite_propagation.push(p);
         save(&args.out, r)?;
     }
@@ -113,6 +124,7 @@ async fn propagation(n: usize) -> anyhow::Result<Propagation> {
         cluster_applied: pct(t.cluster),
         hub_applied: pct(t.applied),
         baseline_quic_rtt: baseline,
+        baseline_fan_out: None,
     })
 }
 
@@ -219,6 +231,9 @@ async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
     let baseline = quic_rtt(&bare, 500).await?;
     fleet.stop().await;
     hub.stop().await;
+    // After the hub and the fleet are gone, so that the floor has the machine to itself as
+    // the propagation had.
+    let floor = fan_out(&hub.cfg.data_dir, n).await?;
     anyhow::ensure!(
         t.delivered.len() == n && t.cluster.len() == n && t.applied.len() == n,
         "incomplete: delivered {} received {} applied {} of {n}",
@@ -233,6 +248,7 @@ async fn lite_propagation(n: usize) -> anyhow::Result<Propagation> {
         cluster_applied: pct(t.cluster),
         hub_applied: pct(t.applied),
         baseline_quic_rtt: baseline,
+        baseline_fan_out: Some(floor),
     })
 }
 
