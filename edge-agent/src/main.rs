@@ -239,6 +239,14 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             opts.reconcile_interval = reconcile_interval;
             if joined {
                 opts.hubs_override = join.hubs.clone();
+                if !join.labels.is_empty() {
+                    // Labels are the hub's record once a cluster is approved; an agent that
+                    // could relabel itself could draw works meant for other clusters.
+                    tracing::warn!(
+                        "--label is used only when joining and is ignored for a joined cluster; \
+                         change its labels on the hub: tetherctl clusters label NAME key=value key-"
+                    );
+                }
             }
             tether_agent::run(&opts, executor, shutdown).await
         }

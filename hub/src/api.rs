@@ -135,6 +135,27 @@ pub struct PinFactsRequest {
     pub unpin: Vec<String>,
 }
 
+/// `POST /v1/clusters/{name}/labels`: change a cluster's labels after its join. `set` adds or
+/// replaces, `remove` drops keys (absent keys are not an error, as with `kubectl label k-`).
+/// The same key in both is refused as ambiguous.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsRequest {
+    #[serde(default)]
+    pub set: Labels,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionView {
+    /// The hub binary's version.
+    pub version: String,
+    /// The agent protocol version it speaks (`tether_protocol::PROTOCOL_VERSION`).
+    pub protocol_version: u16,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionResult {
     pub cluster: String,
@@ -190,6 +211,10 @@ pub struct ApplyResult {
     pub name: String,
     pub generation: u64,
     pub outcome: ApplyOutcome,
+    /// Things the operator probably did not mean, e.g. a cluster named in the targets that is
+    /// not registered (the work waits for it). The apply itself succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -125,6 +125,10 @@ impl AdminClient {
         serde_json::from_slice(&bytes).context("decoding the admin API response")
     }
 
+    pub async fn version(&self) -> anyhow::Result<crate::api::VersionView> {
+        self.get("/v1/version").await
+    }
+
     pub async fn clusters(&self) -> anyhow::Result<Vec<ClusterView>> {
         self.get("/v1/clusters").await
     }
@@ -160,6 +164,18 @@ impl AdminClient {
     ) -> anyhow::Result<ClusterView> {
         self.post(
             &format!("/v1/clusters/{name}/facts"),
+            serde_json::to_value(req)?,
+        )
+        .await
+    }
+
+    pub async fn set_labels(
+        &self,
+        name: &str,
+        req: &crate::api::LabelsRequest,
+    ) -> anyhow::Result<ClusterView> {
+        self.post(
+            &format!("/v1/clusters/{name}/labels"),
             serde_json::to_value(req)?,
         )
         .await

@@ -835,6 +835,57 @@ impl Registry {
         })
     }
 
+    /// Change a registered cluster's labels (the admin's word; reserved `tether.dev/` keys
+    /// included). The result must still be a valid label set.
+    pub fn set_labels(
+        &self,
+        name: &str,
+        req: &crate::api::LabelsRequest,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<ClusterRecord, RegistryError> {
+        if let Some(k) = req.remove.iter().find(|k| req.set.contains_key(*k)) {
+            return Err(RegistryError::BadRequest(format!(
+                "label {k:?} is both set and removed"
+            )));
+        }
+        self.store.write(|tx| {
+            let mut rec = tx
+                .get(&CLUSTERS, name)?
+                .ok_or_else(|| RegistryError::NotFound(format!("cluster {name:?}")))?;
+            let mut labels = rec.labels.clone();
+            let mut changes = Vec::new();
+            for k in &req.remove {
+                if let Some(old) = labels.remove(k) {
+                    changes.push(format!("-{k} (was {old:?})"));
+                }
+            }
+            for (k, v) in &req.set {
+                match labels.insert(k.clone(), v.clone()) {
+                    Some(old) if &old == v => {}
+                    Some(old) => changes.push(format!("{k}={v} (was {old:?})")),
+                    None => changes.push(format!("+{k}={v}")),
+                }
+            }
+            tether_protocol::names::validate_labels(&labels)
+                .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+            if changes.is_empty() {
+                return Ok(rec);
+            }
+            rec.labels = labels;
+            tx.put(&CLUSTERS, name, &rec)?;
+            audit(
+                tx,
+                now_ms,
+                "labels_changed",
+                Some(name),
+                actor,
+                changes.join(", "),
+            )?;
+            Ok(rec)
+        })
+    }
+
     /// Remove a cluster (and any join request for its name), revoking its certificates. The
     /// name becomes free for a new join.
     pub fn detach(

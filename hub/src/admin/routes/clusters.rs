@@ -1,4 +1,4 @@
-//! Routes for clusters: list, get, approve, deny, detach, pin facts, status log.
+//! Routes for clusters: list, get, approve, deny, detach, pin facts, labels, status log.
 
 use crate::admin::server::bytes_body::Body;
 use crate::admin::server::*;
@@ -105,6 +105,17 @@ pub(super) async fn route(
             .await?;
             state.changes.cluster(name);
             tracing::info!(cluster = %name, pins = %crate::fleet::facts::describe_pins(&rec.pins), "facts pinned by admin");
+            Ok(json(StatusCode::OK, &cluster_view(state, rec)))
+        }
+        (&Method::POST, ["v1", "clusters", name, "labels"]) => {
+            let body: LabelsRequest = read_json(req).await?;
+            let n = name.to_string();
+            let rec = in_blocking(state, move |s| {
+                s.registry.set_labels(&n, &body, "admin", now_ms())
+            })
+            .await?;
+            state.changes.cluster(name);
+            tracing::info!(cluster = %name, labels = ?rec.labels, "labels changed by admin");
             Ok(json(StatusCode::OK, &cluster_view(state, rec)))
         }
         (&Method::GET, ["v1", "clusters", name, "status-log"]) => {

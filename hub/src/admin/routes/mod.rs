@@ -28,6 +28,13 @@ pub(super) async fn route(
         ["v1", "audit", ..] => audit::route(state, method, seg, req).await,
         ["v1", "works", ..] => works::route(state, method, seg, req).await,
         ["v1", "backup"] => backup::route(state, method, seg, req).await,
+        ["v1", "version"] if method == Method::GET => Ok(crate::admin::server::json(
+            hyper::StatusCode::OK,
+            &crate::api::VersionView {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol_version: tether_protocol::PROTOCOL_VERSION,
+            },
+        )),
         _ => Err(no_route(method, seg)),
     }
 }

@@ -21,11 +21,19 @@ pub(super) async fn route(
             let name = doc.metadata.name.clone();
             let st = state.clone();
             let applied = tokio::task::spawn_blocking(move || {
-                crate::works::apply(&st.store, &st.works, doc, st.cfg.limits.max_frame, "admin")
+                let named = named_clusters(&doc);
+                let applied = crate::works::apply(
+                    &st.store,
+                    &st.works,
+                    doc,
+                    st.cfg.limits.max_frame,
+                    "admin",
+                )?;
+                Ok::<_, crate::works::WorkError>((applied, unknown_clusters(&st, named)))
             })
             .await
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let (outcome, generation) = applied.map_err(|e| work_error(&e))?;
+            let ((outcome, generation), warnings) = applied.map_err(|e| work_error(&e))?;
             let status = if outcome == crate::works::ApplyOutcome::Created {
                 StatusCode::CREATED
             } else {
@@ -37,6 +45,7 @@ pub(super) async fn route(
                     name,
                     generation,
                     outcome,
+                    warnings,
                 },
             ))
         }
@@ -198,3 +207,39 @@ pub(super) async fn route(
 
 /// How long a pause or resume waits for the controller to publish it before answering anyway.
 const PAUSE_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every cluster a work names explicitly, in its targets or its placement.
+fn named_clusters(doc: &tether_protocol::work::WorkDocument) -> Vec<String> {
+    let mut names = doc.spec.targets.clusters.clone();
+    if let Some(p) = &doc.spec.placement {
+        names.extend(p.clusters.iter().cloned());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A warning per named cluster that is not registered: a typo would otherwise look like a
+/// rollout that never starts. A store error only loses the warnings, never the apply.
+fn unknown_clusters(state: &HubState, named: Vec<String>) -> Vec<String> {
+    let known = state.store.read(|tx| {
+        named
+            .iter()
+            .map(|n| Ok(tx.get(&tether_store::hub::CLUSTERS, n)?.is_some()))
+            .collect::<Result<Vec<bool>, tether_store::StoreError>>()
+    });
+    match known {
+        Ok(known) => named
+            .into_iter()
+            .zip(known)
+            .filter(|(_, k)| !k)
+            .map(|(n, _)| {
+                format!("cluster {n:?} is not registered; the work reaches it once it joins")
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the clusters a work names");
+            Vec::new()
+        }
+    }
+}

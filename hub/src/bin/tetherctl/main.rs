@@ -7,18 +7,20 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod clusters;
+mod out;
+
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
+use clusters::{parse_selector, Selector, SortBy};
+use out::{ago, out, outln, print, Output};
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_hub::api::{
-    ApplyOutcome, AuditFilter, ClusterView, CreateTokenRequest, JoinRequestView, RolloutPhase,
-};
+use tether_hub::api::{ApplyOutcome, AuditFilter, CreateTokenRequest, RolloutPhase};
 use tether_hub::config::CtlConfig;
 use tether_hub::util::{now_ms, parse_duration, rfc3339};
 use tether_hub::AdminClient;
 use tether_protocol::names::parse_label;
-use tether_protocol::Labels;
 
 #[derive(Parser)]
 #[command(
@@ -30,18 +32,16 @@ struct Cli {
     /// tetherctl.yaml written by `tether-hub init` (admin API address, CA and admin credential).
     #[arg(long, env = "TETHER_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Output format.
+    /// Admin API address (host:port) to use instead of the one in the config, e.g. another
+    /// hub replica or a forwarded port. The hub's certificate is still checked against the
+    /// CA and server name in the config.
+    #[arg(long, env = "TETHER_SERVER", global = true)]
+    server: Option<String>,
+    /// Output format (`wide`: tables with more columns).
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-    Yaml,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +119,14 @@ enum Cmd {
     /// Progressive rollouts: status, pause, resume, undo.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Print tetherctl's version, and the hub's when a config is given.
+    Version,
+    /// Print a shell completion script, e.g. `tetherctl completion bash >
+    /// /etc/bash_completion.d/tetherctl` or `source <(tetherctl completion zsh)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,8 +214,36 @@ enum TokenCmd {
 
 #[derive(Subcommand)]
 enum ClustersCmd {
-    /// List registered clusters with their health.
-    List,
+    /// List registered clusters with their health (`-o wide` adds OS, CPUs, memory,
+    /// Kubernetes version and join time).
+    List {
+        /// Only clusters matching all of these, e.g. `-l region=eu,tier!=test,gpu,!canary`.
+        /// Facts count as their placement labels (`tether.dev/arch=arm64`).
+        #[arg(short = 'l', long, value_parser = parse_selector, default_value = "")]
+        selector: Selector,
+        /// Order of the rows.
+        #[arg(long, value_enum, default_value_t = SortBy::Name)]
+        sort_by: SortBy,
+        /// After the list, print a row for every cluster that appears, changes state, labels
+        /// or facts, or goes away, until interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// How often --watch asks the hub.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        watch_interval: Duration,
+    },
+    /// Change a cluster's labels: `key=value` sets, `key-` removes (audited as
+    /// labels_changed). Works whose placement the change affects are re-decided at once.
+    /// Labels given to an agent with --label count only at its join.
+    Label {
+        name: String,
+        /// key=value or key-, one or more.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// Allow changing the value of a label that is already set.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Show one cluster.
     Get { name: String },
     /// List join requests waiting for a decision.
@@ -259,111 +295,6 @@ fn parse_time(s: &str) -> Result<u64, String> {
     Ok(now_ms().saturating_sub(age.as_millis() as u64))
 }
 
-fn print<T: serde::Serialize>(
-    output: Output,
-    value: &T,
-    table: impl FnOnce(),
-) -> anyhow::Result<()> {
-    match output {
-        Output::Table => table(),
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
-    }
-    Ok(())
-}
-
-fn ago(ms: Option<u64>) -> String {
-    match ms {
-        None => "never".into(),
-        Some(t) => {
-            let secs = now_ms().saturating_sub(t) / 1000;
-            match secs {
-                0..=119 => format!("{secs}s ago"),
-                120..=7199 => format!("{}m ago", secs / 60),
-                _ => format!("{}h ago", secs / 3600),
-            }
-        }
-    }
-}
-
-fn labels_str(l: &Labels) -> String {
-    if l.is_empty() {
-        return "-".into();
-    }
-    l.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn pins_str(c: &ClusterView) -> String {
-    let p = &c.pins;
-    let mut parts = Vec::new();
-    let mut show = |name: &str, pinned: Option<String>, reported: String| {
-        if let Some(v) = pinned {
-            if v == reported {
-                parts.push(format!("{name}={v}"));
-            } else {
-                parts.push(format!("{name}={v} (agent reports {reported:?})"));
-            }
-        }
-    };
-    show("arch", p.arch.clone(), c.facts.arch.clone());
-    show("os", p.os.clone(), c.facts.os.clone());
-    show(
-        "cpus",
-        p.cpus.map(|n| n.to_string()),
-        c.facts.cpus.to_string(),
-    );
-    show(
-        "kubernetes_version",
-        p.kubernetes_version.clone(),
-        c.facts.kubernetes_version.clone().unwrap_or_default(),
-    );
-    if parts.is_empty() {
-        "nothing (placement follows the agent's reports)".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
-fn clusters_table(rows: &[ClusterView]) {
-    println!(
-        "{:<24} {:<8} {:<10} {:<8} {:<10} {:<22} LABELS",
-        "NAME", "STATE", "LAST SEEN", "ARCH", "AGENT", "CERT EXPIRES"
-    );
-    for c in rows {
-        println!(
-            "{:<24} {:<8} {:<10} {:<8} {:<10} {:<22} {}",
-            c.name,
-            c.state.as_str(),
-            ago(c.last_seen_ms),
-            c.facts.arch,
-            c.facts.agent_version,
-            rfc3339(c.cert_not_after_ms),
-            labels_str(&c.labels)
-        );
-    }
-}
-
-fn pending_table(rows: &[JoinRequestView]) {
-    println!(
-        "{:<24} {:<14} {:<8} {:<22} {:<22} LABELS",
-        "NAME", "TOKEN", "ARCH", "FROM", "REQUESTED"
-    );
-    for r in rows {
-        println!(
-            "{:<24} {:<14} {:<8} {:<22} {:<22} {}",
-            r.name,
-            r.token_id,
-            r.facts.arch,
-            r.peer_addr,
-            rfc3339(r.created_at_ms),
-            labels_str(&r.labels)
-        );
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
@@ -392,6 +323,12 @@ fn apply_documents(
     Ok(tether_hub::build_works(&inputs, &opts)?)
 }
 
+fn completion(shell: clap_complete::Shell) {
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tetherctl", &mut buf);
+    out!("{}", String::from_utf8_lossy(&buf));
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // A dry run must work without a hub or a config (e.g. in CI, to review what a chart
     // renders into), so it is handled before the config is required.
@@ -405,14 +342,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         let docs = apply_documents(files, name.clone(), clusters.clone(), selector.clone())?;
         for doc in &docs {
-            print!("---\n{}", serde_yaml_ng::to_string(doc)?);
+            out!("---\n{}", serde_yaml_ng::to_string(doc)?);
         }
+        return Ok(());
+    }
+    if let Cmd::Completion { shell } = &cli.cmd {
+        completion(*shell);
+        return Ok(());
+    }
+    if let (Cmd::Version, None) = (&cli.cmd, &cli.config) {
+        outln!("tetherctl {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
     let Some(path) = cli.config.clone() else {
         bail!("no tetherctl config: pass --config DATA_DIR/tetherctl.yaml or set TETHER_CONFIG (it is written by `tether-hub init`)");
     };
-    let cfg = CtlConfig::load(&path)?;
+    let mut cfg = CtlConfig::load(&path)?;
+    if let Some(server) = &cli.server {
+        cfg.admin_address = server.clone();
+    }
     let client = AdminClient::new(&cfg).with_context(|| format!("using {}", path.display()))?;
     let out = cli.output;
     match cli.cmd {
@@ -433,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             print(out, &created, || {
-                println!("{}", created.token);
+                outln!("{}", created.token);
                 eprintln!(
                     "token {} valid until {} for {uses} join(s){}. It is shown only once.",
                     created.id,
@@ -445,9 +393,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Token(TokenCmd::List) => {
             let rows = client.tokens().await?;
             print(out, &rows, || {
-                println!(
+                outln!(
                     "{:<14} {:<22} {:<6} {:<6} {:<12} {:<9} ALLOWED LABELS",
-                    "ID", "EXPIRES", "USED", "USES", "AUTO-APPROVE", "STATE"
+                    "ID",
+                    "EXPIRES",
+                    "USED",
+                    "USES",
+                    "AUTO-APPROVE",
+                    "STATE"
                 );
                 let now = now_ms();
                 for t in &rows {
@@ -460,7 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         "usable"
                     };
-                    println!(
+                    outln!(
                         "{:<14} {:<22} {:<6} {:<6} {:<12} {:<9} {}",
                         t.id,
                         rfc3339(t.expires_at_ms),
@@ -480,22 +433,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Token(TokenCmd::Revoke { id }) => {
             let t = client.revoke_token(&id).await?;
             print(out, &t, || {
-                println!(
+                outln!(
                     "token {} revoked ({} of {} uses spent); clusters that joined with it are unaffected",
                     t.id, t.used, t.max_uses
                 )
             })?;
         }
-        Cmd::Clusters(ClustersCmd::List) => {
-            let rows = client.clusters().await?;
-            print(out, &rows, || clusters_table(&rows))?;
+        Cmd::Clusters(ClustersCmd::List {
+            selector,
+            sort_by,
+            watch,
+            watch_interval,
+        }) => {
+            if watch {
+                clusters::watch(
+                    &client,
+                    &selector,
+                    out,
+                    watch_interval.max(Duration::from_millis(200)),
+                )
+                .await?;
+            }
+            let mut rows: Vec<_> = client
+                .clusters()
+                .await?
+                .into_iter()
+                .filter(|c| selector.matches(c))
+                .collect();
+            clusters::sort(&mut rows, sort_by);
+            print(out, &rows, || clusters::table(&rows, out))?;
+        }
+        Cmd::Clusters(ClustersCmd::Label {
+            name,
+            changes,
+            overwrite,
+        }) => {
+            let req = clusters::parse_label_changes(&changes)?;
+            if !overwrite {
+                clusters::check_overwrite(&client.cluster(&name).await?.labels, &req, overwrite)?;
+            }
+            let c = client.set_labels(&name, &req).await?;
+            print(out, &c, || {
+                outln!(
+                    "cluster {name} labeled: {}",
+                    clusters::labels_str(&c.labels)
+                )
+            })?;
         }
         Cmd::Clusters(ClustersCmd::Get { name }) => {
             let c = client.cluster(&name).await?;
             print(out, &c, || {
-                clusters_table(std::slice::from_ref(&c));
-                println!();
-                println!(
+                clusters::table(std::slice::from_ref(&c), out);
+                outln!();
+                outln!(
                     "facts: os={} cpus={} memory={}MiB hostname={} kubernetes={}",
                     c.facts.os,
                     c.facts.cpus,
@@ -503,12 +493,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.facts.hostname,
                     c.facts.kubernetes_version.as_deref().unwrap_or("-")
                 );
-                println!("pinned: {}", pins_str(&c));
-                println!("certificate serial: {}", c.cert_serial);
+                outln!("pinned: {}", clusters::pins_str(&c));
+                outln!("certificate serial: {}", c.cert_serial);
                 for cond in &c.conditions {
-                    println!(
+                    outln!(
                         "condition {}={} ({}): {}",
-                        cond.kind, cond.status, cond.reason, cond.message
+                        cond.kind,
+                        cond.status,
+                        cond.reason,
+                        cond.message
                     );
                 }
             })?;
@@ -522,16 +515,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             print(out, &rows, || {
                 if rows.is_empty() {
-                    println!("No pending join requests.");
+                    outln!("No pending join requests.");
                 } else {
-                    pending_table(&rows);
+                    clusters::pending_table(&rows);
                 }
             })?;
         }
         Cmd::Clusters(ClustersCmd::Approve { name }) => {
             let r = client.approve(&name).await?;
             print(out, &r, || {
-                println!(
+                outln!(
                     "cluster {name} approved; its agent receives its certificate on its next poll"
                 )
             })?;
@@ -539,7 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Clusters(ClustersCmd::Deny { name, reason }) => {
             let r = client.deny(&name, &reason).await?;
             print(out, &r, || {
-                println!(
+                outln!(
                     "cluster {name} denied{}",
                     if r.session_closed {
                         "; live session closed"
@@ -571,13 +564,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let c = client.pin_facts(&name, &req).await?;
             print(out, &c, || {
-                println!("cluster {name}: pinned {}", pins_str(&c))
+                outln!("cluster {name}: pinned {}", clusters::pins_str(&c))
             })?;
         }
         Cmd::Clusters(ClustersCmd::Detach { name }) => {
             let r = client.detach(&name).await?;
             print(out, &r, || {
-                println!(
+                outln!(
                     "cluster {name} detached{}",
                     if r.session_closed {
                         "; live session closed"
@@ -599,6 +592,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for doc in &docs {
                 results.push(client.apply_work(doc).await?);
             }
+            for r in &results {
+                for w in &r.warnings {
+                    eprintln!("warning: work/{}: {w}", r.name);
+                }
+            }
             print(out, &results, || {
                 for r in &results {
                     let verb = match r.outcome {
@@ -606,19 +604,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ApplyOutcome::Updated => "updated",
                         ApplyOutcome::Unchanged => "unchanged",
                     };
-                    println!("work/{} {verb} (generation {})", r.name, r.generation);
+                    outln!("work/{} {verb} (generation {})", r.name, r.generation);
                 }
             })?;
         }
         Cmd::Get(GetCmd::Works) => {
             let rows = client.works().await?;
             print(out, &rows, || {
-                println!(
+                outln!(
                     "{:<24} {:>4} {:>8} {:>9} {:>7} {:>9} {:>6}  UPDATED",
-                    "NAME", "GEN", "TARGETED", "DELIVERED", "APPLIED", "AVAILABLE", "FAILED"
+                    "NAME",
+                    "GEN",
+                    "TARGETED",
+                    "DELIVERED",
+                    "APPLIED",
+                    "AVAILABLE",
+                    "FAILED"
                 );
                 for w in &rows {
-                    println!(
+                    outln!(
                         "{:<24} {:>4} {:>8} {:>9} {:>7} {:>9} {:>6}  {}{}",
                         w.name,
                         w.generation,
@@ -640,11 +644,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let manifests = client.rendered(&name, &cluster).await?;
             match out {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&manifests)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&manifests)?),
                 _ => {
                     for m in &manifests {
-                        println!("---");
-                        print!("{}", serde_yaml_ng::to_string(m)?);
+                        outln!("---");
+                        out!("{}", serde_yaml_ng::to_string(m)?);
                     }
                 }
             }
@@ -652,9 +656,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Get(GetCmd::Placement { work }) => {
             let rows = client.placement(&work).await?;
             print(out, &rows, || {
-                println!("{:<24} {:<9} REASON", "CLUSTER", "SELECTED");
+                outln!("{:<24} {:<9} REASON", "CLUSTER", "SELECTED");
                 for c in &rows {
-                    println!(
+                    outln!(
                         "{:<24} {:<9} {}",
                         c.cluster,
                         if c.selected { "yes" } else { "no" },
@@ -668,7 +672,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(out, &r, || {
                 let width = 30usize;
                 let filled = (r.done * width).checked_div(r.total).unwrap_or(width);
-                println!(
+                outln!(
                     "work/{work} generation {}: [{}{}] {}/{} done, {} updating, {} failed, {} offline pending, {} admitted  {}",
                     r.generation,
                     "#".repeat(filled),
@@ -699,18 +703,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Cmd::Rollout(RolloutCmd::Pause { work }) => {
             client.rollout_action(&work, "pause", None).await?;
-            println!("rollout of work/{work} paused");
+            outln!("rollout of work/{work} paused");
         }
         Cmd::Rollout(RolloutCmd::Resume { work }) => {
             client.rollout_action(&work, "resume", None).await?;
-            println!("rollout of work/{work} resumed");
+            outln!("rollout of work/{work} resumed");
         }
         Cmd::Rollout(RolloutCmd::Undo {
             work,
             to_generation,
         }) => {
             let r = client.rollout_action(&work, "undo", to_generation).await?;
-            println!(
+            outln!(
                 "work/{work} rolled back: generation {} restores the earlier spec on every selected cluster",
                 r["generation"]
             );
@@ -719,7 +723,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let d = client.work(&name).await?;
             print(out, &d, || {
                 let s = &d.summary;
-                println!(
+                outln!(
                     "work {} generation {}{}: {} targeted, {} delivered, {} applied, {} available, {} failed",
                     s.name,
                     s.generation,
@@ -730,10 +734,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.available,
                     s.failed
                 );
-                println!();
-                println!(
+                outln!();
+                outln!(
                     "{:<24} {:<8} {:>9} {:>7} {:<10} {:<10} CONDITIONS / LAST ERROR",
-                    "CLUSTER", "TARGETED", "DELIVERED", "APPLIED", "PHASE", "OBSERVED"
+                    "CLUSTER",
+                    "TARGETED",
+                    "DELIVERED",
+                    "APPLIED",
+                    "PHASE",
+                    "OBSERVED"
                 );
                 let g = |g: Option<u64>| g.map_or("-".to_string(), |g| g.to_string());
                 for c in &d.clusters {
@@ -747,7 +756,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         format!("{} {}", conds.join(","), c.message)
                     };
-                    println!(
+                    outln!(
                         "{:<24} {:<8} {:>9} {:>7} {:<10} {:<10} {}",
                         c.cluster,
                         if c.targeted { "yes" } else { "removing" },
@@ -763,7 +772,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Delete(DeleteCmd::Work { name, orphan }) => {
             let r = client.delete_work(&name, orphan).await?;
             print(out, &r, || {
-                println!(
+                outln!(
                     "work/{name} deleted; clusters {} as they are reached",
                     if orphan {
                         "stop managing its objects (left in place)"
@@ -773,6 +782,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
         }
+        Cmd::Version => {
+            let v = client.version().await?;
+            let both = serde_json::json!({"tetherctl": env!("CARGO_PKG_VERSION"), "hub": v});
+            print(out, &both, || {
+                outln!("tetherctl {}", env!("CARGO_PKG_VERSION"));
+                outln!(
+                    "hub {} (wire protocol {}) at {}",
+                    v.version,
+                    v.protocol_version,
+                    cfg.admin_address
+                );
+            })?;
+        }
+        Cmd::Completion { shell } => completion(shell),
         Cmd::Audit {
             limit,
             kind,
@@ -799,7 +822,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             print(out, &rows, || {
                 for e in &rows {
-                    println!(
+                    outln!(
                         "{:>6} {} {:<20} {:<16} {:<20} {}",
                         e.seq,
                         rfc3339(e.at_ms),

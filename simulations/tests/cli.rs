@@ -1,0 +1,295 @@
+//! `tetherctl` as an operator runs it: the real binary against a real hub and agents on
+//! loopback. Labels after join, selectors and watch, the server override, version,
+//! completions, warnings on apply, and a closed stdout.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use tether_sim::fleet::{all_in_state, wait_for, LocalAgent, LocalHub};
+
+struct Ctl {
+    bin: PathBuf,
+    config: PathBuf,
+}
+
+impl Ctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("TETHER_SERVER").env_remove("TETHER_CONFIG");
+        c
+    }
+
+    /// Run off the runtime (the binary talks to a hub served by this test's runtime).
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.command(args);
+        tokio::task::spawn_blocking(move || c.output().expect("running tetherctl"))
+            .await
+            .unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "tetherctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn listed(json: &str) -> Vec<String> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(json).expect(json);
+    rows.iter()
+        .map(|r| r["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn setup(d: &Path) -> (LocalHub, Ctl, Vec<LocalAgent>) {
+    let bin = built_binary("tether-hub", "tetherctl");
+    let hub = hub(d).await;
+    let config = d.join("tetherctl.yaml");
+    std::fs::write(&config, hub.ctl_config().unwrap().to_yaml()).unwrap();
+    let token = hub.token(2, true, Default::default()).await.unwrap();
+    let agents = vec![agent(&hub, d, "a", &token), agent(&hub, d, "b", &token)];
+    let admin = hub.admin().unwrap();
+    wait_for(
+        &admin,
+        WAIT,
+        "a, b Ready",
+        all_in_state(&names(&["a", "b"]), "Ready"),
+    )
+    .await
+    .unwrap();
+    (hub, Ctl { bin, config }, agents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_change_after_join_and_move_placement() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub, ctl, agents) = setup(d).await;
+    let admin = hub.admin().unwrap();
+
+    // A work for region=eu: nobody has the label yet.
+    let mut sel = tether_protocol::work::LabelSelector::default();
+    sel.match_labels.insert("region".into(), "eu".into());
+    let targets = tether_protocol::work::Targets {
+        clusters: vec![],
+        selector: Some(sel),
+    };
+    admin
+        .apply_work(&config_work("eu-app", targets, &["x"], "v1"))
+        .await
+        .unwrap();
+
+    let out = ctl
+        .ok(&["clusters", "label", "a", "region=eu", "tier=edge"])
+        .await;
+    assert!(out.contains("region=eu"), "{out}");
+    let detail = wait_applied(&admin, "eu-app", 1, 1).await;
+    assert_eq!(detail.clusters[0].cluster, "a");
+
+    // Changing a set value needs --overwrite, as with kubectl label.
+    let refused = ctl.run(&["clusters", "label", "a", "region=us"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--overwrite"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    ctl.ok(&[
+        "clusters",
+        "label",
+        "a",
+        "region=us",
+        "--overwrite",
+        "tier-",
+    ])
+    .await;
+    let start = std::time::Instant::now();
+    loop {
+        let d = admin.work("eu-app").await.unwrap();
+        if d.clusters.iter().all(|c| !c.targeted) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "a still targeted: {d:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let a = admin.cluster("a").await.unwrap();
+    assert_eq!(a.labels.get("region").map(String::as_str), Some("us"));
+    assert!(!a.labels.contains_key("tier"));
+
+    // Bad input is refused with a message, by the CLI and by the hub.
+    let bad = ctl.run(&["clusters", "label", "a", "bad key=x"]).await;
+    assert!(!bad.status.success());
+    let missing = ctl.run(&["clusters", "label", "nope", "x=y"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    // Audited as itself, naming what changed.
+    let audit = ctl
+        .ok(&["audit", "--kind", "labels_changed", "-o", "json"])
+        .await;
+    let events: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+    let details: Vec<&str> = events
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(events.len(), 2, "{details:?}");
+    assert!(details[0].contains("+region=eu"), "{details:?}");
+    assert!(
+        details[1].contains("region=us (was \"eu\")") && details[1].contains("-tier"),
+        "{details:?}"
+    );
+
+    // Selectors over labels and facts.
+    let eq = ctl
+        .ok(&["clusters", "list", "-l", "region=us", "-o", "json"])
+        .await;
+    assert_eq!(listed(&eq), vec!["a"]);
+    let lacks = ctl
+        .ok(&["clusters", "list", "-l", "!region", "-o", "json"])
+        .await;
+    assert_eq!(listed(&lacks), vec!["b"]);
+    let arch = std::env::consts::ARCH;
+    let by_fact = ctl
+        .ok(&[
+            "clusters",
+            "list",
+            "-l",
+            &format!("tether.dev/arch={arch}"),
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(listed(&by_fact), vec!["a", "b"], "arch {arch}");
+    let wide = ctl.ok(&["clusters", "list", "-o", "wide"]).await;
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap_or_default()
+            .contains("KUBERNETES"),
+        "{wide}"
+    );
+
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_override_version_completion_warnings_and_a_closed_pipe() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub, ctl, agents) = setup(d).await;
+    let real = hub.ctl_config().unwrap().admin_address;
+
+    // A config pointing nowhere, rescued by --server and by TETHER_SERVER.
+    let mut wrong = hub.ctl_config().unwrap();
+    wrong.admin_address = "127.0.0.1:9".into();
+    let wrong_path = d.join("wrong.yaml");
+    std::fs::write(&wrong_path, wrong.to_yaml()).unwrap();
+    let lost = Ctl {
+        bin: ctl.bin.clone(),
+        config: wrong_path,
+    };
+    assert!(!lost.run(&["clusters", "list"]).await.status.success());
+    let via_flag = lost
+        .ok(&["--server", &real, "clusters", "list", "-o", "json"])
+        .await;
+    assert_eq!(listed(&via_flag), vec!["a", "b"]);
+    let mut c = lost.command(&["clusters", "list", "-o", "json"]);
+    c.env("TETHER_SERVER", &real);
+    let via_env = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(via_env.status.success());
+    assert_eq!(
+        listed(&String::from_utf8_lossy(&via_env.stdout)),
+        vec!["a", "b"]
+    );
+
+    // Versions of both ends; without a config, only the client's.
+    let v = ctl.ok(&["version"]).await;
+    let ours = env!("CARGO_PKG_VERSION");
+    assert!(
+        v.contains(&format!("tetherctl {ours}")) && v.contains("hub "),
+        "{v}"
+    );
+    let bare = tokio::task::spawn_blocking({
+        let bin = ctl.bin.clone();
+        move || {
+            Command::new(bin)
+                .arg("version")
+                .env_remove("TETHER_CONFIG")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(bare.status.success());
+    assert!(String::from_utf8_lossy(&bare.stdout).starts_with("tetherctl "));
+
+    // Completions name the subcommands.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ctl.ok(&["completion", shell]).await;
+        assert!(
+            script.contains("clusters") && script.contains("rollout"),
+            "{shell}: {script:.200}"
+        );
+    }
+
+    // Applying a work that names an unregistered cluster succeeds, with a warning.
+    let work = d.join("typo.yaml");
+    std::fs::write(
+        &work,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: default}\ndata: {k: v}\n",
+    )
+    .unwrap();
+    let applied = ctl
+        .run(&[
+            "apply",
+            "-f",
+            work.to_str().unwrap(),
+            "--name",
+            "typo",
+            "--clusters",
+            "a,bb",
+        ])
+        .await;
+    assert!(applied.status.success());
+    let err = String::from_utf8_lossy(&applied.stderr);
+    assert!(
+        err.contains("\"bb\" is not registered") && !err.contains("\"a\""),
+        "{err}"
+    );
+
+    // A reader that went away: quiet success, not a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut c = ctl.command(&["clusters", "list"]);
+    c.stdout(Stdio::from(writer)).stderr(Stdio::piped());
+    let closed = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&closed.stderr);
+    assert!(
+        closed.status.success() && !err.contains("panicked"),
+        "{err}"
+    );
+
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}
