@@ -899,3 +899,129 @@ async fn reconciler_drives_the_kube_executor_end_to_end() {
         .expect("read")
         .is_none());
 }
+
+fn widget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com", "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                          "schema": {"openAPIV3Schema": {"type": "object"}}}],
+        },
+    })
+}
+
+fn widget(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "example.com/v1", "kind": "Widget",
+           "metadata": {"name": name, "namespace": ns}, "spec": {"size": 3}})
+}
+
+/// The test server itself: a CRD serves its kind only once established.
+#[tokio::test]
+async fn the_test_server_serves_a_crd_kind_only_after_its_delay() {
+    let server = FakeApiServer::start().await;
+    server.set_crd_delay(Duration::from_millis(400));
+    let client = kube::Client::try_from(server.kube_config()).unwrap();
+    let served = || async {
+        client
+            .list_api_group_resources("example.com/v1")
+            .await
+            .map(|l| l.resources.iter().any(|r| r.kind == "Widget"))
+            .unwrap_or(false)
+    };
+    assert!(!served().await);
+    server.create(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        None,
+        widget_crd(),
+    );
+    assert!(!served().await, "served before it was established");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(served().await, "not served after the delay");
+    assert!(server.delete(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        None,
+        "widgets.example.com"
+    ));
+    assert!(!served().await, "still served after the CRD was deleted");
+}
+
+/// Real manifests list custom resources before their CRD and namespace (kube-prometheus,
+/// operators' bundles). The executor applies namespaces, then CRDs, then the rest, waits for
+/// a CRD it just applied to be served, and removes in the reverse order.
+#[tokio::test]
+async fn crds_and_namespaces_go_first_and_custom_resources_wait_for_their_crd() {
+    let (server, exec) = setup().await;
+    server.set_crd_delay(Duration::from_millis(800));
+    let w = work(
+        "w",
+        1,
+        vec![widget("team-w", "big"), widget_crd(), namespace("team-w")],
+    );
+    let report = exec
+        .apply(&w, &Managed::default())
+        .await
+        .expect("custom resource waits for its CRD instead of failing the pass");
+    assert_eq!(report.inventory.len(), 3);
+    let got = server
+        .get("example.com/v1", "Widget", Some("team-w"), "big")
+        .expect("widget applied");
+    assert_eq!(got["spec"]["size"], 3);
+    let patches: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH"))
+        .map(|r| r.split('?').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        patches,
+        vec![
+            "PATCH /api/v1/namespaces/team-w".to_string(),
+            "PATCH /apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com"
+                .to_string(),
+            "PATCH /apis/example.com/v1/namespaces/team-w/widgets/big".to_string(),
+        ]
+    );
+
+    // A custom resource whose CRD is not in the work is still refused at once.
+    let started = Instant::now();
+    let orphan_cr = work(
+        "x",
+        1,
+        vec![
+            json!({"apiVersion": "nowhere.example.com/v1", "kind": "Gadget",
+                    "metadata": {"name": "g", "namespace": "default"}}),
+        ],
+    );
+    let err = exec
+        .apply(&orphan_cr, &Managed::default())
+        .await
+        .expect_err("no CRD serves Gadget");
+    assert_eq!(err.kind, ExecErrorKind::Invalid, "{}", err.message);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    server.clear_requests();
+    exec.remove("w", &report.managed(), false)
+        .await
+        .expect("remove");
+    let deletes: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("DELETE"))
+        .collect();
+    let pos = |needle: &str| {
+        deletes
+            .iter()
+            .position(|d| d.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not deleted: {deletes:?}"))
+    };
+    assert!(
+        pos("/widgets/big") < pos("/customresourcedefinitions/")
+            && pos("/customresourcedefinitions/") < pos("/api/v1/namespaces/team-w"),
+        "{deletes:?}"
+    );
+}

@@ -107,7 +107,11 @@ fn render_into<W: Write>(
     if let Err(e) = out.write_all(header.as_bytes()) {
         return Err(fail(&out, &e));
     }
-    for m in manifests {
+    // kubectl and k3s apply a file's documents in order: namespaces and CRDs must come first.
+    for m in super::apply_order(manifests)
+        .into_iter()
+        .map(|i| &manifests[i])
+    {
         if let Err(e) = out.write_all(b"---\n") {
             return Err(fail(&out, &e));
         }
@@ -234,5 +238,40 @@ impl Executor for DirExecutor {
 
     fn describe(&self) -> String {
         format!("dir:{}", self.dir.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn namespaces_and_crds_are_written_first_in_manifest_order_otherwise() {
+        let manifests = vec![
+            json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                   "metadata": {"name": "widgets.example.com"}}),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}),
+        ];
+        let mut out = Vec::new();
+        render_into(&mut out, "", &manifests, MAX_RENDERED_BYTES).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let kinds: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .map(|k| k.trim_matches('"'))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "CustomResourceDefinition",
+                "Widget",
+                "ConfigMap"
+            ],
+            "{text}"
+        );
     }
 }

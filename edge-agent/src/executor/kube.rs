@@ -241,6 +241,41 @@ impl KubeExecutor {
         })
     }
 
+    /// [`Self::resolve`], except that a kind served by a CRD in the same work (applied just
+    /// before, see `apply_rank`) is waited for: the API server serves it only once the CRD is
+    /// established. Still missing after [`CRD_ESTABLISH_WAIT`], it is a transient failure (the
+    /// pass is retried), not an invalid manifest.
+    async fn resolve_in(
+        &self,
+        work: &DesiredWork,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Resolved, ExecError> {
+        let first = self.resolve(api_version, kind).await;
+        match first {
+            Err(e)
+                if e.kind == super::ExecErrorKind::Invalid && crd_in(work, api_version, kind) => {}
+            other => return other,
+        }
+        let start = tokio::time::Instant::now();
+        tracing::info!(work = %work.name, %api_version, %kind, "waiting for the CRD in this work to be established");
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match self.resolve(api_version, kind).await {
+                Err(e) if e.kind == super::ExecErrorKind::Invalid => {
+                    if start.elapsed() >= CRD_ESTABLISH_WAIT {
+                        return Err(ExecError::transient(format!(
+                            "kind {kind} in {api_version} is not served {}s after its CRD in this \
+                             work was applied; retrying",
+                            CRD_ESTABLISH_WAIT.as_secs()
+                        )));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn forget(&self, api_version: &str) {
         self.discovery
             .lock()
@@ -417,11 +452,12 @@ impl KubeExecutor {
         orphan: bool,
         adopted: &BTreeSet<ObjectRef>,
     ) -> Result<Vec<ObjectRef>, ExecError> {
-        // (apiVersion, kind, namespace) groups; namespaces go last so their content goes first.
+        // (apiVersion, kind, namespace) groups in reverse apply order: what lives in a
+        // namespace or is served by a CRD goes before it.
         let groups: BTreeSet<(u8, String, String, Option<String>)> = refs
             .iter()
             .map(|r| {
-                let rank = u8::from(is_namespace(&r.api_version, &r.kind));
+                let rank = 2 - super::apply_rank(&r.api_version, &r.kind);
                 (
                     rank,
                     r.api_version.clone(),
@@ -543,21 +579,29 @@ fn call_failed(what: &str, e: CallError) -> ExecError {
     }
 }
 
-fn is_namespace(api_version: &str, kind: &str) -> bool {
-    api_version == "v1" && kind == "Namespace"
-}
+/// How long an apply pass waits for a CRD it just applied to be served.
+const CRD_ESTABLISH_WAIT: Duration = Duration::from_secs(20);
 
-/// Namespaces first, then CRDs, then everything else in manifest order.
-fn apply_rank(r: &ObjectRef) -> u8 {
-    if is_namespace(&r.api_version, &r.kind) {
-        0
-    } else if r.kind == "CustomResourceDefinition"
-        && r.api_version.starts_with("apiextensions.k8s.io/")
-    {
-        1
-    } else {
-        2
-    }
+/// Whether `work` holds the CRD that serves `kind` in `api_version`.
+fn crd_in(work: &DesiredWork, api_version: &str, kind: &str) -> bool {
+    let Some((group, version)) = api_version.split_once('/') else {
+        return false;
+    };
+    work.manifests.iter().any(|m| {
+        let s = |p: &str| m.pointer(p).and_then(Value::as_str);
+        super::apply_rank(
+            s("/apiVersion").unwrap_or_default(),
+            s("/kind").unwrap_or_default(),
+        ) == 1
+            && s("/spec/group") == Some(group)
+            && s("/spec/names/kind") == Some(kind)
+            && m.pointer("/spec/versions")
+                .and_then(Value::as_array)
+                .is_some_and(|vs| {
+                    vs.iter()
+                        .any(|v| v.get("name").and_then(Value::as_str) == Some(version))
+                })
+    })
 }
 
 /// The manifest as applied: our label and annotation added, server-populated metadata
@@ -888,8 +932,7 @@ impl Executor for KubeExecutor {
         previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
         let refs = super::refs_of(work)?;
-        let mut order: Vec<usize> = (0..refs.len()).collect();
-        order.sort_by_key(|&i| apply_rank(&refs[i]));
+        let order = super::apply_order(&work.manifests);
         // The previous inventory as real identities (an inventory written by the dir executor
         // has no namespaces), for telling known objects from new ones and for pruning.
         let mut previous_inventory = BTreeSet::new();
@@ -905,7 +948,10 @@ impl Executor for KubeExecutor {
         let mut states: Vec<Option<Readiness>> = vec![None; refs.len()];
         let mut failures: Vec<ExecError> = Vec::new();
         for i in order {
-            let resolved = match self.resolve(&refs[i].api_version, &refs[i].kind).await {
+            let resolved = match self
+                .resolve_in(work, &refs[i].api_version, &refs[i].kind)
+                .await
+            {
                 Ok(r) => r,
                 Err(e) if e.kind == super::ExecErrorKind::Transient => return Err(e),
                 Err(e) => {

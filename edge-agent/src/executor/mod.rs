@@ -200,6 +200,35 @@ pub fn object_ref(manifest: &serde_json::Value) -> Result<ObjectRef, String> {
 }
 
 /// Object identities of a bundle, in manifest order.
+/// Where an object goes in the apply order: Namespaces (0), then CustomResourceDefinitions
+/// (1), then everything else (2), manifest order kept within each. Objects are removed in the
+/// reverse order, so a namespace or a CRD goes after what lives in it.
+pub(crate) fn apply_rank(api_version: &str, kind: &str) -> u8 {
+    if api_version == "v1" && kind == "Namespace" {
+        0
+    } else if kind == "CustomResourceDefinition" && api_version.starts_with("apiextensions.k8s.io/")
+    {
+        1
+    } else {
+        2
+    }
+}
+
+/// The manifests' indices in apply order (see [`apply_rank`]); a stable sort.
+pub(crate) fn apply_order(manifests: &[serde_json::Value]) -> Vec<usize> {
+    let rank = |m: &serde_json::Value| {
+        apply_rank(
+            m.get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default(),
+            m.get("kind").and_then(|v| v.as_str()).unwrap_or_default(),
+        )
+    };
+    let mut order: Vec<usize> = (0..manifests.len()).collect();
+    order.sort_by_key(|&i| rank(&manifests[i]));
+    order
+}
+
 pub fn refs_of(work: &DesiredWork) -> Result<Vec<ObjectRef>, ExecError> {
     work.manifests
         .iter()

@@ -2,6 +2,9 @@
 //! exactly the endpoints the executor uses, no more:
 //!
 //! - `GET /version`, `GET /api/v1`, `GET /apis/{group}/{version}` (discovery of the kinds below);
+//! - CustomResourceDefinitions: a stored CRD serves its kinds (discovery and paths) after a
+//!   configurable delay ([`FakeApiServer::set_crd_delay`]), as a real server does once the CRD
+//!   is Established;
 //! - `PATCH` with `application/apply-patch+yaml` (server-side apply: `fieldManager` required,
 //!   `force`, per-field ownership and 409 conflicts with a Kubernetes `Status` body) and with
 //!   `application/merge-patch+json` (an update: it takes ownership of the fields it changes);
@@ -80,12 +83,56 @@ pub const KINDS: &[Kind] = &[
     kind("apps", "v1", "StatefulSet", "statefulsets", true, true),
     kind("apps", "v1", "DaemonSet", "daemonsets", true, true),
     kind("batch", "v1", "Job", "jobs", true, true),
+    kind(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+        true,
+    ),
 ];
 
-fn find_kind(api_version: &str, kind: &str) -> Option<&'static Kind> {
-    KINDS
+fn find_kind(kinds: &[&'static Kind], api_version: &str, kind: &str) -> Option<&'static Kind> {
+    kinds
         .iter()
+        .copied()
         .find(|k| k.api_version() == api_version && k.kind == kind)
+}
+
+/// The served versions of a stored CRD as kinds (leaked: a test serves a handful).
+fn crd_kinds(crd: &Value) -> Vec<&'static Kind> {
+    let s = |p: &str| crd.pointer(p).and_then(Value::as_str).map(str::to_string);
+    let leak = |v: String| -> &'static str { Box::leak(v.into_boxed_str()) };
+    let (Some(group), Some(kind), Some(plural)) = (
+        s("/spec/group"),
+        s("/spec/names/kind"),
+        s("/spec/names/plural"),
+    ) else {
+        return Vec::new();
+    };
+    let namespaced = s("/spec/scope").as_deref() != Some("Cluster");
+    let versions = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    versions
+        .iter()
+        .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .map(|version| {
+            let k: &'static Kind = Box::leak(Box::new(Kind {
+                group: leak(group.clone()),
+                version: leak(version.to_string()),
+                kind: leak(kind.clone()),
+                plural: leak(plural.clone()),
+                namespaced,
+                status: false,
+            }));
+            k
+        })
+        .collect()
 }
 
 /// A field path, e.g. `["spec", "replicas"]`.
@@ -185,6 +232,10 @@ struct State {
     /// `METHOD /path?query`, in arrival order.
     requests: Vec<String>,
     stalled: bool,
+    /// How long a stored CRD takes to be served (Established), as on a real server.
+    crd_delay: Duration,
+    /// CRD name -> when it is served, and its kinds.
+    crds: BTreeMap<String, (std::time::Instant, Vec<&'static Kind>)>,
 }
 
 /// An error answer: HTTP status and a Kubernetes `Status` body.
@@ -436,6 +487,31 @@ fn query_map(q: Option<&str>) -> BTreeMap<String, String> {
 // ---- the object store -----------------------------------------------------------------------
 
 impl State {
+    /// The built-in kinds and those of every stored CRD that is established by now.
+    fn served(&mut self) -> Vec<&'static Kind> {
+        let now = std::time::Instant::now();
+        let crds: Vec<(String, Value)> = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.kind == "CustomResourceDefinition")
+            .map(|(k, o)| (k.name.clone(), o.object.clone()))
+            .collect();
+        self.crds
+            .retain(|name, _| crds.iter().any(|(n, _)| n == name));
+        let delay = self.crd_delay;
+        let mut kinds: Vec<&'static Kind> = KINDS.iter().collect();
+        for (name, object) in crds {
+            let (at, ks) = self
+                .crds
+                .entry(name)
+                .or_insert_with(|| (now + delay, crd_kinds(&object)));
+            if *at <= now {
+                kinds.extend(ks.iter().copied());
+            }
+        }
+        kinds
+    }
+
     fn bump(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
@@ -800,7 +876,7 @@ enum Route {
     NotFound,
 }
 
-fn route(path: &str) -> Route {
+fn route(kinds: &[&'static Kind], path: &str) -> Route {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Route::Version,
@@ -811,7 +887,7 @@ fn route(path: &str) -> Route {
         _ => return Route::NotFound,
     };
     let lookup = |plural: &str, namespaced: bool| {
-        KINDS.iter().find(|k| {
+        kinds.iter().copied().find(|k| {
             k.group == group
                 && k.version == version
                 && k.plural == plural
@@ -819,8 +895,9 @@ fn route(path: &str) -> Route {
         })
     };
     let any = |plural: &str| {
-        KINDS
+        kinds
             .iter()
+            .copied()
             .find(|k| k.group == group && k.version == version && k.plural == plural)
     };
     match rest {
@@ -844,9 +921,10 @@ fn route(path: &str) -> Route {
     }
 }
 
-fn discovery(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&Kind> = KINDS
+fn discovery(served: &[&'static Kind], group: &str, version: &str) -> Option<Value> {
+    let kinds: Vec<&Kind> = served
         .iter()
+        .copied()
         .filter(|k| k.group == group && k.version == version)
         .collect();
     if kinds.is_empty() {
@@ -935,14 +1013,15 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
     };
 
     let mut s = lock(&state);
-    match route(&path) {
+    let served = s.served();
+    match route(&served, &path) {
         Route::Version if method == Method::GET => respond(
             StatusCode::OK,
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.1+k3s1",
                     "gitCommit": "0000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
                     "goVersion": "go1.24", "compiler": "gc", "platform": "linux/arm64"}),
         ),
-        Route::Discovery(g, v) if method == Method::GET => match discovery(&g, &v) {
+        Route::Discovery(g, v) if method == Method::GET => match discovery(&served, &g, &v) {
             Some(d) => respond(StatusCode::OK, &d),
             // The real server answers unknown group versions with a plain-text 404.
             None => {
@@ -1182,12 +1261,17 @@ impl FakeApiServer {
         lock(&self.state).requests.clone()
     }
 
+    /// CRDs applied from now on are served (in discovery and by path) only after `delay`.
+    pub fn set_crd_delay(&self, delay: Duration) {
+        lock(&self.state).crd_delay = delay;
+    }
+
     pub fn clear_requests(&self) {
         lock(&self.state).requests.clear();
     }
 
-    fn kind(api_version: &str, kind: &str) -> &'static Kind {
-        find_kind(api_version, kind)
+    fn kind(&self, api_version: &str, kind: &str) -> &'static Kind {
+        find_kind(&lock(&self.state).served(), api_version, kind)
             .unwrap_or_else(|| panic!("test server does not serve {api_version} {kind}"))
     }
 
@@ -1198,7 +1282,7 @@ impl FakeApiServer {
         ns: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        let k = Self::kind(api_version, kind);
+        let k = self.kind(api_version, kind);
         lock(&self.state)
             .objects
             .get(&State::key(k, ns, name))
@@ -1207,7 +1291,7 @@ impl FakeApiServer {
 
     /// Create an object as an unrelated client would (an update by `kubectl-create`).
     pub fn create(&self, api_version: &str, kind: &str, ns: Option<&str>, body: Value) {
-        let k = Self::kind(api_version, kind);
+        let k = self.kind(api_version, kind);
         let name = body
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -1236,7 +1320,7 @@ impl FakeApiServer {
             .expect("apiVersion")
             .to_string();
         let kind = config["kind"].as_str().expect("kind").to_string();
-        let k = Self::kind(&api_version, &kind);
+        let k = self.kind(&api_version, &kind);
         let name = config["metadata"]["name"]
             .as_str()
             .expect("name")
@@ -1258,7 +1342,7 @@ impl FakeApiServer {
         name: &str,
         change: impl FnOnce(&mut Value),
     ) {
-        let k = Self::kind(api_version, kind);
+        let k = self.kind(api_version, kind);
         if let Err(Failure(code, body)) = lock(&self.state).update(k, ns, name, manager, change) {
             panic!("editing {kind} {name}: {code} {body}");
         }
@@ -1266,7 +1350,7 @@ impl FakeApiServer {
 
     /// Delete behind the executor's back.
     pub fn delete(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> bool {
-        let k = Self::kind(api_version, kind);
+        let k = self.kind(api_version, kind);
         lock(&self.state).delete(k, ns, name, &Value::Null).is_ok()
     }
 
@@ -1279,7 +1363,7 @@ impl FakeApiServer {
         name: &str,
         status: Value,
     ) {
-        let k = Self::kind(api_version, kind);
+        let k = self.kind(api_version, kind);
         let mut s = lock(&self.state);
         let key = State::key(k, ns, name);
         let rv = s.bump();
@@ -1300,7 +1384,7 @@ impl FakeApiServer {
         name: &str,
         field: &str,
     ) -> Vec<String> {
-        let k = Self::kind(api_version, kind);
+        let k = self.kind(api_version, kind);
         let s = lock(&self.state);
         s.objects
             .get(&State::key(k, ns, name))
