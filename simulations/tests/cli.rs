@@ -275,6 +275,74 @@ async fn server_override_version_completion_warnings_and_a_closed_pipe() {
         "{err}"
     );
 
+    // Two works over one object on one cluster are refused unless forced; on disjoint
+    // clusters they are fine.
+    let admin = hub.admin().unwrap();
+    admin
+        .apply_work(&config_work("first", only(&["a"]), &["shared"], "v1"))
+        .await
+        .unwrap();
+    wait_applied(&admin, "first", 1, 1).await;
+    let same = d.join("same.yaml");
+    std::fs::write(
+        &same,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: first-shared, namespace: default}\ndata: {value: v2}\n",
+    )
+    .unwrap();
+    let second = |clusters: &'static str, force: bool| {
+        let mut args = vec![
+            "apply".to_string(),
+            "-f".into(),
+            same.to_string_lossy().into_owned(),
+            "--name".into(),
+            "second".into(),
+            "--clusters".into(),
+            clusters.into(),
+        ];
+        if force {
+            args.push("--force".into());
+        }
+        args
+    };
+    let refused = ctl
+        .run(
+            &second("a", false)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("both manage ConfigMap first-shared on cluster(s) a")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        admin.work("second").await.is_err(),
+        "a refused apply stored the work"
+    );
+    ctl.ok(&second("b", false)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())
+        .await;
+    let forced = ctl
+        .run(
+            &second("a,b", true)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let err = String::from_utf8_lossy(&forced.stderr);
+    assert!(forced.status.success(), "{err}");
+    assert!(
+        err.contains("warning: work/second") && err.contains("both manage"),
+        "{err}"
+    );
+
     // A reader that went away: quiet success, not a panic.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);

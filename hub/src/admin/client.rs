@@ -267,8 +267,23 @@ impl AdminClient {
         &self,
         doc: &tether_protocol::work::WorkDocument,
     ) -> anyhow::Result<ApplyResult> {
+        self.apply_work_with(doc, false).await
+    }
+
+    /// `force`: apply even when another work manages one of its objects on a cluster both
+    /// would hold (the hub answers 409 otherwise); the conflict comes back as a warning.
+    pub async fn apply_work_with(
+        &self,
+        doc: &tether_protocol::work::WorkDocument,
+        force: bool,
+    ) -> anyhow::Result<ApplyResult> {
+        let path = if force {
+            "/v1/works?force=true"
+        } else {
+            "/v1/works"
+        };
         let bytes = self
-            .call(Method::PUT, "/v1/works", Some(serde_json::to_value(doc)?))
+            .call(Method::PUT, path, Some(serde_json::to_value(doc)?))
             .await?;
         serde_json::from_slice(&bytes).context("decoding the admin API response")
     }

@@ -16,12 +16,18 @@ pub(super) async fn route(
 ) -> Result<Response<Body>, Response<Body>> {
     match (method, seg) {
         (&Method::PUT, ["v1", "works"]) => {
+            let force = query_param(&req, "force").is_some_and(|v| v == "true");
             let doc: tether_protocol::work::WorkDocument =
                 read_json_limited(req, MAX_WORK_BODY).await?;
             let name = doc.metadata.name.clone();
             let st = state.clone();
             let applied = tokio::task::spawn_blocking(move || {
-                let named = named_clusters(&doc);
+                let mut warnings = unknown_clusters(&st, named_clusters(&doc));
+                let fights = contested(&st, &doc)?;
+                if !fights.is_empty() && !force {
+                    return Ok(Err(fights));
+                }
+                warnings.extend(fights);
                 let applied = crate::works::apply(
                     &st.store,
                     &st.works,
@@ -29,11 +35,22 @@ pub(super) async fn route(
                     st.cfg.limits.max_frame,
                     "admin",
                 )?;
-                Ok::<_, crate::works::WorkError>((applied, unknown_clusters(&st, named)))
+                Ok::<_, crate::works::WorkError>(Ok((applied, warnings)))
             })
             .await
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let ((outcome, generation), warnings) = applied.map_err(|e| work_error(&e))?;
+            let ((outcome, generation), warnings) =
+                applied.map_err(|e| work_error(&e))?.map_err(|fights| {
+                    error(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "{}. Two works delivering one object to one cluster overwrite each \
+                             other on every pass: keep the object in one work (or use overrides), \
+                             or apply with --force (?force=true) to accept it",
+                            fights.join("; ")
+                        ),
+                    )
+                })?;
             let status = if outcome == crate::works::ApplyOutcome::Created {
                 StatusCode::CREATED
             } else {
@@ -242,4 +259,60 @@ fn unknown_clusters(state: &HubState, named: Vec<String>) -> Vec<String> {
             Vec::new()
         }
     }
+}
+
+/// Conflicts with other works over objects on clusters both would hold: the applied work's
+/// placement evaluated over the registered fleet (without taints), against the other works'
+/// current decisions. Costs a read of the clusters only when an object is shared at all.
+fn contested(
+    state: &HubState,
+    doc: &tether_protocol::work::WorkDocument,
+) -> Result<Vec<String>, crate::works::WorkError> {
+    use crate::decide::placement::{select, selectable_labels, Candidate};
+    let shared = crate::works::overlap::shared_objects(doc, &state.works.snapshot());
+    if shared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = state
+        .store
+        .read(|tx| tx.list(&tether_store::hub::CLUSTERS))?;
+    let candidates: Vec<Candidate> = records
+        .into_iter()
+        .filter(|(_, r)| r.state != tether_store::hub::ClusterState::Denied)
+        .map(|(name, r)| Candidate {
+            name,
+            labels: selectable_labels(
+                &r.labels,
+                &crate::fleet::facts::effective(&r.facts, &r.pins),
+            ),
+        })
+        .collect();
+    let none = Default::default();
+    let mine: std::collections::BTreeSet<String> = select(
+        &doc.metadata.name,
+        &doc.spec,
+        &candidates,
+        &none,
+        &Default::default(),
+    )
+    .into_iter()
+    .filter(|c| c.selected)
+    .map(|c| c.cluster)
+    .collect();
+    let decisions = state.decisions.snapshot();
+    Ok(shared
+        .into_iter()
+        .filter_map(|(other, objects)| {
+            let theirs = decisions.get(&other)?;
+            let both: Vec<String> = theirs
+                .selected
+                .keys()
+                .filter(|c| mine.contains(*c))
+                .cloned()
+                .collect();
+            (!both.is_empty()).then(|| {
+                crate::works::overlap::describe(&doc.metadata.name, &other, &objects, &both)
+            })
+        })
+        .collect())
 }

@@ -106,6 +106,10 @@ enum Cmd {
         /// and no config is needed.
         #[arg(long)]
         dry_run: bool,
+        /// Apply even if another work manages one of these objects on a cluster both would
+        /// hold (refused otherwise: the two would overwrite each other on every pass).
+        #[arg(long)]
+        force: bool,
     },
     /// List resources.
     #[command(subcommand)]
@@ -338,6 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         clusters,
         selector,
         dry_run: true,
+        ..
     } = &cli.cmd
     {
         let docs = apply_documents(files, name.clone(), clusters.clone(), selector.clone())?;
@@ -586,11 +591,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clusters,
             selector,
             dry_run: _,
+            force,
         } => {
             let docs = apply_documents(&files, name, clusters, selector)?;
             let mut results = Vec::new();
             for doc in &docs {
-                results.push(client.apply_work(doc).await?);
+                results.push(client.apply_work_with(doc, force).await?);
             }
             for r in &results {
                 for w in &r.warnings {
