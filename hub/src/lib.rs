@@ -27,7 +27,7 @@ pub mod util;
 pub(crate) mod works;
 
 pub use admin::client::{parse_work_documents, AdminClient};
-pub use admin::manifests::{build_works, read_inputs, ManifestError, WrapOptions};
+pub use admin::manifests::{build_works, kustomize, read_inputs, ManifestError, WrapOptions};
 pub use app::{start, RunningHub};
 pub use decide::RolloutView;
 pub use identity::init::{init, InitOptions};

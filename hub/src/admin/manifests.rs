@@ -24,6 +24,10 @@ pub enum ManifestError {
     StdinTwice,
     #[error("no -f given: pass a file, a directory or `-` for stdin")]
     NoInput,
+    #[error("-k {path}: neither kubectl (which has kustomize built in) nor kustomize is on PATH; install one (Debian: apt install kubernetes-client), or run `kustomize build {path} | tetherctl apply -f - --name NAME ...`")]
+    NoKustomize { path: String },
+    #[error("-k {path}: {message}")]
+    Kustomize { path: String, message: String },
     #[error("{path}: no *.yaml, *.yml or *.json files in this directory")]
     EmptyDir { path: String },
     #[error("{file}, document {doc}: {message}")]
@@ -65,7 +69,16 @@ pub enum ManifestError {
 pub struct Input {
     pub label: String,
     pub text: String,
-    pub stdin: bool,
+    pub from: From,
+}
+
+/// Where an input's text came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    File,
+    Stdin,
+    /// `-k DIR`: the output of kustomize over that directory.
+    Kustomize,
 }
 
 /// Read every `-f` argument: `-` is stdin, a directory contributes its `*.yaml`, `*.yml` and
@@ -92,7 +105,7 @@ pub fn read_inputs(args: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Input>,
             inputs.push(Input {
                 label: "stdin".into(),
                 text,
-                stdin: true,
+                from: From::Stdin,
             });
             continue;
         }
@@ -117,11 +130,114 @@ pub fn read_inputs(args: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Input>,
             inputs.push(Input {
                 label: f.display().to_string(),
                 text,
-                stdin: false,
+                from: From::File,
             });
         }
     }
     Ok(inputs)
+}
+
+/// Longest a kustomize run may take (remote bases are fetched by kustomize itself).
+const KUSTOMIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Most output a kustomize run may produce; a work is bounded far below this anyway.
+const KUSTOMIZE_MAX_OUTPUT: u64 = 64 << 20;
+
+/// `-k DIR`: what `kubectl kustomize DIR` renders, or `kustomize build DIR` when there is no
+/// kubectl. Bounded in time and size; kustomize's own error is passed on.
+pub fn kustomize(dir: &Path) -> Result<Input, ManifestError> {
+    kustomize_with(dir, &[("kubectl", "kustomize"), ("kustomize", "build")])
+}
+
+/// [`kustomize`] with the (binary, subcommand) pairs to try, in order.
+fn kustomize_with(dir: &Path, tools: &[(&str, &str)]) -> Result<Input, ManifestError> {
+    use std::process::{Command, Stdio};
+    let path = dir.display().to_string();
+    let fail = |message: String| ManifestError::Kustomize {
+        path: path.clone(),
+        message,
+    };
+    if !dir.is_dir() {
+        return Err(fail(
+            "not a directory (a kustomization directory is expected)".into(),
+        ));
+    }
+    for &(bin, sub) in tools {
+        let child = Command::new(bin)
+            .arg(sub)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(fail(format!("starting {bin}: {e}"))),
+        };
+        // Both pipes are drained while waiting, or a large output would block the child.
+        let drain = |pipe: Option<Box<dyn Read + Send>>, cap: u64| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(p) = pipe {
+                    let _ = p.take(cap + 1).read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            KUSTOMIZE_MAX_OUTPUT,
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            64 << 10,
+        );
+        let started = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() > KUSTOMIZE_TIMEOUT => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(format!(
+                        "{bin} {sub} did not finish within {}s",
+                        KUSTOMIZE_TIMEOUT.as_secs()
+                    )));
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => return Err(fail(format!("waiting for {bin}: {e}"))),
+            }
+        };
+        let stdout = out.join().unwrap_or_default();
+        let stderr = err.join().unwrap_or_default();
+        if !status.success() {
+            let why = String::from_utf8_lossy(&stderr);
+            return Err(fail(format!(
+                "{bin} {sub} failed ({status}): {}",
+                why.trim()
+            )));
+        }
+        if stdout.len() as u64 > KUSTOMIZE_MAX_OUTPUT {
+            return Err(fail(format!(
+                "{bin} {sub} rendered more than {} MiB",
+                KUSTOMIZE_MAX_OUTPUT >> 20
+            )));
+        }
+        let text = String::from_utf8(stdout)
+            .map_err(|e| fail(format!("{bin} {sub} wrote invalid UTF-8: {e}")))?;
+        return Ok(Input {
+            label: path.clone(),
+            text,
+            from: From::Kustomize,
+        });
+    }
+    Err(ManifestError::NoKustomize { path })
 }
 
 fn read_error(path: &Path, error: std::io::Error) -> ManifestError {
@@ -336,14 +452,27 @@ fn wrap(
 pub fn source(inputs: &[Input]) -> String {
     let files: Vec<&str> = inputs
         .iter()
-        .filter(|i| !i.stdin)
+        .filter(|i| i.from == From::File)
         .map(|i| i.label.as_str())
         .collect();
-    let stdin = inputs.iter().any(|i| i.stdin);
+    let stdin = inputs.iter().any(|i| i.from == From::Stdin);
+    let kustomized: Vec<&str> = inputs
+        .iter()
+        .filter(|i| i.from == From::Kustomize)
+        .map(|i| i.label.as_str())
+        .collect();
     // Room for the longest suffix ("; stdin" and "... and N more").
     let budget = MAX_ANNOTATION_VALUE - 64;
     let mut text = String::new();
+    for k in kustomized {
+        if text.len() + k.len() < budget {
+            text.push_str(&format!("kustomize: {k}"));
+        }
+    }
     if !files.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
         text.push_str("files: ");
         for (i, f) in files.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
@@ -372,8 +501,74 @@ mod tests {
         Input {
             label: label.into(),
             text: text.into(),
-            stdin: label == "stdin",
+            from: if label == "stdin" {
+                From::Stdin
+            } else {
+                From::File
+            },
         }
+    }
+
+    /// kubectl with kustomize built in: Debian's kubernetes-client, which `.ci/run` installs.
+    fn have_kubectl() -> bool {
+        let found = std::process::Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found || std::env::var("CI").is_err(),
+            "CI must provide kubectl (kubernetes-client)"
+        );
+        if !found {
+            eprintln!("kubectl not installed: skipping the kustomize test");
+        }
+        found
+    }
+
+    #[test]
+    fn kustomize_renders_a_directory_into_one_wrapped_work() {
+        if !have_kubectl() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("kustomization.yaml"),
+            "resources: [cm.yaml]\nnamePrefix: eu-\ncommonLabels: {team: edge}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: \"no\"}\n",
+        )
+        .unwrap();
+        let input = kustomize(d).unwrap();
+        assert_eq!(input.from, From::Kustomize);
+        let works = build_works(&[input], &opts("app", &["a"])).unwrap();
+        let m = &works[0].spec.manifests[0];
+        assert_eq!(m["metadata"]["name"], "eu-settings");
+        assert_eq!(m["metadata"]["labels"]["team"], "edge");
+        assert_eq!(m["data"]["mode"], "no", "a YAML 1.1 boolean stays a string");
+        let src = &works[0].metadata.annotations[SOURCE_ANNOTATION];
+        assert!(src.starts_with("kustomize: "), "{src}");
+
+        // kustomize's own error is passed on.
+        std::fs::write(d.join("kustomization.yaml"), "resources: [missing.yaml]\n").unwrap();
+        let err = kustomize(d).unwrap_err().to_string();
+        assert!(err.contains("missing.yaml"), "{err}");
+    }
+
+    #[test]
+    fn kustomize_says_what_to_install_and_refuses_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = kustomize_with(dir.path(), &[("tether-no-such-tool", "build")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubernetes-client"), "{err}");
+        let file = dir.path().join("f.yaml");
+        std::fs::write(&file, "").unwrap();
+        let err = kustomize(&file).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
     }
 
     fn opts(name: &str, clusters: &[&str]) -> WrapOptions {

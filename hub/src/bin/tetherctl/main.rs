@@ -83,13 +83,18 @@ enum Cmd {
     /// applied as they are, or plain Kubernetes manifests (what `kubectl apply -f` takes,
     /// `kind: List` and other *List kinds expanded), wrapped into ONE Work named --name and
     /// targeted with --clusters and/or --selector. Example:
-    /// `helm template my-chart | tetherctl apply -f - --name my-app -l env=prod`.
+    /// `helm template my-chart | tetherctl apply -f - --name my-app -l env=prod`, or
+    /// `tetherctl apply -k overlays/prod --name my-app -l env=prod` for a kustomization.
     Apply {
         /// A file, a directory (its *.yaml, *.yml and *.json files at any depth, in sorted
         /// path order) or `-` for stdin (at most once). Repeatable; documents are taken in
         /// the order given.
-        #[arg(short = 'f', long = "filename", required = true)]
+        #[arg(short = 'f', long = "filename", required_unless_present = "kustomize")]
         files: Vec<PathBuf>,
+        /// A kustomization directory, rendered with `kubectl kustomize DIR` (or `kustomize
+        /// build DIR` without kubectl); the result is applied like -f input.
+        #[arg(short = 'k', long, conflicts_with = "files")]
+        kustomize: Option<PathBuf>,
         /// Plain manifests only: the name of the Work they are wrapped into. Re-applying with
         /// the same name updates that Work (objects no longer in the input are pruned).
         #[arg(long)]
@@ -314,11 +319,15 @@ async fn main() -> std::process::ExitCode {
 /// Read and check everything `apply` was given; no hub involved.
 fn apply_documents(
     files: &[PathBuf],
+    kustomize: Option<&std::path::Path>,
     name: Option<String>,
     clusters: Vec<String>,
     selector: Vec<(String, String)>,
 ) -> anyhow::Result<Vec<tether_protocol::work::WorkDocument>> {
-    let inputs = tether_hub::read_inputs(files, &mut std::io::stdin().lock())?;
+    let inputs = match kustomize {
+        Some(dir) => vec![tether_hub::kustomize(dir)?],
+        None => tether_hub::read_inputs(files, &mut std::io::stdin().lock())?,
+    };
     let opts = tether_hub::WrapOptions {
         name,
         clusters,
@@ -338,6 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // renders into), so it is handled before the config is required.
     if let Cmd::Apply {
         files,
+        kustomize,
         name,
         clusters,
         selector,
@@ -345,7 +355,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..
     } = &cli.cmd
     {
-        let docs = apply_documents(files, name.clone(), clusters.clone(), selector.clone())?;
+        let docs = apply_documents(
+            files,
+            kustomize.as_deref(),
+            name.clone(),
+            clusters.clone(),
+            selector.clone(),
+        )?;
         for doc in &docs {
             out!("---\n{}", serde_yaml_ng::to_string(doc)?);
         }
@@ -587,13 +603,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Apply {
             files,
+            kustomize,
             name,
             clusters,
             selector,
             dry_run: _,
             force,
         } => {
-            let docs = apply_documents(&files, name, clusters, selector)?;
+            let docs = apply_documents(&files, kustomize.as_deref(), name, clusters, selector)?;
             let mut results = Vec::new();
             for doc in &docs {
                 results.push(client.apply_work_with(doc, force).await?);
