@@ -157,6 +157,13 @@ print(json.dumps(out))
     .unwrap();
     let decoded: Vec<serde_json::Value> = serde_json::from_str(&decoded).unwrap();
     assert_eq!(decoded.len(), manifests.len());
+    // The executor writes Namespaces first, then CRDs, then the rest, each group in the order given.
+    let rank = |m: &serde_json::Value| match (m["apiVersion"].as_str(), m["kind"].as_str()) {
+        (Some("v1"), Some("Namespace")) => 0,
+        (Some(v), Some("CustomResourceDefinition")) if v.starts_with("apiextensions.k8s.io/") => 1,
+        _ => 2,
+    };
+    manifests.sort_by_key(rank);
     for (got, want) in decoded.iter().zip(&manifests) {
         assert_eq!(got, want, "decoded differently:\n{written}");
     }
