@@ -217,6 +217,19 @@ pub struct ApplyResult {
     pub warnings: Vec<String>,
 }
 
+/// One generation of a work, as kept for `undo` (`GET /v1/works/{name}/history`, oldest first).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevisionView {
+    pub generation: u64,
+    pub manifests: usize,
+    /// Where its manifests came from, as `tetherctl apply` recorded it.
+    pub source: Option<String>,
+    /// The generation it restores, when an undo made it.
+    pub restores: Option<u64>,
+    /// It is the work's current generation.
+    pub current: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeleteResult {
     pub name: String,

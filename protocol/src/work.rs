@@ -21,6 +21,11 @@ pub const MAX_ANNOTATION_KEY: usize = 253;
 pub const MAX_ANNOTATION_VALUE: usize = 4096;
 /// Annotation `tetherctl apply` sets on a Work it wrapped around plain manifests.
 pub const SOURCE_ANNOTATION: &str = "tether.dev/source";
+/// Annotation the hub sets on the generation an undo creates: the generation it restores.
+pub const RESTORES_ANNOTATION: &str = "tether.dev/restores";
+/// Generations of a work the hub keeps for `rollout history` and `undo` (as Kubernetes'
+/// `revisionHistoryLimit`): each holds a whole document, so the history must not grow forever.
+pub const HISTORY_KEEP: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -452,3 +452,73 @@ async fn eventually_applied_on(admin: &tether_hub::AdminClient, work: &str, clus
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// `rollout pause` is the operator's: it holds across later applies until `resume`, for a
+/// plain (all-at-once) work too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_holds_across_applies_until_resume() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(2, true, Default::default()).await.unwrap();
+    let agents: Vec<_> = ["p1", "p2"]
+        .iter()
+        .map(|n| memory_agent(&hub, d, n, &token))
+        .collect();
+    let all = json!({});
+    admin
+        .apply_work(&configmap_work("held", "v1", all.clone(), json!([])))
+        .await
+        .unwrap();
+    wait_applied(&admin, "held", 1, 2).await;
+
+    admin.rollout_action("held", "pause", None).await.unwrap();
+    for v in ["v2", "v3"] {
+        admin
+            .apply_work(&configmap_work("held", v, all.clone(), json!([])))
+            .await
+            .unwrap();
+    }
+    let r = rollout_until(&admin, "held", |r| r.generation == 3).await;
+    assert!(r.paused, "the pause must survive two applies: {r:?}");
+    assert_eq!(r.phase, tether_hub::api::RolloutPhase::Paused, "{r:?}");
+    assert_eq!(r.admitted, 0, "{r:?}");
+    // Give delivery every chance to (wrongly) send generation 3.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (_, mem) in &agents {
+        let objects = mem.objects();
+        assert!(
+            objects.values().all(|o| o["data"]["v"] == "v1"),
+            "a paused work was delivered: {objects:?}"
+        );
+    }
+
+    admin.rollout_action("held", "resume", None).await.unwrap();
+    wait_applied(&admin, "held", 3, 2).await;
+    for (_, mem) in &agents {
+        assert!(mem.objects().values().all(|o| o["data"]["v"] == "v3"));
+    }
+
+    // The history lists every generation; an undo's generation says what it restores.
+    admin.rollout_action("held", "undo", Some(1)).await.unwrap();
+    wait_applied(&admin, "held", 4, 2).await;
+    let history = admin.history("held").await.unwrap();
+    let rows: Vec<_> = history
+        .iter()
+        .map(|r| (r.generation, r.restores, r.current))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (1, None, false),
+            (2, None, false),
+            (3, None, false),
+            (4, Some(1), true)
+        ]
+    );
+    for (a, _) in agents {
+        a.stop().await.unwrap();
+    }
+}

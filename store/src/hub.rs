@@ -231,6 +231,11 @@ pub fn work_history_key(work: &str, generation: u64) -> String {
     format!("{work}/{generation:020}")
 }
 
+/// The prefix of every [`work_history_key`] of `work` (names hold no `/`).
+pub fn work_history_prefix(work: &str) -> String {
+    format!("{work}/")
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutRecord {
     /// The generation being rolled out; state resets when it changes.

@@ -315,6 +315,11 @@ impl AdminClient {
         self.get(&format!("/v1/works/{work}/rollout")).await
     }
 
+    /// The generations of a work the hub keeps, oldest first.
+    pub async fn history(&self, work: &str) -> anyhow::Result<Vec<crate::api::RevisionView>> {
+        self.get(&format!("/v1/works/{work}/history")).await
+    }
+
     pub async fn rollout_action(
         &self,
         work: &str,

@@ -22,7 +22,7 @@ pub mod cost;
 pub mod undo;
 mod view;
 
-pub use undo::{set_paused, undo};
+pub use undo::{history, set_paused, undo};
 
 /// Run until the hub stops.
 pub async fn run(state: Arc<HubState>) {

@@ -26,7 +26,7 @@ pub fn undo(
             "cannot roll back work {name} from generation {current} to {to}"
         )]));
     }
-    let doc = state
+    let mut doc = state
         .store
         .read(|tx| tx.get(&WORK_HISTORY, &work_history_key(name, to)))?
         .ok_or_else(|| {
@@ -34,6 +34,10 @@ pub fn undo(
                 "generation {to} of work {name} is not in the history"
             )])
         })?;
+    doc.metadata.annotations.insert(
+        tether_protocol::work::RESTORES_ANNOTATION.to_string(),
+        to.to_string(),
+    );
     // Mark the next generation as a rollback before it becomes visible to the decision loop.
     let next = current + 1;
     state.store.write(|tx| {
@@ -59,7 +63,39 @@ pub fn undo(
     Ok(generation)
 }
 
-/// Pause or resume a progressive rollout.
+/// The generations of `name` still kept, oldest first.
+pub fn history(
+    state: &HubState,
+    name: &str,
+) -> Result<Vec<crate::api::RevisionView>, crate::works::WorkError> {
+    use tether_protocol::work::{RESTORES_ANNOTATION, SOURCE_ANNOTATION};
+    let current = state
+        .works
+        .snapshot()
+        .get(name)
+        .filter(|e| e.record.deleted.is_none())
+        .map(|e| e.record.generation)
+        .ok_or_else(|| crate::works::WorkError::NotFound(name.to_string()))?;
+    let rows = state
+        .store
+        .read(|tx| tx.list_prefix(&WORK_HISTORY, &tether_store::hub::work_history_prefix(name)))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, doc)| {
+            let generation = key.rsplit('/').next()?.parse().ok()?;
+            let note = |k: &str| doc.metadata.annotations.get(k);
+            Some(crate::api::RevisionView {
+                generation,
+                manifests: doc.spec.manifests.len(),
+                source: note(SOURCE_ANNOTATION).cloned(),
+                restores: note(RESTORES_ANNOTATION).and_then(|g| g.parse().ok()),
+                current: generation == current,
+            })
+        })
+        .collect())
+}
+
+/// Pause or resume a rollout (progressive or not); the pause holds across later applies.
 pub fn set_paused(
     state: &HubState,
     name: &str,

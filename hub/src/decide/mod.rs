@@ -328,15 +328,16 @@ fn decide_work(
         singleton,
         waiting_for,
     };
-    let record = inputs
-        .rollouts
-        .get(name)
-        .filter(|r| r.generation == generation)
-        .cloned()
-        .unwrap_or(RolloutRecord {
+    // A pause is the operator's, not the generation's: it holds across later applies until
+    // `resume` (an undo writes its own record and is never held).
+    let record = match inputs.rollouts.get(name) {
+        Some(r) if r.generation == generation => r.clone(),
+        previous => RolloutRecord {
             generation,
+            paused: previous.is_some_and(|r| r.paused && r.rollback_of.is_none()),
             ..RolloutRecord::default()
-        });
+        },
+    };
     let progressive_spec = spec
         .rollout
         .as_ref()
@@ -373,20 +374,43 @@ fn decide_work(
             }
         }
         _ => {
-            if !outside_window.is_empty() && record.rollback_of.is_none() {
+            let held = |c: &String| {
+                row(c).is_some_and(|r| {
+                    r.delivered
+                        .as_ref()
+                        .is_some_and(|d| d.generation == generation)
+                })
+            };
+            let paused = record.paused && record.rollback_of.is_none();
+            if paused {
+                // Paused without a progressive strategy: nobody new receives this generation;
+                // clusters that already hold it keep it.
+                let admitted: BTreeSet<String> = decision
+                    .selected
+                    .keys()
+                    .filter(|c| held(c))
+                    .cloned()
+                    .collect();
+                decision.rollout = Some(RolloutView {
+                    generation,
+                    phase: crate::api::RolloutPhase::Paused,
+                    reason: "paused by an operator".into(),
+                    paused: true,
+                    total: decision.selected.len(),
+                    admitted: admitted.len(),
+                    ..RolloutView::default()
+                });
+                decision.admitted = Some(admitted);
+                if inputs.rollouts.get(name) != Some(&record) {
+                    out.rollout_writes.push((name.to_string(), record.clone()));
+                }
+            } else if !outside_window.is_empty() && record.rollback_of.is_none() {
                 // Outside its window a cluster keeps what it has; already-updated ones stay.
                 decision.admitted = Some(
                     decision
                         .selected
                         .keys()
-                        .filter(|c| {
-                            !outside_window.contains(*c)
-                                || row(c).is_some_and(|r| {
-                                    r.delivered
-                                        .as_ref()
-                                        .is_some_and(|d| d.generation == generation)
-                                })
-                        })
+                        .filter(|c| !outside_window.contains(*c) || held(c))
                         .cloned()
                         .collect(),
                 );

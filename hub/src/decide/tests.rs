@@ -480,3 +480,80 @@ fn a_status_re_report_of_a_plain_work_touches_nothing() {
     let after = w.decide(NOW);
     assert!(before.decisions["web"].same_plan(&after.decisions["web"]));
 }
+
+#[test]
+fn a_pause_holds_across_a_new_generation_until_resume() {
+    for strategy in ["Progressive", "All"] {
+        let spec = serde_json::json!({
+            "placement": {"selector": {}},
+            "rollout": {"strategy": strategy, "maxConcurrency": 1},
+        });
+        let mut w = World::default()
+            .with("a", cluster(&[], true, None))
+            .with("b", cluster(&[], true, None))
+            .add_work(work("app", 2, spec.clone()));
+        // Generation 1 was paused; "a" already holds generation 2 from before the pause.
+        w.rollouts.insert(
+            "app".into(),
+            RolloutRecord {
+                generation: 1,
+                paused: true,
+                ..RolloutRecord::default()
+            },
+        );
+        w.status.insert(("app".into(), "a".into()), applied(2));
+        let out = w.step(NOW);
+        let d = &out.decisions["app"];
+        let view = d.rollout.as_ref().expect("a paused work shows its rollout");
+        assert!(view.paused, "{strategy}: the pause carries to generation 2");
+        assert_eq!(view.phase, crate::api::RolloutPhase::Paused, "{strategy}");
+        let admitted = d.admitted.clone().expect("admission is held");
+        assert!(
+            !admitted.contains("b"),
+            "{strategy}: b must wait: {admitted:?}"
+        );
+        let written: BTreeMap<_, _> = out.rollout_writes.into_iter().collect();
+        assert!(
+            written["app"].paused && written["app"].generation == 2,
+            "{strategy}"
+        );
+
+        // Resume: the operator's record for this generation, unpaused.
+        w.rollouts.insert(
+            "app".into(),
+            RolloutRecord {
+                generation: 2,
+                ..RolloutRecord::default()
+            },
+        );
+        let out = w.step(NOW + 1000);
+        let d = &out.decisions["app"];
+        assert!(d.rollout.as_ref().is_none_or(|r| !r.paused), "{strategy}");
+        if strategy == "All" {
+            assert_eq!(d.admitted, None, "{strategy}: everyone, at once");
+        }
+    }
+}
+
+#[test]
+fn an_undo_is_never_held_by_a_pause() {
+    let spec = serde_json::json!({"placement": {"selector": {}}});
+    let mut w = World::default()
+        .with("a", cluster(&[], true, None))
+        .add_work(work("app", 3, spec));
+    w.rollouts.insert(
+        "app".into(),
+        RolloutRecord {
+            generation: 3,
+            rollback_of: Some(1),
+            paused: true,
+            ..RolloutRecord::default()
+        },
+    );
+    let d = &w.step(NOW).decisions["app"];
+    assert_eq!(d.admitted, None);
+    assert_eq!(
+        d.rollout.as_ref().map(|r| r.phase),
+        Some(crate::api::RolloutPhase::RolledBack)
+    );
+}

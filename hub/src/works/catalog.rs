@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock};
 use tether_protocol::bundle::{self, Packed};
 use tether_protocol::work::{validate, WorkDocument};
 use tether_store::hub::{
-    work_history_key, AuditEvent, Deletion, WorkRecord, AUDIT, WORKS, WORK_HISTORY,
+    work_history_key, work_history_prefix, AuditEvent, Deletion, WorkRecord, AUDIT, WORKS,
+    WORK_HISTORY,
 };
 use tether_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -194,6 +195,11 @@ pub fn apply(
                 &work_history_key(&name, record.generation),
                 &record.document,
             )?;
+            tx.remove_prefix_except_newest(
+                &WORK_HISTORY,
+                &work_history_prefix(&name),
+                tether_protocol::work::HISTORY_KEEP,
+            )?;
             tx.append(
                 &AUDIT,
                 &AuditEvent {
@@ -254,4 +260,42 @@ pub fn delete(
     tracing::info!(work = %name, orphan, "work deleted");
     index.publish(name, WorkEntry::new(record, None));
     Ok(generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_protocol::work::HISTORY_KEEP;
+
+    fn doc(value: usize) -> WorkDocument {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Work",
+            "metadata": {"name": "app"},
+            "spec": {"targets": {"clusters": ["a"]}, "manifests": [{"apiVersion": "v1",
+                "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"},
+                "data": {"v": value.to_string()}}]},
+        }))
+        .expect("test work")
+    }
+
+    #[test]
+    fn the_history_keeps_the_newest_generations_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("hub.redb")).unwrap();
+        let index = WorkIndex::load(&store).unwrap();
+        let applies = HISTORY_KEEP + 5;
+        for v in 0..applies {
+            apply(&store, &index, doc(v), 1 << 20, "test").unwrap();
+        }
+        let kept: Vec<String> = store
+            .read(|tx| tx.list_prefix(&WORK_HISTORY, &work_history_prefix("app")))
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let want: Vec<String> = (applies - HISTORY_KEEP + 1..=applies)
+            .map(|g| work_history_key("app", g as u64))
+            .collect();
+        assert_eq!(kept, want);
+    }
 }

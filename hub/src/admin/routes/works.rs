@@ -1,4 +1,5 @@
-//! Routes for works: apply, list, get, delete, placement, rollout, pause/resume, undo, rendered.
+//! Routes for works: apply, list, get, delete, placement, rollout, pause/resume, history, undo,
+//! rendered.
 
 use crate::admin::server::bytes_body::Body;
 use crate::admin::server::*;
@@ -151,7 +152,7 @@ pub(super) async fn route(
                     .decisions
                     .snapshot()
                     .get(*name)
-                    .map(|d| d.rollout.as_ref().is_none_or(|r| r.paused == paused));
+                    .map(|d| d.rollout.as_ref().map_or(!paused, |r| r.paused == paused));
                 if shown != Some(false) {
                     break;
                 }
@@ -167,6 +168,15 @@ pub(super) async fn route(
                 StatusCode::OK,
                 &serde_json::json!({"work": name, "paused": paused}),
             ))
+        }
+        (&Method::GET, ["v1", "works", name, "history"]) => {
+            let st = state.clone();
+            let n = name.to_string();
+            let rows = tokio::task::spawn_blocking(move || crate::controller::history(&st, &n))
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| work_error(&e))?;
+            Ok(json(StatusCode::OK, &rows))
         }
         (&Method::POST, ["v1", "works", name, "undo"]) => {
             let to = query_usize(&req, "to_generation").map(|g| g as u64);

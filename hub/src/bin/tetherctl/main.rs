@@ -125,7 +125,7 @@ enum Cmd {
     /// Delete resources.
     #[command(subcommand)]
     Delete(DeleteCmd),
-    /// Progressive rollouts: status, pause, resume, undo.
+    /// Rollouts: status, pause, resume, history, undo.
     #[command(subcommand)]
     Rollout(RolloutCmd),
     /// Print tetherctl's version, and the hub's when a config is given.
@@ -147,10 +147,13 @@ enum RolloutCmd {
         #[arg(long)]
         watch: bool,
     },
-    /// Stop admitting clusters to the current generation.
+    /// Stop admitting clusters: the pause holds across later applies until `resume`, for a
+    /// progressive rollout and an all-at-once work alike (clusters keep what they hold).
     Pause { work: String },
     /// Admit clusters again.
     Resume { work: String },
+    /// The generations the hub keeps for `undo` (the newest 10), with where each came from.
+    History { work: String },
     /// Restore an earlier generation (default: the previous one) on every selected cluster at once.
     Undo {
         work: String,
@@ -731,6 +734,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Rollout(RolloutCmd::Resume { work }) => {
             client.rollout_action(&work, "resume", None).await?;
             outln!("rollout of work/{work} resumed");
+        }
+        Cmd::Rollout(RolloutCmd::History { work }) => {
+            let rows = client.history(&work).await?;
+            print(out, &rows, || {
+                outln!("{:<11} {:>9}  SOURCE", "GENERATION", "MANIFESTS");
+                for r in &rows {
+                    let mut source = r.source.clone().unwrap_or_else(|| "-".into());
+                    if let Some(g) = r.restores {
+                        source = format!("undo: restores generation {g}");
+                    }
+                    let generation =
+                        format!("{}{}", r.generation, if r.current { " *" } else { "" });
+                    outln!("{generation:<11} {:>9}  {source}", r.manifests);
+                }
+            })?;
         }
         Cmd::Rollout(RolloutCmd::Undo {
             work,
