@@ -1,5 +1,5 @@
 use std::path::PathBuf;
-use tether_protocol::ErrorMsg;
+use tether_protocol::{ErrorCode, ErrorMsg};
 use tether_store::StoreError;
 
 /// Exit code of an agent whose database cannot be used (damaged beyond redb's repair): a
@@ -76,6 +76,28 @@ impl AgentError {
             | AgentError::Unauthorized(_)
             | AgentError::CertificateExpired(_)
             | AgentError::JoinDenied(_) => 3,
+            // A bad token (unknown, used up, expired, revoked) or a denial: only a new token
+            // or an administrator can help, so a supervisor must not retry it in a loop.
+            AgentError::JoinRefused(m)
+                if matches!(
+                    m.code,
+                    ErrorCode::TokenInvalid
+                        | ErrorCode::TokenExpired
+                        | ErrorCode::TokenExhausted
+                        | ErrorCode::Denied
+                ) =>
+            {
+                3
+            }
+            // The agent's own flags (its name, its labels, its CSR) must change first.
+            AgentError::JoinRefused(m)
+                if matches!(
+                    m.code,
+                    ErrorCode::NameTaken | ErrorCode::NameInvalid | ErrorCode::CsrInvalid
+                ) =>
+            {
+                2
+            }
             AgentError::Config(_)
             | AgentError::NotJoined
             | AgentError::AlreadyJoined(_)

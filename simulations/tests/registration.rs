@@ -107,6 +107,11 @@ async fn auto_approve_token_and_single_use_refusal() {
         AgentError::JoinRefused(m) => assert_eq!(m.code, ErrorCode::TokenInvalid, "{err}"),
         other => panic!("expected JoinRefused, got {other}"),
     }
+    assert_eq!(
+        err.exit_code(),
+        3,
+        "a supervisor must not retry a bad token"
+    );
     // Unknown token.
     let e = agent(&hub, dir.path(), "e", "tether1.0000");
     let err = tokio::time::timeout(WAIT, e.task)
@@ -129,9 +134,10 @@ async fn auto_approve_token_and_single_use_refusal() {
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(&err, AgentError::JoinRefused(m) if m.message.contains("already registered")),
+        matches!(&err, AgentError::JoinRefused(m) if m.code == ErrorCode::NameTaken),
         "{err}"
     );
+    assert_eq!(err.exit_code(), 2, "the agent's --name must change first");
 
     for a in fleet {
         a.stop().await.unwrap();
@@ -452,4 +458,43 @@ async fn idle_heartbeats_are_datagrams_and_keep_the_cluster_ready() {
     let c = admin.cluster("quiet").await.unwrap();
     assert_eq!(c.state, tether_hub::api::ClusterState::Ready);
     a.stop().await.unwrap();
+}
+
+/// The real binary with a token that expired: it says so and exits with the code supervisors
+/// are told not to restart on (3), instead of retrying a join that cannot succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_stops_the_agent_binary_with_the_cut_off_code() {
+    init_logs();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let token = hub
+        .admin()
+        .unwrap()
+        .create_token(&tether_hub::api::CreateTokenRequest {
+            ttl_secs: 1,
+            uses: 1,
+            auto_approve: true,
+            labels: Labels::new(),
+            allowed_labels: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .token;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut agent = AgentProcess::spawn(&bin, &hub, dir.path(), "late", &token);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the agent kept retrying an expired token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(dir.path().join("late.log")).unwrap();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("refused the join request"), "{log}");
 }
