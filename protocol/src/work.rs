@@ -371,6 +371,41 @@ impl LabelSelector {
                 }
             })
     }
+
+    /// The first term these labels fail, said so that an operator sees what to change
+    /// (`matchLabels region=eu: the cluster has region=us`); `None` when they match.
+    pub fn first_mismatch(&self, labels: &Labels) -> Option<String> {
+        let has = |k: &str| match labels.get(k) {
+            Some(v) => format!("the cluster has {k}={v}"),
+            None => format!("the cluster has no {k} label"),
+        };
+        if let Some((k, v)) = self
+            .match_labels
+            .iter()
+            .find(|(k, v)| labels.get(*k) != Some(*v))
+        {
+            return Some(format!("matchLabels {k}={v}: {}", has(k)));
+        }
+        self.match_expressions
+            .iter()
+            .enumerate()
+            .find(|(_, r)| {
+                let one = LabelSelector {
+                    match_labels: Labels::new(),
+                    match_expressions: vec![(*r).clone()],
+                };
+                !one.matches(labels)
+            })
+            .map(|(i, r)| {
+                format!(
+                    "matchExpressions[{i}] {} {:?} [{}]: {}",
+                    r.key,
+                    r.operator,
+                    r.values.join(", "),
+                    has(&r.key)
+                )
+            })
+    }
 }
 
 impl Targets {

@@ -69,7 +69,19 @@ pub fn select(
                 } else if p.selector.as_ref().is_some_and(|s| s.matches(&c.labels)) {
                     (true, "matches spec.placement.selector")
                 } else {
-                    (false, "")
+                    out.push(Choice {
+                        cluster: c.name.clone(),
+                        selected: false,
+                        reason: match p
+                            .selector
+                            .as_ref()
+                            .and_then(|s| s.first_mismatch(&c.labels))
+                        {
+                            Some(term) => format!("spec.placement.selector {term}"),
+                            None => "not named in spec.placement.clusters (and no selector)".into(),
+                        },
+                    });
+                    continue;
                 }
             }
         };
@@ -84,10 +96,18 @@ pub fn select(
             }
             eligible.push((c, why));
         } else {
+            let term = spec
+                .targets
+                .selector
+                .as_ref()
+                .and_then(|s| s.first_mismatch(&c.labels));
             out.push(Choice {
                 cluster: c.name.clone(),
                 selected: false,
-                reason: "does not match the placement".into(),
+                reason: match term {
+                    Some(term) => format!("spec.targets.selector {term}"),
+                    None => "not named in spec.targets.clusters (and no selector)".into(),
+                },
             });
         }
     }
@@ -210,6 +230,49 @@ mod tests {
                 .into(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_cluster_left_out_is_told_which_selector_term_failed() {
+        let s = spec(json!({"placement": {"selector": {
+            "matchLabels": {"region": "eu"},
+            "matchExpressions": [
+                {"key": "tether.dev/arch", "operator": "In", "values": ["aarch64"]},
+                {"key": "tier", "operator": "Exists"},
+            ]}}, "manifests": []}));
+        let out = select("w", &s, &cands(4), &Default::default(), &Default::default());
+        let why = |c: &str| out.iter().find(|x| x.cluster == c).unwrap().reason.clone();
+        assert_eq!(
+            why("c001"),
+            "spec.placement.selector matchLabels region=eu: the cluster has region=us"
+        );
+        assert_eq!(
+            why("c002"),
+            "spec.placement.selector matchExpressions[0] tether.dev/arch In [aarch64]: the cluster has tether.dev/arch=x86_64"
+        );
+        assert_eq!(
+            why("c000"),
+            "spec.placement.selector matchExpressions[1] tier Exists []: the cluster has no tier label"
+        );
+        let sel = s.placement.as_ref().unwrap().selector.as_ref().unwrap();
+        for c in cands(12) {
+            assert_eq!(
+                sel.first_mismatch(&c.labels).is_none(),
+                sel.matches(&c.labels)
+            );
+        }
+        let named = spec(json!({"targets": {"clusters": ["c000"]}, "manifests": []}));
+        let out = select(
+            "w",
+            &named,
+            &cands(2),
+            &Default::default(),
+            &Default::default(),
+        );
+        assert_eq!(
+            out[1].reason,
+            "not named in spec.targets.clusters (and no selector)"
+        );
     }
 
     #[test]
