@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod reconcile;
 pub mod renewal;
 pub mod session;
+pub mod status_file;
 pub mod supervise;
 
 pub use error::{AgentError, EXIT_STORE_DAMAGED};

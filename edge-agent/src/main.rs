@@ -93,7 +93,8 @@ enum Cmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Show this agent's identity.
+    /// Show this agent's identity, and its session while it runs (from `status.json`, which
+    /// the running agent writes: it holds the database's lock).
     Status {
         #[arg(long)]
         data_dir: PathBuf,
@@ -265,7 +266,22 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             Ok(())
         }
         Cmd::Status { data_dir } => {
-            let store = tether_agent::open_store(&data_dir)?;
+            use tether_agent::status_file;
+            let store = match tether_agent::open_store(&data_dir) {
+                Ok(store) => store,
+                // The running agent holds the database's lock; it reports through a file.
+                Err(AgentError::Store(StoreError::Locked { .. })) => {
+                    let s = status_file::read(&data_dir).map_err(|e| {
+                        AgentError::Io(format!("the agent is running and holds its database; {e}"))
+                    })?;
+                    println!("{}", status_file::describe(&s));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            if let Ok(last) = status_file::read(&data_dir) {
+                println!("last run:\n{}\n", status_file::describe(&last));
+            }
             match store.read(|tx| tx.get(&IDENTITY, CURRENT))? {
                 Some(id) => {
                     let info = tether_transport::certs::inspect_pem(&id.cert_pem).map_err(|e| AgentError::Protocol(e.to_string()))?;

@@ -6,7 +6,9 @@ use crate::error::store_retryable;
 use crate::executor::Executor;
 use crate::reconcile::{Reconciler, Signals};
 use crate::supervise::{panic_text, supervise, HEALTHY_RUN};
-use crate::{desired, facts, open_store_waiting, outbox, renewal, AgentError, Shutdown};
+use crate::{
+    desired, facts, open_store_waiting, outbox, renewal, status_file, AgentError, Shutdown,
+};
 use quinn::Connection;
 use rand::Rng;
 use std::path::PathBuf;
@@ -59,7 +61,7 @@ fn until_ms(deadline_ms: u64) -> Duration {
     Duration::from_millis(deadline_ms.saturating_sub(now_ms()))
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -72,6 +74,7 @@ fn rfc3339(ms: u64) -> String {
 /// The identity in use, with its renewal deadline.
 struct Current {
     identity: Identity,
+    serial_hex: String,
     not_after_ms: u64,
     renew_at_ms: u64,
 }
@@ -86,6 +89,7 @@ impl Current {
         Ok(Self {
             renew_at_ms: renewal::due_ms(not_before_ms, not_after_ms, fraction),
             not_after_ms,
+            serial_hex: info.serial_hex,
             identity,
         })
     }
@@ -100,6 +104,41 @@ struct Agent {
     limits: Limits,
     /// Renewals failed in a row (reset by a success): the retry backs off on it.
     renew_failures: u32,
+    status: StatusReporter,
+}
+
+/// Writes `status.json` off the runtime, newest report last even if two writes overlap.
+struct StatusReporter {
+    data_dir: PathBuf,
+    seq: u64,
+    written: Arc<std::sync::Mutex<u64>>,
+}
+
+impl Agent {
+    fn report(&mut self, session: status_file::Session) {
+        self.status.seq += 1;
+        let seq = self.status.seq;
+        let status = status_file::AgentStatus {
+            pid: std::process::id(),
+            cluster: self.current.identity.name.clone(),
+            hubs: self.current.identity.hubs.clone(),
+            cert_serial: self.current.serial_hex.clone(),
+            cert_not_after_ms: self.current.not_after_ms,
+            session,
+            updated_at_ms: now_ms(),
+        };
+        let (dir, written) = (self.status.data_dir.clone(), self.status.written.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut last = written.lock().unwrap_or_else(|p| p.into_inner());
+            if *last > seq {
+                return;
+            }
+            *last = seq;
+            if let Err(e) = status_file::write(&dir, &status) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot write the status file for `tether-agent status`");
+            }
+        });
+    }
 }
 
 enum End {
@@ -177,6 +216,11 @@ pub async fn run<E: Executor>(
         current,
         limits: Limits::default(),
         renew_failures: 0,
+        status: StatusReporter {
+            data_dir: opts.data_dir.clone(),
+            seq: 0,
+            written: Arc::default(),
+        },
     };
     let mut backoff = Backoff::new(opts.backoff_base, opts.backoff_cap);
     tracing::info!(cluster = %agent.current.identity.name, cert_expires = %rfc3339(agent.current.not_after_ms), "agent starting");
@@ -236,6 +280,10 @@ async fn sessions(
                 }
             }
             Ok(End::Lost(e)) | Err(e) if !e.is_fatal() => {
+                agent.report(status_file::Session::Disconnected {
+                    since_ms: now_ms(),
+                    last_error: e.to_string(),
+                });
                 let delay = backoff.next_delay(rand::rng().random());
                 tracing::warn!(hub = %addr, error = %e, "no session with the hub; retrying in {delay:?}");
                 tokio::select! {
@@ -244,6 +292,10 @@ async fn sessions(
                 }
             }
             Ok(End::Lost(e)) | Err(e) => {
+                agent.report(status_file::Session::Disconnected {
+                    since_ms: now_ms(),
+                    last_error: format!("stopped: {e}"),
+                });
                 tracing::error!(error = %e, "stopping");
                 return Err(e);
             }
@@ -270,6 +322,10 @@ async fn session(
     backoff.reset();
     let name = agent.current.identity.name.clone();
     tracing::info!(cluster = %name, hub = %addr, hub_version = %ack.hub_version, "session established");
+    agent.report(status_file::Session::Connected {
+        hub: addr.to_string(),
+        since_ms: now_ms(),
+    });
     send_inventory(agent, &conn).await?;
     // A store error counts as holding one: a confirmation costs a packet, a missed one could
     // make a singleton fence while its session is fine.

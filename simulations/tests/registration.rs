@@ -498,3 +498,61 @@ async fn an_expired_token_stops_the_agent_binary_with_the_cut_off_code() {
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(log.contains("refused the join request"), "{log}");
 }
+
+/// `tether-agent status` while the agent runs (it holds the database's lock) reads the status
+/// file the agent writes; once the agent is gone it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_works_while_the_agent_binary_runs() {
+    init_logs();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path()).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Labels::new()).await.unwrap();
+    let agent = AgentProcess::spawn(&bin, &hub, dir.path(), "watched", &token);
+    wait_for(
+        &admin,
+        WAIT,
+        "Ready",
+        all_in_state(&names(&["watched"]), "Ready"),
+    )
+    .await
+    .unwrap();
+    let data_dir = dir.path().join("agents").join("watched");
+    let status = || {
+        let out = std::process::Command::new(&bin)
+            .args(["status", "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let start = Instant::now();
+    let (ok, text) = loop {
+        let (ok, text) = status();
+        if text.contains("connected to") || start.elapsed() > WAIT {
+            break (ok, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ok, "{text}");
+    assert!(text.contains("cluster: watched"), "{text}");
+    assert!(text.contains("agent: running (pid"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "connected to localhost:{}",
+            hub.quic_addr().port()
+        )),
+        "{text}"
+    );
+
+    agent.kill9();
+    let (ok, text) = status();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("last run:") && text.contains("not running"),
+        "{text}"
+    );
+}
