@@ -361,3 +361,62 @@ async fn server_override_version_completion_warnings_and_a_closed_pipe() {
         a.stop().await.unwrap();
     }
 }
+
+/// `rollout status --watch` on a terminal (a pty from util-linux `script`) redraws its frame in
+/// place with a row per cluster still moving; through a pipe it prints one line per change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_watch_redraws_on_a_terminal_and_prints_changes_to_a_pipe() {
+    init_logs();
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "util-linux `script` is needed");
+        eprintln!("SKIPPED: no `script` to give tetherctl a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub, ctl, agents) = setup(d).await;
+    let admin = hub.admin().unwrap();
+    let work = |v: &str| {
+        work_from(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Work",
+            "metadata": {"name": "slow"},
+            "spec": {
+                "placement": {"selector": {}},
+                "rollout": {"strategy": "Progressive", "maxConcurrency": 1, "minSuccessSeconds": 2},
+                "manifests": [{"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "slow", "namespace": "default"}, "data": {"v": v}}],
+            }
+        }))
+    };
+    admin.apply_work(&work("v1")).await.unwrap();
+    let watch = format!(
+        "{} --config {} rollout status slow --watch",
+        ctl.bin.display(),
+        ctl.config.display()
+    );
+    let tty = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qec", &watch, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}");
+    assert!(screen.contains("\x1b[") && screen.contains("F\x1b[J"), "no redraw: {screen:?}");
+    assert!(screen.contains("updating") || screen.contains("waiting"), "{screen:?}");
+    assert!(screen.contains("2/2 done") && screen.contains("Complete"), "{screen:?}");
+
+    admin.apply_work(&work("v2")).await.unwrap();
+    let piped = ctl.ok(&["rollout", "status", "slow", "--watch"]).await;
+    assert!(!piped.contains('\x1b'), "{piped:?}");
+    let lines: Vec<&str> = piped.lines().collect();
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "repeated lines: {piped}");
+    assert!(lines.last().is_some_and(|l| l.contains("Complete")), "{piped}");
+
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod clusters;
 mod out;
+mod rollout;
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -16,7 +17,7 @@ use clusters::{parse_selector, Selector, SortBy};
 use out::{ago, out, outln, print, Output};
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_hub::api::{ApplyOutcome, AuditFilter, CreateTokenRequest, RolloutPhase};
+use tether_hub::api::{ApplyOutcome, AuditFilter, CreateTokenRequest};
 use tether_hub::config::CtlConfig;
 use tether_hub::util::{now_ms, parse_duration, rfc3339};
 use tether_hub::AdminClient;
@@ -143,7 +144,9 @@ enum RolloutCmd {
     /// Progress of a work's rollout, with counts per state.
     Status {
         work: String,
-        /// Refresh every second until the rollout completes or pauses.
+        /// Refresh every second until the rollout completes or pauses: on a terminal the view
+        /// redraws in place (counts, ETA, the clusters still moving); otherwise one line is
+        /// printed per change.
         #[arg(long)]
         watch: bool,
     },
@@ -693,40 +696,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })?;
         }
-        Cmd::Rollout(RolloutCmd::Status { work, watch }) => loop {
-            let r = client.rollout(&work).await?;
-            print(out, &r, || {
-                let width = 30usize;
-                let filled = (r.done * width).checked_div(r.total).unwrap_or(width);
-                outln!(
-                    "work/{work} generation {}: [{}{}] {}/{} done, {} updating, {} failed, {} offline pending, {} admitted  {}",
-                    r.generation,
-                    "#".repeat(filled),
-                    ".".repeat(width - filled.min(width)),
-                    r.done,
-                    r.total,
-                    r.in_flight,
-                    r.failed,
-                    r.pending_offline,
-                    r.admitted,
-                    if r.reason.is_empty() {
-                        format!("{:?}", r.phase)
-                    } else {
-                        format!("{:?}: {}", r.phase, r.reason)
-                    }
-                );
-            })?;
-            if !watch
-                || r.rollback_of.is_some()
-                || matches!(
-                    r.phase,
-                    RolloutPhase::Complete | RolloutPhase::Paused | RolloutPhase::All
-                )
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        },
+        Cmd::Rollout(RolloutCmd::Status { work, watch }) => {
+            rollout::status(&client, out, &work, watch).await?;
+        }
         Cmd::Rollout(RolloutCmd::Pause { work }) => {
             client.rollout_action(&work, "pause", None).await?;
             outln!("rollout of work/{work} paused");
