@@ -10,6 +10,7 @@ pub mod error;
 pub mod executor;
 pub mod facts;
 pub mod join;
+pub mod leave;
 pub mod outbox;
 pub mod reconcile;
 pub mod renewal;

@@ -88,10 +88,19 @@ enum Cmd {
         reconcile_interval: Duration,
     },
     /// Wipe this agent's identity (key, certificate, pending join). The hub keeps its record
-    /// until an administrator detaches the cluster.
+    /// until an administrator detaches the cluster. What the hub delivered keeps running
+    /// unless --remove-objects is given.
     Leave {
         #[arg(long)]
         data_dir: PathBuf,
+        /// First remove every work this agent manages, as a removal from the hub would
+        /// (objects Tether created are deleted, ones it adopted are released). Stop the agent
+        /// first. If a removal fails the identity is kept, so the command can be retried.
+        #[arg(long)]
+        remove_objects: bool,
+        /// With --remove-objects: where the works were applied (as for `run`).
+        #[arg(long, default_value = "kube", value_parser = parse_executor)]
+        executor: ExecutorChoice,
     },
     /// Show this agent's identity, and its session while it runs (from `status.json`, which
     /// the running agent writes: it holds the database's lock).
@@ -251,15 +260,25 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             }
             tether_agent::run(&opts, executor, shutdown).await
         }
-        Cmd::Leave { data_dir } => {
-            let store = tether_agent::open_store(&data_dir)?;
-            let name = store.write(|tx| {
-                let name = tx.get(&IDENTITY, CURRENT)?.map(|i| i.name);
-                tx.remove(&IDENTITY, CURRENT)?;
-                tx.remove(&PENDING_JOIN, CURRENT)?;
-                Ok::<_, StoreError>(name)
-            })?;
-            match name {
+        Cmd::Leave {
+            data_dir,
+            remove_objects,
+            executor,
+        } => {
+            let left = if remove_objects {
+                let executor = build_executor(&executor).await?;
+                tether_agent::leave::leave(&data_dir, Some(&executor)).await?
+            } else {
+                tether_agent::leave::leave::<AnyExecutor>(&data_dir, None).await?
+            };
+            if remove_objects {
+                println!(
+                    "removed {} work(s): {}",
+                    left.removed.len(),
+                    left.removed.join(", ")
+                );
+            }
+            match left.cluster {
                 Some(n) => println!("identity of cluster {n} wiped; ask a hub administrator to run `tetherctl clusters detach {n}`"),
                 None => println!("no identity stored in {}", data_dir.display()),
             }

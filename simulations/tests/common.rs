@@ -150,6 +150,15 @@ pub async fn wait_applied(
     }
 }
 
+/// Poll until the future `f` makes holds, or panic after `WAIT`.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < WAIT, "timed out");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Poll until `f` holds or panic after `WAIT`.
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

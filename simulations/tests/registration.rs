@@ -162,6 +162,17 @@ async fn deny_cuts_a_live_session_within_a_second_and_the_certificate_stays_refu
     .await
     .unwrap();
 
+    eventually_async(|| async {
+        admin.clusters().await.is_ok_and(|cs| {
+            cs.iter().any(|c| {
+                c.name == "victim"
+                    && c.conditions
+                        .iter()
+                        .any(|k| k.kind == "AgentReady" && k.status == "True")
+            })
+        })
+    })
+    .await;
     let denied_at = Instant::now();
     let result = admin.deny("victim", "lost device").await.unwrap();
     assert!(result.session_closed);
@@ -191,6 +202,11 @@ async fn deny_cuts_a_live_session_within_a_second_and_the_certificate_stays_refu
     let by = |n: &str| clusters.iter().find(|c| c.name == n).unwrap().clone();
     assert_eq!(by("bystander").state, tether_hub::api::ClusterState::Ready);
     assert_eq!(by("victim").state, tether_hub::api::ClusterState::Denied);
+    assert!(
+        by("victim").conditions.is_empty(),
+        "a denied cluster keeps no stale AgentReady: {:?}",
+        by("victim").conditions
+    );
     let audit = admin.audit(100).await.unwrap();
     for kind in ["join_denied", "cert_revoked", "handshake_rejected"] {
         assert!(audit.iter().any(|e| e.kind == kind), "audit lacks {kind}");
@@ -555,4 +571,83 @@ async fn status_works_while_the_agent_binary_runs() {
         text.contains("last run:") && text.contains("not running"),
         "{text}"
     );
+
+    // Once heartbeats stop the hub does not repeat the agent's last AgentReady=True as current.
+    let start = Instant::now();
+    loop {
+        let cs = admin.clusters().await.unwrap();
+        let c = cs.iter().find(|c| c.name == "watched").unwrap();
+        if c.conditions
+            .iter()
+            .any(|k| k.kind == "AgentReady" && k.status == "Unknown" && k.reason == "NoHeartbeat")
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "stale conditions: {c:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A denied cluster keeps what it runs (the edge stays in charge); its owner can take it away
+/// locally with `leave --remove-objects`, which removes the objects before wiping the identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_cluster_keeps_its_works_until_its_owner_removes_them_on_leave() {
+    init_logs();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Labels::new()).await.unwrap();
+    let mut agent = AgentProcess::spawn(&bin, &hub, d, "gone", &token);
+    admin
+        .apply_work(&work_from(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Work",
+            "metadata": {"name": "app"},
+            "spec": {"targets": {"clusters": ["gone"]}, "manifests": [{"apiVersion": "v1",
+                "kind": "ConfigMap", "metadata": {"name": "app", "namespace": "default"},
+                "data": {"k": "v"}}]},
+        })))
+        .await
+        .unwrap();
+    wait_applied(&admin, "app", 1, 1).await;
+    let file = manifests_dir(d, "gone").join("tether-app.yaml");
+    assert!(file.exists());
+
+    admin.deny("gone", "decommissioned").await.unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < WAIT, "a denied agent kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        file.exists(),
+        "a denial alone must not take the workload down"
+    );
+
+    let data_dir = d.join("agents").join("gone");
+    let out = std::process::Command::new(&bin)
+        .args(["leave", "--remove-objects", "--data-dir"])
+        .arg(&data_dir)
+        .arg(format!(
+            "--executor=dir:{}",
+            manifests_dir(d, "gone").display()
+        ))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("removed 1 work(s): app"), "{text}");
+    assert!(!file.exists(), "{text}");
+    let out = std::process::Command::new(&bin)
+        .args(["status", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not joined"));
 }

@@ -117,14 +117,6 @@ async fn apply_update_retarget_delete_and_orphan() {
     }
 }
 
-async fn eventually_async<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
-    let start = std::time::Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < WAIT, "timed out");
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_works_are_refused_with_clear_errors() {
     init_logs();

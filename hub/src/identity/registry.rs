@@ -795,6 +795,8 @@ impl Registry {
                 revocation = Some(self.revoke_in(tx, &cluster, "denied", actor, now_ms)?);
                 cluster.state = ClusterState::Denied;
                 cluster.state_since_ms = now_ms;
+                // The agent's self-report (AgentReady=True...) ended with its last session.
+                cluster.conditions.clear();
                 tx.put(&CLUSTERS, name, &cluster)?;
             }
             if !found {

@@ -159,15 +159,34 @@ pub(crate) fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView 
         tether_store::hub::ClusterState::Denied => rec.state,
         persisted => health.state(&rec.name).unwrap_or(persisted),
     };
+    let connected = health.is_connected(&rec.name);
+    // Conditions are the agent's report over its heartbeats: once those stop (Unknown,
+    // Offline) they are only the last word, and AgentReady=True for a silent agent misleads.
+    let conditions = if live_state == tether_store::hub::ClusterState::Ready {
+        rec.conditions
+    } else {
+        rec.conditions
+            .into_iter()
+            .map(|c| tether_protocol::Condition {
+                message: format!(
+                    "last reported {} ({}) before the heartbeats stopped",
+                    c.status, c.reason
+                ),
+                kind: c.kind,
+                status: "Unknown".into(),
+                reason: "NoHeartbeat".into(),
+            })
+            .collect()
+    };
     ClusterView {
-        connected: health.is_connected(&rec.name),
+        connected,
         state: live_state,
         last_seen_ms: health.last_heartbeat(&rec.name).or(rec.last_seen_ms),
         name: rec.name,
         labels: rec.labels,
         facts: rec.facts,
         pins: rec.pins,
-        conditions: rec.conditions,
+        conditions,
         joined_at_ms: rec.joined_at_ms,
         cert_serial: rec.cert_serial,
         cert_not_after_ms: rec.cert_not_after_ms,
