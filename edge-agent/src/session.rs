@@ -165,6 +165,20 @@ pub async fn run<E: Executor>(
         Err(AgentError::Interrupted) => return Ok(()),
         Err(e) => return Err(e),
     };
+    // The file never shrinks by itself: give back what removed works used, before anything
+    // else holds a transaction. A failure (a full disk) costs only the space.
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || s.compact()).await {
+        Ok(Ok((before, after))) if after < before => {
+            tracing::info!(
+                before_bytes = before,
+                after_bytes = after,
+                "compacted the agent database"
+            )
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not compact the agent database"),
+        _ => {}
+    }
     let identity = store
         .read(|tx| tx.get(&IDENTITY, CURRENT))?
         .ok_or(AgentError::NotJoined)?;
@@ -237,9 +251,24 @@ pub async fn run<E: Executor>(
     tasks.shutdown().await;
     let _ = stop_reconciler.send(true);
     let _ = reconciler.await;
+    // A store read or write already on the blocking pool cannot be aborted and holds a
+    // clone of the handle: wait for it, so the database lock is free when `run` returns.
+    let store = Arc::downgrade(&agent.store);
     drop(agent);
+    let released_by = tokio::time::Instant::now() + STORE_RELEASE_WAIT;
+    while store.strong_count() > 0 && tokio::time::Instant::now() < released_by {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if store.strong_count() > 0 {
+        tracing::warn!(
+            "a store operation still runs after shutdown; the database stays locked until it ends"
+        );
+    }
     result
 }
+
+/// Longest `run` waits at its end for store operations in flight on the blocking pool.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 async fn sessions(
     agent: &mut Agent,

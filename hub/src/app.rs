@@ -44,6 +44,23 @@ fn read(path: std::path::PathBuf) -> anyhow::Result<String> {
     })
 }
 
+/// redb reuses freed pages but never shrinks its file: without this a hub whose large works
+/// were deleted keeps their size on disk for good. Start is the one moment nothing else uses
+/// the database; a failure costs only the space.
+fn compact_at_start(store: &Store) {
+    let started = std::time::Instant::now();
+    match store.compact() {
+        Ok((before, after)) if after < before => tracing::info!(
+            before_bytes = before,
+            after_bytes = after,
+            took = ?started.elapsed(),
+            "compacted the hub database"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not compact the hub database; serving anyway"),
+    }
+}
+
 pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let dir = cfg.data_dir.clone();
     let ca_pem = read(dir.ca_cert())?;
@@ -57,6 +74,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         Store::open_existing(dir.database())
             .context("opening the hub database (recovery: docs/recovery.md)")?,
     );
+    compact_at_start(&store);
     if let Some(n) =
         crate::ingest::status::retire_legacy_log(&store).context("retiring the status log")?
     {

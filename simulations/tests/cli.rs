@@ -368,7 +368,10 @@ async fn server_override_version_completion_warnings_and_a_closed_pipe() {
 async fn rollout_status_watch_redraws_on_a_terminal_and_prints_changes_to_a_pipe() {
     init_logs();
     if Command::new("script").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "util-linux `script` is needed");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux `script` is needed"
+        );
         eprintln!("SKIPPED: no `script` to give tetherctl a terminal");
         return;
     }
@@ -405,16 +408,31 @@ async fn rollout_status_watch_redraws_on_a_terminal_and_prints_changes_to_a_pipe
     .unwrap();
     let screen = String::from_utf8_lossy(&tty.stdout);
     assert!(tty.status.success(), "{screen}");
-    assert!(screen.contains("\x1b[") && screen.contains("F\x1b[J"), "no redraw: {screen:?}");
-    assert!(screen.contains("updating") || screen.contains("waiting"), "{screen:?}");
-    assert!(screen.contains("2/2 done") && screen.contains("Complete"), "{screen:?}");
+    assert!(
+        screen.contains("\x1b[") && screen.contains("F\x1b[J"),
+        "no redraw: {screen:?}"
+    );
+    assert!(
+        screen.contains("updating") || screen.contains("waiting"),
+        "{screen:?}"
+    );
+    assert!(
+        screen.contains("2/2 done") && screen.contains("Complete"),
+        "{screen:?}"
+    );
 
     admin.apply_work(&work("v2")).await.unwrap();
     let piped = ctl.ok(&["rollout", "status", "slow", "--watch"]).await;
     assert!(!piped.contains('\x1b'), "{piped:?}");
     let lines: Vec<&str> = piped.lines().collect();
-    assert!(lines.windows(2).all(|w| w[0] != w[1]), "repeated lines: {piped}");
-    assert!(lines.last().is_some_and(|l| l.contains("Complete")), "{piped}");
+    assert!(
+        lines.windows(2).all(|w| w[0] != w[1]),
+        "repeated lines: {piped}"
+    );
+    assert!(
+        lines.last().is_some_and(|l| l.contains("Complete")),
+        "{piped}"
+    );
 
     for a in agents {
         a.stop().await.unwrap();

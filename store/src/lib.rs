@@ -44,6 +44,9 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("could not encode record for table {table}: {detail}")]
     Encode { table: &'static str, detail: String },
+    /// Compaction refused (a transaction or savepoint still open); nothing was changed.
+    #[error("could not compact database {path}: {detail}")]
+    Compaction { path: PathBuf, detail: String },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -224,6 +227,38 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Give the space of deleted data back to the file system (redb reuses freed pages but
+    /// never shrinks the file by itself). Waits for transactions of this handle to end and
+    /// blocks new ones meanwhile, so call it where a pause is fine: at start. Returns the file
+    /// size before and after.
+    pub fn compact(&self) -> Result<(u64, u64), StoreError> {
+        let len = || {
+            std::fs::metadata(&self.path)
+                .map(|m| m.len())
+                .map_err(|source| StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+        };
+        let before = len()?;
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = guard.as_mut() else {
+            return Err(self.unavailable());
+        };
+        match db.compact() {
+            Ok(_) => {}
+            Err(redb::CompactionError::Storage(e)) => return Err(e.into()),
+            Err(e) => {
+                return Err(StoreError::Compaction {
+                    path: self.path.clone(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+        drop(guard);
+        Ok((before, len()?))
     }
 
     /// `Some` while the last operation failed on the disk or the database (not on bad input).
@@ -503,6 +538,29 @@ mod tests {
 
     const T: StrTable<String> = StrTable::new("t");
     const LOG: SeqTable<String> = SeqTable::new("log");
+
+    #[test]
+    fn compaction_gives_deleted_space_back_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("x.redb")).unwrap();
+        let big = "x".repeat(64 * 1024);
+        for i in 0..200 {
+            s.write(|tx| tx.put(&T, &format!("big/{i:03}"), &big))
+                .unwrap();
+        }
+        s.write(|tx| tx.put(&T, "keep", &"kept".to_string()))
+            .unwrap();
+        s.write(|tx| tx.remove_prefix(&T, "big/")).unwrap();
+        let (before, after) = s.compact().unwrap();
+        assert!(before > 10 << 20, "{before}");
+        assert!(after < before / 4, "{before} -> {after}");
+        assert_eq!(
+            s.read(|tx| tx.get(&T, "keep")).unwrap().as_deref(),
+            Some("kept")
+        );
+        s.write(|tx| tx.put(&T, "after", &"ok".to_string()))
+            .unwrap();
+    }
 
     #[test]
     fn remove_range_is_inclusive_and_stays_in_range() {

@@ -227,7 +227,9 @@ pub fn apply(
 }
 
 /// Mark a work deleted. Clusters remove it (or orphan its objects) as they are reached; the
-/// tombstone keeps the generation counter and reaches clusters that were offline.
+/// tombstone keeps the generation counter and the placement, and reaches clusters that were
+/// offline. It keeps no manifests and no history: agents remove what their own inventory
+/// says, and a deleted work's megabytes must not stay in the database forever.
 pub fn delete(
     store: &Store,
     index: &WorkIndex,
@@ -243,7 +245,9 @@ pub fn delete(
             .ok_or_else(|| WorkError::NotFound(name.to_string()))?;
         r.deleted = Some(Deletion { at_ms: now, orphan });
         r.updated_at_ms = now;
+        r.document.spec.manifests.clear();
         tx.put(&WORKS, name, &r)?;
+        tx.remove_prefix(&WORK_HISTORY, &work_history_prefix(name))?;
         tx.append(
             &AUDIT,
             &AuditEvent {
@@ -297,5 +301,20 @@ mod tests {
             .map(|g| work_history_key("app", g as u64))
             .collect();
         assert_eq!(kept, want);
+
+        delete(&store, &index, "app", false, "test").unwrap();
+        let (record, history) = store
+            .read(|tx| {
+                Ok::<_, StoreError>((
+                    tx.get(&WORKS, "app")?,
+                    tx.list_prefix(&WORK_HISTORY, &work_history_prefix("app"))?,
+                ))
+            })
+            .unwrap();
+        let record = record.expect("the tombstone stays");
+        assert_eq!(record.generation, applies as u64, "it keeps the counter");
+        assert!(record.document.spec.manifests.is_empty() && history.is_empty());
+        let (_, again) = apply(&store, &index, doc(0), 1 << 20, "test").unwrap();
+        assert_eq!(again, applies as u64 + 1, "generations are never reused");
     }
 }
