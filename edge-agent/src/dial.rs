@@ -1,8 +1,8 @@
 //! Dialing the hub: resolve, connect with a time limit, exchange `Hello`, classify failures.
 
+use crate::hubs::Target;
 use crate::AgentError;
 use quinn::Connection;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tether_protocol::{close_code, Hello, HelloAck, Message, PROTOCOL_VERSION};
 use tether_transport::framed::request;
@@ -20,27 +20,16 @@ pub fn host_of(addr: &str) -> Result<&str, AgentError> {
     Ok(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
-async fn resolve(addr: &str) -> Result<SocketAddr, AgentError> {
-    let mut addrs = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(addr))
-        .await
-        .map_err(|_| AgentError::Io(format!("resolving {addr} timed out")))?
-        .map_err(|e| AgentError::Io(format!("resolving {addr}: {e}")))?;
-    addrs
-        .next()
-        .ok_or_else(|| AgentError::Io(format!("{addr} resolved to no address")))
-}
-
 /// Connect to one hub address. The endpoint is returned too: it must outlive the connection.
 pub async fn connect(
-    addr: &str,
+    target: &Target,
     cfg: quinn::ClientConfig,
 ) -> Result<(quinn::Endpoint, Connection), AgentError> {
-    let host = host_of(addr)?.to_string();
-    let sock = resolve(addr).await?;
+    let (addr, host, sock) = (target.to_string(), target.host.as_str(), target.addr);
     let endpoint =
         tether_transport::quic::client_endpoint(sock).map_err(|e| AgentError::Io(e.to_string()))?;
     let connecting = endpoint
-        .connect_with(cfg, sock, &host)
+        .connect_with(cfg, sock, host)
         .map_err(|e| match e {
             // Only a bad address or name is the operator's to fix; the rest is transient
             // (an endpoint stopping under resource pressure, too many connections).

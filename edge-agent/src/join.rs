@@ -5,6 +5,7 @@
 //! request is sent, so a restart while waiting for approval picks up the same request.
 
 use crate::dial::{connect, hello, transport_error};
+use crate::hubs::{HubTargets, Target};
 use crate::{facts, open_store, AgentError, Shutdown};
 use rand::Rng;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
@@ -15,7 +16,7 @@ use tether_protocol::names::{validate_cluster_name, validate_labels};
 use tether_protocol::{ErrorCode, JoinPoll, JoinRequest, JoinStatus, Labels, Message, ALPN_JOIN};
 use tether_store::agent::{Identity, PendingJoin, CURRENT, IDENTITY, PENDING_JOIN};
 use tether_store::StoreError;
-use tether_transport::backoff::{AddressRing, Backoff};
+use tether_transport::backoff::Backoff;
 use tether_transport::framed::request;
 use tether_transport::tls::{join_client_config, PinnedCaVerifier};
 use tether_transport::{certs, Limits, TransportError};
@@ -95,11 +96,10 @@ pub async fn join(opts: &JoinOptions, mut shutdown: Shutdown) -> Result<Identity
     if opts.token.trim().is_empty() {
         return Err(AgentError::Config("--token is empty".into()));
     }
-    let mut ring = AddressRing::new(opts.hubs.clone())
-        .ok_or_else(|| AgentError::Config("at least one --hub is required".into()))?;
-    for h in &opts.hubs {
-        crate::dial::host_of(h)?;
+    if opts.hubs.is_empty() {
+        return Err(AgentError::Config("at least one --hub is required".into()));
     }
+    let mut targets = HubTargets::new(opts.hubs.clone(), &opts.name)?;
     let store = open_store(&opts.data_dir)?;
     if let Some(id) = store.read(|tx| tx.get(&IDENTITY, CURRENT))? {
         if id.name == opts.name {
@@ -111,10 +111,19 @@ pub async fn join(opts: &JoinOptions, mut shutdown: Shutdown) -> Result<Identity
     let pending = load_or_create_pending(&store, opts, &hex_encode(&pin))?;
     let mut backoff = Backoff::new(Duration::from_millis(500), opts.backoff_cap);
     loop {
-        let addr = ring.next_addr().to_string();
-        let attempt = tokio::select! {
-            r = attempt(&store, opts, &pending, pin, &addr) => r?,
+        let target = tokio::select! {
+            t = targets.next() => t,
             _ = shutdown.wait() => return Err(AgentError::Interrupted),
+        };
+        let addr = target
+            .as_ref()
+            .map_or_else(|_| "(no address resolved)".to_string(), |t| t.to_string());
+        let attempt = match target {
+            Ok(t) => tokio::select! {
+                r = attempt(&store, opts, &pending, pin, &t) => r?,
+                _ = shutdown.wait() => return Err(AgentError::Interrupted),
+            },
+            Err(e) => Attempt::Retry(e),
         };
         match attempt {
             Attempt::Done(identity) => return Ok(identity),
@@ -136,13 +145,13 @@ async fn attempt(
     opts: &JoinOptions,
     pending: &PendingJoin,
     pin: [u8; 32],
-    addr: &str,
+    target: &Target,
 ) -> Result<Attempt, AgentError> {
     let verifier = Arc::new(PinnedCaVerifier::new(pin));
     let tls = join_client_config(verifier.clone(), ALPN_JOIN)?;
     let cfg = tether_transport::quic::client_config(tls)
         .map_err(|e| AgentError::Config(e.to_string()))?;
-    let (_endpoint, conn) = match connect(addr, cfg).await {
+    let (_endpoint, conn) = match connect(target, cfg).await {
         Ok(c) => c,
         Err(e) => {
             if let Some(why) = verifier.last_failure() {
@@ -200,7 +209,7 @@ async fn attempt(
         match status {
             JoinStatus::Pending => {
                 if !told_waiting {
-                    tracing::info!(cluster = %pending.name, hub = %addr, "join request pending; an administrator must run `tetherctl clusters approve {}`", pending.name);
+                    tracing::info!(cluster = %pending.name, hub = %target, "join request pending; an administrator must run `tetherctl clusters approve {}`", pending.name);
                     told_waiting = true;
                 }
                 msg = &poll;

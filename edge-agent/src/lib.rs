@@ -9,6 +9,7 @@ pub mod dial;
 pub mod error;
 pub mod executor;
 pub mod facts;
+pub mod hubs;
 pub mod join;
 pub mod leave;
 pub mod outbox;

@@ -43,7 +43,9 @@ enum LogFormat {
 
 #[derive(Args, Clone)]
 struct JoinFlags {
-    /// Hub address HOST:PORT (repeatable; tried in turn).
+    /// Hub address HOST:PORT (repeatable). Every address of every name is used: each agent
+    /// prefers its own (rendezvous hashing of its name), so agents spread over hub replicas,
+    /// and moves to its next choice when one fails. Names are resolved again on every round.
     #[arg(long = "hub")]
     hubs: Vec<String>,
     /// Bootstrap token from `tetherctl token create`.

@@ -4,6 +4,7 @@
 use crate::dial::{classify_connection_error, connect, hello, transport_error};
 use crate::error::store_retryable;
 use crate::executor::Executor;
+use crate::hubs::{HubTargets, Target};
 use crate::reconcile::{Reconciler, Signals};
 use crate::supervise::{panic_text, supervise, HEALTHY_RUN};
 use crate::{
@@ -20,7 +21,7 @@ use tether_protocol::{
 };
 use tether_store::agent::{Identity, CURRENT, IDENTITY};
 use tether_store::{Store, StoreError};
-use tether_transport::backoff::{AddressRing, Backoff};
+use tether_transport::backoff::Backoff;
 use tether_transport::beat;
 use tether_transport::framed::{read_frame, request, send_last};
 use tether_transport::tls::{session_client_config, SwappableClientCert};
@@ -187,8 +188,7 @@ pub async fn run<E: Executor>(
     } else {
         opts.hubs_override.clone()
     };
-    let mut ring =
-        AddressRing::new(hubs).ok_or_else(|| AgentError::Config("no hub address known".into()))?;
+    let mut targets = HubTargets::new(hubs, &identity.name)?;
     let cert = Arc::new(SwappableClientCert::new(
         &identity.cert_pem,
         &identity.key_pem,
@@ -241,7 +241,7 @@ pub async fn run<E: Executor>(
     let mut tasks = tokio::task::JoinSet::new();
     let result = sessions(
         &mut agent,
-        &mut ring,
+        &mut targets,
         &mut backoff,
         &mut shutdown,
         &mut tasks,
@@ -272,7 +272,7 @@ const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 async fn sessions(
     agent: &mut Agent,
-    ring: &mut AddressRing,
+    targets: &mut HubTargets,
     backoff: &mut Backoff,
     shutdown: &mut Shutdown,
     tasks: &mut tokio::task::JoinSet<AgentError>,
@@ -287,9 +287,15 @@ async fn sessions(
                 agent.current.not_after_ms,
             )));
         }
-        let addr = ring.next_addr().to_string();
+        let target = targets.next().await;
+        let addr = target
+            .as_ref()
+            .map_or_else(|_| "(no address resolved)".to_string(), |t| t.to_string());
         let started = std::time::Instant::now();
-        let outcome = session(agent, &addr, backoff, shutdown, tasks).await;
+        let outcome = match target {
+            Ok(t) => session(agent, &t, backoff, shutdown, tasks).await,
+            Err(e) => Err(e),
+        };
         tasks.shutdown().await;
         if started.elapsed() >= HEALTHY_RUN {
             panic_backoff.reset();
@@ -334,13 +340,15 @@ async fn sessions(
 
 async fn session(
     agent: &mut Agent,
-    addr: &str,
+    target: &Target,
     backoff: &mut Backoff,
     shutdown: &mut Shutdown,
     tasks: &mut tokio::task::JoinSet<AgentError>,
 ) -> Result<End, AgentError> {
+    let addr = target.to_string();
+    let addr = addr.as_str();
     let (_endpoint, conn) = tokio::select! {
-        r = connect(addr, agent.quic.clone()) => r?,
+        r = connect(target, agent.quic.clone()) => r?,
         _ = shutdown.wait() => return Ok(End::Shutdown),
     };
     let hello_sent = std::time::Instant::now();

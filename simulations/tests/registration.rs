@@ -651,3 +651,70 @@ async fn a_denied_cluster_keeps_its_works_until_its_owner_removes_them_on_leave(
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("not joined"));
 }
+
+/// Several `--hub` addresses: each agent prefers its own (rendezvous order), and one whose
+/// first choice is dead joins and runs through the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_preferred_hub_is_dead_moves_to_the_next() {
+    use tether_agent::hubs::{order, Target};
+    init_logs();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Labels::new()).await.unwrap();
+    // A UDP port that never answers: the worst case, a connect that times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let live = format!("127.0.0.1:{}", hub.quic_addr().port());
+    let target = |s: &str| Target {
+        name: s.to_string(),
+        host: "127.0.0.1".into(),
+        addr: s.parse().unwrap(),
+    };
+    let name = (0..)
+        .map(|i| format!("edge-{i}"))
+        .find(|n| order(n, vec![target(&live), target(&dead)])[0].name == dead)
+        .unwrap();
+    let data_dir = d.join("agents").join(&name);
+    let log = std::fs::File::create(d.join("moved.log")).unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--data-dir"])
+        .arg(&data_dir)
+        .args(["--hub", &dead, "--hub", &live, "--token", &token])
+        .args(["--ca-sha256", &hub.ca_sha256, "--name", &name])
+        .args(["--executor", "memory", "--backoff-cap", "1s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let ready = admin.clusters().await.is_ok_and(|cs| {
+            cs.iter()
+                .any(|c| c.name == name && c.state == tether_hub::api::ClusterState::Ready)
+        });
+        if ready {
+            break;
+        }
+        let log = std::fs::read_to_string(d.join("moved.log")).unwrap_or_default();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not Ready through the second address: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(d.join("moved.log")).unwrap();
+    assert!(
+        log.contains(&dead),
+        "the preferred (dead) address was not tried first: {log}"
+    );
+    println!(
+        "Ready through the second address after {:?}",
+        start.elapsed()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -44,26 +44,6 @@ impl Backoff {
     }
 }
 
-/// Round-robin over the configured hub addresses, so a dead address does not pin the agent.
-#[derive(Debug, Clone)]
-pub struct AddressRing {
-    addrs: Vec<String>,
-    next: usize,
-}
-
-impl AddressRing {
-    /// Returns `None` for an empty list.
-    pub fn new(addrs: Vec<String>) -> Option<Self> {
-        (!addrs.is_empty()).then_some(Self { addrs, next: 0 })
-    }
-
-    pub fn next_addr(&mut self) -> &str {
-        let i = self.next % self.addrs.len();
-        self.next = self.next.wrapping_add(1);
-        &self.addrs[i]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,13 +74,5 @@ mod tests {
         for _ in 0..1000 {
             assert!(b.next_delay(1.0) <= Duration::from_secs(60));
         }
-    }
-
-    #[test]
-    fn ring_rotates() {
-        let mut r = AddressRing::new(vec!["a".into(), "b".into()]).unwrap();
-        let seq: Vec<_> = (0..4).map(|_| r.next_addr().to_string()).collect();
-        assert_eq!(seq, ["a", "b", "a", "b"]);
-        assert!(AddressRing::new(vec![]).is_none());
     }
 }
