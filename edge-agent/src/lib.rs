@@ -13,6 +13,7 @@ pub mod hubs;
 pub mod join;
 pub mod leave;
 pub mod outbox;
+pub mod policy;
 pub mod reconcile;
 pub mod renewal;
 pub mod session;

@@ -16,6 +16,7 @@ use tether_agent::executor::dir::DirExecutor;
 use tether_agent::executor::kube::KubeExecutor;
 use tether_agent::executor::memory::MemoryExecutor;
 use tether_agent::executor::AnyExecutor;
+use tether_agent::policy::{Enforcing, Policy};
 use tether_agent::{AgentError, JoinOptions, RunOptions, Shutdown};
 use tether_protocol::names::parse_label;
 use tether_store::agent::{CURRENT, IDENTITY, PENDING_JOIN};
@@ -88,6 +89,12 @@ enum Cmd {
         /// Enforce the desired state this often even when nothing changed (repairs drift).
         #[arg(long, default_value = "30s", value_parser = parse_secs)]
         reconcile_interval: Duration,
+        /// This cluster's consent policy (YAML): which namespaces, kinds and privileges the
+        /// hub may use here. Without it a safe default holds: no cluster-admin or anonymous
+        /// bindings, no admission webhooks, nothing in kube-system, no privileged or
+        /// host-level pods. The hub cannot change it; refusals show in `describe work`.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Wipe this agent's identity (key, certificate, pending join). The hub keeps its record
     /// until an administrator detaches the cluster. What the hub delivered keeps running
@@ -228,9 +235,17 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             backoff_cap,
             executor,
             reconcile_interval,
+            policy,
         } => {
             let shutdown = shutdown_on_signal();
-            let executor = Arc::new(build_executor(&executor).await?);
+            let policy = match &policy {
+                Some(p) => Policy::load(p).map_err(|e| AgentError::Config(e.to_string()))?,
+                None => Policy::default(),
+            };
+            let executor = Arc::new(Enforcing {
+                inner: build_executor(&executor).await?,
+                policy,
+            });
             let store = tether_agent::open_store_waiting(
                 &data_dir,
                 Duration::from_millis(500),

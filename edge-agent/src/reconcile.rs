@@ -87,6 +87,20 @@ pub fn status_for(
     at_ms: u64,
 ) -> WorkStatus {
     let (phase, conditions, resources, message) = match outcome {
+        Ok(r) if !r.refused.is_empty() => {
+            let message = format!(
+                "refused by this cluster's edge policy (the rest was applied): {}",
+                r.refused.join("; ")
+            );
+            let mut conditions = r.conditions.clone();
+            conditions.push(crate::executor::condition(
+                crate::policy::EDGE_POLICY,
+                false,
+                "Refused",
+                message.clone(),
+            ));
+            (WorkPhase::Failed, conditions, r.resources.clone(), message)
+        }
         Ok(r) => {
             let all_ready = r.resources.iter().all(|s| s.ready != Some(false));
             let phase = if r.readiness_known && all_ready {

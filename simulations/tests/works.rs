@@ -371,3 +371,61 @@ async fn tetherctl_applies_a_directory_of_plain_manifests() {
     assert_eq!(held, vec!["ConfigMap/settings", "Service/web"], "{held:?}");
     agent.stop().await.unwrap();
 }
+
+/// The edge's consent policy, as the real binary enforces it: a work that would bind
+/// cluster-admin and write into kube-system gets only its harmless part applied, and the
+/// refusal is a typed status the hub shows (phase Failed, condition EdgePolicy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_policy_refuses_a_takeover_and_applies_the_rest() {
+    init_logs();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Default::default()).await.unwrap();
+    let _agent = AgentProcess::spawn(&bin, &hub, d, "edge", &token);
+    admin
+        .apply_work(&work_from(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Work",
+            "metadata": {"name": "takeover"},
+            "spec": {"targets": {"clusters": ["edge"]}, "manifests": [
+                {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "harmless", "namespace": "default"}, "data": {"k": "v"}},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "open-door"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                    "subjects": [{"kind": "Group", "name": "system:unauthenticated", "apiGroup": "rbac.authorization.k8s.io"}]},
+                {"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "planted", "namespace": "kube-system"}, "stringData": {"k": "v"}},
+            ]},
+        })))
+        .await
+        .unwrap();
+    eventually_async(|| async {
+        admin.work("takeover").await.is_ok_and(|w| {
+            w.clusters.iter().any(|c| {
+                c.phase == Some(tether_protocol::WorkPhase::Failed)
+                    && c.conditions
+                        .iter()
+                        .any(|k| k.kind == "EdgePolicy" && k.reason == "Refused")
+            })
+        })
+    })
+    .await;
+    let w = admin.work("takeover").await.unwrap();
+    let row = &w.clusters[0];
+    assert!(
+        row.message.contains("binds cluster-admin")
+            && row.message.contains("namespace kube-system is denied"),
+        "{}",
+        row.message
+    );
+    let written =
+        std::fs::read_to_string(manifests_dir(d, "edge").join("tether-takeover.yaml")).unwrap();
+    assert!(written.contains("harmless"), "{written}");
+    assert!(
+        !written.contains("open-door") && !written.contains("planted"),
+        "{written}"
+    );
+}

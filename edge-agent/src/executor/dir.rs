@@ -217,6 +217,7 @@ impl Executor for DirExecutor {
                 format!("{}", path.display()),
             )],
             readiness_known: false,
+            refused: Vec::new(),
         })
     }
 

@@ -1062,6 +1062,7 @@ impl Executor for KubeExecutor {
             adopted,
             resources,
             readiness_known: true,
+            refused: Vec::new(),
         })
     }
 

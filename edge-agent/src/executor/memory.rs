@@ -98,6 +98,7 @@ impl Executor for MemoryExecutor {
             adopted: Default::default(),
             conditions: vec![condition("Applied", true, "Applied", "")],
             readiness_known: true,
+            refused: Vec::new(),
         })
     }
 

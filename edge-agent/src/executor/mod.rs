@@ -47,6 +47,8 @@ pub struct ApplyReport {
     pub conditions: Vec<Condition>,
     /// Whether the executor can observe readiness at all (a directory cannot).
     pub readiness_known: bool,
+    /// Manifests the edge policy refused (`object: why`); the rest were applied.
+    pub refused: Vec<String>,
 }
 
 impl ApplyReport {
