@@ -284,9 +284,30 @@ impl<E: Executor> Reconciler<E> {
     /// so a record that cannot be used (a bomb stored by an older agent) is quarantined here
     /// instead of taking the agent down on every start.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let heads = self.store.read(desired::heads)?;
+        let heads = self.store.read(|tx| {
+            let mut heads = desired::heads(tx)?;
+            // What changed first (a new delivery, a removal): its status should not wait
+            // behind the re-check of every unchanged work this agent holds.
+            let mut changed = std::collections::HashSet::new();
+            for h in &heads {
+                let applied = tx.get(&APPLIED, &h.name)?;
+                if h.removal.is_some()
+                    || applied.is_none_or(|a| a.generation != h.generation || a.hash != h.hash)
+                {
+                    changed.insert(h.name.clone());
+                }
+            }
+            heads.sort_by_key(|h| !changed.contains(&h.name));
+            Ok::<_, StoreError>(heads)
+        })?;
         let mut queued = 0;
+        let mut notified = 0;
         for head in heads {
+            // Send each status as soon as it is queued, not at the end of the pass.
+            if queued > notified {
+                self.signals.outbox_changed.notify_one();
+                notified = queued;
+            }
             let name = head.name.clone();
             if head.removal.is_none() {
                 let work = head.without_manifests();
@@ -344,7 +365,7 @@ impl<E: Executor> Reconciler<E> {
                 }
             };
         }
-        if queued > 0 {
+        if queued > notified {
             self.signals.outbox_changed.notify_one();
         }
         Ok(queued)
