@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod clock;
 pub mod desired;
 pub mod dial;

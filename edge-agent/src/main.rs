@@ -95,6 +95,19 @@ enum Cmd {
         /// host-level pods. The hub cannot change it; refusals show in `describe work`.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Deletion circuit breaker: the largest share (percent) of the objects this agent
+        /// manages that it deletes within 10 minutes; a removal or prune beyond it is held and
+        /// reported until confirmed with `confirm-removal`. At least 10 objects are always
+        /// allowed; 100 turns the breaker off.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+        deletion_breaker: u8,
+    },
+    /// Let one held removal or prune of WORK through the deletion circuit breaker (works
+    /// while the agent runs; used once).
+    ConfirmRemoval {
+        #[arg(long)]
+        data_dir: PathBuf,
+        work: String,
     },
     /// Wipe this agent's identity (key, certificate, pending join). The hub keeps its record
     /// until an administrator detaches the cluster. What the hub delivered keeps running
@@ -236,6 +249,7 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             executor,
             reconcile_interval,
             policy,
+            deletion_breaker,
         } => {
             let shutdown = shutdown_on_signal();
             let policy = match &policy {
@@ -264,6 +278,8 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             let mut opts = RunOptions::new(&data_dir);
             opts.backoff_cap = backoff_cap;
             opts.reconcile_interval = reconcile_interval;
+            opts.deletion_breaker =
+                tether_agent::breaker::Breaker::new(f64::from(deletion_breaker) / 100.0);
             if joined {
                 opts.hubs_override = join.hubs.clone();
                 if !join.labels.is_empty() {
@@ -299,6 +315,17 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
                 Some(n) => println!("identity of cluster {n} wiped; ask a hub administrator to run `tetherctl clusters detach {n}`"),
                 None => println!("no identity stored in {}", data_dir.display()),
             }
+            Ok(())
+        }
+        Cmd::ConfirmRemoval { data_dir, work } => {
+            tether_protocol::names::validate_work_name(&work)
+                .map_err(|e| AgentError::Config(format!("work name {work:?}: {e}")))?;
+            let p = tether_agent::breaker::confirm(&data_dir, &work)
+                .map_err(|e| AgentError::Io(format!("writing the confirmation: {e}")))?;
+            println!(
+                "removal of work {work} confirmed ({}); the agent lets it through on its next pass",
+                p.display()
+            );
             Ok(())
         }
         Cmd::Status { data_dir } => {

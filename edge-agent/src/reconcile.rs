@@ -4,6 +4,7 @@
 //! Each pass applies every work (executors are idempotent and correct drift) and records a
 //! status in the outbox when it changed, in the same transaction as the applied state.
 
+use crate::breaker::Breaker;
 use crate::desired::{self, Loaded, Quarantine};
 use crate::executor::{ApplyReport, ExecError, Executor, Managed};
 use crate::outbox;
@@ -60,6 +61,9 @@ pub struct Signals {
     /// again on the same session, so once the store works the session starts over: its
     /// inventory then makes the hub send what is missing.
     pub refused_for_store: Arc<std::sync::atomic::AtomicBool>,
+    /// Deletions the circuit breaker holds, per work (reported in heartbeats: the hub may no
+    /// longer track a work it removed, so the work's own status is not enough).
+    pub held_deletions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Signals {
@@ -225,16 +229,117 @@ pub struct Reconciler<E> {
     executor: Arc<E>,
     signals: Signals,
     interval: Duration,
+    breaker: std::sync::Mutex<Breaker>,
+    /// Where removal confirmations are (the database's directory).
+    data_dir: std::path::PathBuf,
+}
+
+/// Condition kind of a work whose deletion the circuit breaker holds.
+pub const DELETION_BREAKER: &str = "DeletionBreaker";
+
+enum Gate {
+    Go { confirmed: bool },
+    Held(String),
 }
 
 impl<E: Executor> Reconciler<E> {
     pub fn new(store: Arc<Store>, executor: Arc<E>, signals: Signals, interval: Duration) -> Self {
+        let data_dir = store
+            .path()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         Self {
             store,
             executor,
             signals,
             interval,
+            breaker: std::sync::Mutex::new(Breaker::default()),
+            data_dir,
         }
+    }
+
+    pub fn with_breaker(mut self, breaker: Breaker) -> Self {
+        self.breaker = std::sync::Mutex::new(breaker);
+        self
+    }
+
+    /// Whether deleting `deleting` objects of `work` may go ahead now.
+    fn deletion_gate(&self, work: &str, deleting: usize) -> Result<Gate, StoreError> {
+        if deleting == 0 {
+            return Ok(Gate::Go { confirmed: false });
+        }
+        let now = Instant::now();
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if crate::breaker::is_confirmed(&self.data_dir, work) {
+            tracing::warn!(
+                work,
+                deleting,
+                "deletion confirmed on the cluster; the breaker lets it through"
+            );
+            b.record(now, deleting);
+            return Ok(Gate::Go { confirmed: true });
+        }
+        let managed: usize = self.store.read(|tx| {
+            Ok::<_, StoreError>(
+                tx.list(&APPLIED)?
+                    .iter()
+                    .map(|(_, a)| a.inventory.len())
+                    .sum(),
+            )
+        })?;
+        Ok(match b.admit(now, deleting, managed) {
+            Ok(()) => Gate::Go { confirmed: false },
+            Err(held) => Gate::Held(held.explain(work, b.window)),
+        })
+    }
+
+    fn note_held(&self, work: &str, why: Option<&str>) {
+        let mut held = self
+            .signals
+            .held_deletions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match why {
+            Some(w) => {
+                if held.insert(work.to_string(), w.to_string()).as_deref() != Some(w) {
+                    tracing::error!(work, "{w}");
+                }
+            }
+            None => {
+                if held.remove(work).is_some() {
+                    tracing::info!(work, "the held deletion went ahead");
+                }
+            }
+        }
+    }
+
+    /// Report a held deletion (once per change of the message); the work stays as it is.
+    fn report_held(&self, work: &DesiredWork, why: String) -> Result<usize, StoreError> {
+        self.note_held(&work.name, Some(&why));
+        let mut status = status_for(work, &Err(ExecError::transient(why.clone())), now_ms());
+        status.conditions = vec![crate::executor::condition(
+            DELETION_BREAKER,
+            true,
+            "Held",
+            why,
+        )];
+        let name = work.name.clone();
+        self.store.write(|tx| {
+            let last = tx.get(&APPLIED, &name)?;
+            if last
+                .as_ref()
+                .is_some_and(|l| same_news(&l.last_status, &status))
+            {
+                return Ok(0);
+            }
+            if let Some(mut l) = last {
+                l.last_status = status.clone();
+                tx.put(&APPLIED, &name, &l)?;
+            }
+            outbox::record(tx, &status)?;
+            Ok(1)
+        })
     }
 
     /// Run until `shutdown` fires. A failing store is logged and retried next interval: the
@@ -419,6 +524,23 @@ impl<E: Executor> Reconciler<E> {
         previous: Option<AppliedWork>,
         managed: &Managed,
     ) -> Result<usize, StoreError> {
+        let refs: BTreeSet<ObjectRef> = work
+            .manifests
+            .iter()
+            .filter_map(|m| crate::executor::object_ref(m).ok())
+            .collect();
+        let pruning = managed
+            .inventory
+            .iter()
+            .filter(|r| !refs.contains(*r) && !managed.adopted.contains(*r))
+            .count();
+        let confirmed = match self.deletion_gate(&work.name, pruning)? {
+            Gate::Held(why) => return self.report_held(work, why),
+            Gate::Go { confirmed } => {
+                self.note_held(&work.name, None);
+                confirmed
+            }
+        };
         let (executor, w, m) = (self.executor.clone(), work.clone(), managed.clone());
         let outcome = isolated(
             "apply",
@@ -428,6 +550,8 @@ impl<E: Executor> Reconciler<E> {
         .await;
         if let Err(e) = &outcome {
             tracing::warn!(work = %work.name, generation = work.generation, error = %e, "apply failed");
+        } else if confirmed {
+            crate::breaker::consume(&self.data_dir, &work.name);
         }
         let status = status_for(work, &outcome, now_ms());
         // A failed apply may have changed nothing or something: keep pruning what we knew.
@@ -542,6 +666,22 @@ impl<E: Executor> Reconciler<E> {
         managed: &Managed,
         orphan: bool,
     ) -> Result<usize, StoreError> {
+        let deleting = if orphan {
+            0
+        } else {
+            managed
+                .inventory
+                .iter()
+                .filter(|r| !managed.adopted.contains(*r))
+                .count()
+        };
+        let confirmed = match self.deletion_gate(&work.name, deleting)? {
+            Gate::Held(why) => return self.report_held(work, why),
+            Gate::Go { confirmed } => {
+                self.note_held(&work.name, None);
+                confirmed
+            }
+        };
         let (executor, name) = (self.executor.clone(), work.name.clone());
         let m = managed.clone();
         let outcome = isolated("removal", &work.name, async move {
@@ -552,6 +692,9 @@ impl<E: Executor> Reconciler<E> {
         let name = work.name.clone();
         match outcome {
             Ok(()) => {
+                if confirmed {
+                    crate::breaker::consume(&self.data_dir, &work.name);
+                }
                 let mut status = status_for(work, &Ok(ApplyReport::default()), at);
                 status.phase = if orphan {
                     WorkPhase::Orphaned

@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub backoff_cap: Duration,
     /// How often the desired state is enforced even when nothing was delivered (drift repair).
     pub reconcile_interval: Duration,
+    /// Share of managed objects the agent deletes within its window before it holds a
+    /// removal or prune for confirmation (see `breaker`).
+    pub deletion_breaker: crate::breaker::Breaker,
 }
 
 impl RunOptions {
@@ -46,6 +49,7 @@ impl RunOptions {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(30),
+            deletion_breaker: crate::breaker::Breaker::default(),
         }
     }
 }
@@ -204,11 +208,12 @@ pub async fn run<E: Executor>(
     // wait until the reconciler let go of the store (a caller may open it right away).
     let (stop_reconciler, reconciler_stop) = Shutdown::new();
     let reconciler = {
-        let (store, signals, interval, stop) = (
+        let (store, signals, interval, stop, breaker) = (
             store.clone(),
             signals.clone(),
             opts.reconcile_interval,
             reconciler_stop.clone(),
+            opts.deletion_breaker.clone(),
         );
         tokio::spawn(supervise(
             crate::reconcile::TASK,
@@ -216,6 +221,7 @@ pub async fn run<E: Executor>(
             reconciler_stop,
             move || {
                 Reconciler::new(store.clone(), executor.clone(), signals.clone(), interval)
+                    .with_breaker(breaker.clone())
                     .run(stop.clone())
             },
         ))
@@ -539,6 +545,23 @@ pub fn conditions(store: &Store, signals: &Signals) -> Vec<Condition> {
             });
         }
     }
+    let held = signals
+        .held_deletions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if !held.is_empty() {
+        out.push(Condition {
+            kind: crate::reconcile::DELETION_BREAKER.into(),
+            status: "True".into(),
+            reason: "Held".into(),
+            message: held
+                .iter()
+                .map(|(work, why)| format!("work {work}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    drop(held);
     if let Some(f) = store.failure() {
         out.push(Condition {
             kind: STORE_CONDITION.into(),

@@ -429,3 +429,81 @@ async fn the_edge_policy_refuses_a_takeover_and_applies_the_rest() {
         "{written}"
     );
 }
+
+/// The deletion circuit breaker of the real binary: removing a work that holds 30 of the 32
+/// objects the agent manages is held and reported; a confirmation on the cluster releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deletion_breaker_holds_a_mass_removal_until_confirmed() {
+    init_logs();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Default::default()).await.unwrap();
+    let _agent = AgentProcess::spawn(&bin, &hub, d, "edge", &token);
+    let work = |name: &str, n: usize| {
+        let manifests: Vec<_> = (0..n)
+            .map(|i| {
+                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("{name}-{i}"), "namespace": "default"}})
+            })
+            .collect();
+        work_from(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Work", "metadata": {"name": name},
+            "spec": {"targets": {"clusters": ["edge"]}, "manifests": manifests},
+        }))
+    };
+    admin.apply_work(&work("big", 30)).await.unwrap();
+    admin.apply_work(&work("small", 2)).await.unwrap();
+    wait_applied(&admin, "big", 1, 1).await;
+    wait_applied(&admin, "small", 1, 1).await;
+    let file = manifests_dir(d, "edge").join("tether-big.yaml");
+
+    admin.delete_work("big", false).await.unwrap();
+    // The hub no longer tracks the work it removed: the hold shows on the cluster.
+    let start = std::time::Instant::now();
+    let held = loop {
+        let cs = admin.clusters().await.unwrap();
+        let held = cs
+            .iter()
+            .flat_map(|c| c.conditions.iter())
+            .find(|k| k.kind == "DeletionBreaker" && k.status == "True")
+            .cloned();
+        if let Some(h) = held {
+            break h;
+        }
+        if start.elapsed() > WAIT {
+            let log = std::fs::read_to_string(d.join("edge.log")).unwrap_or_default();
+            panic!("not held: {cs:#?}\n{log}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        held.message.contains("work big") && held.message.contains("would delete 30 of 32"),
+        "{}",
+        held.message
+    );
+    assert!(file.exists(), "a held removal deleted the objects");
+
+    let out = std::process::Command::new(&bin)
+        .args(["confirm-removal", "--data-dir"])
+        .arg(d.join("agents").join("edge"))
+        .arg("big")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the confirmed removal", || !file.exists()).await;
+    assert!(manifests_dir(d, "edge").join("tether-small.yaml").exists());
+    eventually_async(|| async {
+        admin.clusters().await.is_ok_and(|cs| {
+            cs.iter()
+                .all(|c| c.conditions.iter().all(|k| k.kind != "DeletionBreaker"))
+        })
+    })
+    .await;
+}
