@@ -438,3 +438,48 @@ async fn rollout_status_watch_redraws_on_a_terminal_and_prints_changes_to_a_pipe
         a.stop().await.unwrap();
     }
 }
+
+/// `tetherctl diff` shows what an apply would change, object by object, and exits 1 when
+/// something would (0 when nothing), like kubectl diff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_what_an_apply_would_change() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub, ctl, agents) = setup(d).await;
+    let file = d.join("cm.yaml");
+    let cm = |v: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  mode: {v}\n")
+    };
+    std::fs::write(&file, cm("fast")).unwrap();
+    let f = file.to_str().unwrap();
+    let args = ["-f", f, "--name", "settings", "--clusters", "a"];
+    let run = |sub: &'static str| {
+        let mut a = vec![sub];
+        a.extend(args);
+        a
+    };
+    let new = ctl.run(&run("diff")).await;
+    let shown = String::from_utf8_lossy(&new.stdout).into_owned();
+    assert_eq!(new.status.code(), Some(1), "a new work differs: {shown}");
+    assert!(shown.contains("+  mode: fast"), "{shown}");
+
+    ctl.ok(&run("apply")).await;
+    let same = ctl.run(&run("diff")).await;
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
+
+    std::fs::write(&file, cm("safe")).unwrap();
+    let changed = ctl.run(&run("diff")).await;
+    let shown = String::from_utf8_lossy(&changed.stdout).into_owned();
+    assert_eq!(changed.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("-  mode: fast") && shown.contains("+  mode: safe"),
+        "{shown}"
+    );
+    assert!(shown.contains("v1.ConfigMap.default.settings.yaml"), "{shown}");
+    let admin = hub.admin().unwrap();
+    assert_eq!(admin.work("settings").await.unwrap().summary.generation, 1, "diff changed nothing");
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}

@@ -54,6 +54,12 @@ impl AdminClient {
             })?
     }
 
+    /// Whether `e` is the admin API's answer that the resource does not exist.
+    pub fn is_not_found(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<ApiStatus>()
+            .is_some_and(|s| s.status == StatusCode::NOT_FOUND.as_u16())
+    }
+
     async fn call_inner(
         &self,
         method: Method,
@@ -98,15 +104,10 @@ impl AdminClient {
             let msg = serde_json::from_slice::<ApiError>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            if status == StatusCode::NOT_FOUND
-                || status == StatusCode::CONFLICT
-                || status == StatusCode::BAD_REQUEST
-                || status == StatusCode::UNPROCESSABLE_ENTITY
-                || status == StatusCode::PAYLOAD_TOO_LARGE
-            {
-                bail!("{msg}");
-            }
-            bail!("admin API answered {status}: {msg}");
+            return Err(anyhow::Error::new(ApiStatus {
+                status: status.as_u16(),
+                message: msg,
+            }));
         }
         Ok(bytes)
     }
@@ -403,3 +404,25 @@ pub fn parse_work_documents(
     }
     Ok(docs)
 }
+
+/// A non-success answer of the admin API, kept typed so callers can act on the status code.
+#[derive(Debug)]
+pub struct ApiStatus {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The caller's own mistakes read as the hub's message; the rest name the status.
+        match self.status {
+            400 | 404 | 409 | 413 | 422 => write!(f, "{}", self.message),
+            s => match StatusCode::from_u16(s) {
+                Ok(code) => write!(f, "admin API answered {code}: {}", self.message),
+                Err(_) => write!(f, "admin API answered {s}: {}", self.message),
+            },
+        }
+    }
+}
+
+impl std::error::Error for ApiStatus {}

@@ -8,6 +8,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod clusters;
+mod diff;
 mod out;
 mod rollout;
 
@@ -116,6 +117,22 @@ enum Cmd {
         /// hold (refused otherwise: the two would overwrite each other on every pass).
         #[arg(long)]
         force: bool,
+    },
+    /// Show what `apply` with the same input would change in each work's manifests, as
+    /// `diff -u` between the hub's copy (live/) and the input (merged/), one file per object.
+    /// Exits 1 when something differs, like kubectl diff. TETHER_EXTERNAL_DIFF picks the tool.
+    Diff {
+        #[arg(short = 'f', long = "filename", required_unless_present = "kustomize")]
+        files: Vec<PathBuf>,
+        #[arg(short = 'k', long, conflicts_with = "files")]
+        kustomize: Option<PathBuf>,
+        /// Plain manifests only: the Work they would be wrapped into (as for apply).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        clusters: Vec<String>,
+        #[arg(short = 'l', long, value_delimiter = ',', value_parser = parse_label)]
+        selector: Vec<(String, String)>,
     },
     /// List resources.
     #[command(subcommand)]
@@ -636,6 +653,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     outln!("work/{} {verb} (generation {})", r.name, r.generation);
                 }
             })?;
+        }
+        Cmd::Diff {
+            files,
+            kustomize,
+            name,
+            clusters,
+            selector,
+        } => {
+            let docs = apply_documents(&files, kustomize.as_deref(), name, clusters, selector)?;
+            if diff::diff(&client, &docs).await? {
+                std::process::exit(1);
+            }
         }
         Cmd::Get(GetCmd::Works) => {
             let rows = client.works().await?;
