@@ -466,7 +466,12 @@ async fn diff_shows_what_an_apply_would_change() {
 
     ctl.ok(&run("apply")).await;
     let same = ctl.run(&run("diff")).await;
-    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
 
     std::fs::write(&file, cm("safe")).unwrap();
     let changed = ctl.run(&run("diff")).await;
@@ -476,9 +481,16 @@ async fn diff_shows_what_an_apply_would_change() {
         shown.contains("-  mode: fast") && shown.contains("+  mode: safe"),
         "{shown}"
     );
-    assert!(shown.contains("v1.ConfigMap.default.settings.yaml"), "{shown}");
+    assert!(
+        shown.contains("v1.ConfigMap.default.settings.yaml"),
+        "{shown}"
+    );
     let admin = hub.admin().unwrap();
-    assert_eq!(admin.work("settings").await.unwrap().summary.generation, 1, "diff changed nothing");
+    assert_eq!(
+        admin.work("settings").await.unwrap().summary.generation,
+        1,
+        "diff changed nothing"
+    );
     for a in agents {
         a.stop().await.unwrap();
     }

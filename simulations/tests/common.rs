@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -285,13 +286,24 @@ impl AgentProcess {
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            // Its own process group: a wrapper (faketime forks the agent) must not leave the
+            // agent running when the test ends.
+            .process_group(0)
             .spawn()
             .expect("spawning tether-agent");
         Self { child }
     }
 
     /// SIGKILL: no cleanup, no flush, exactly like a power cut of the process.
-    pub fn kill9(mut self) {
+    pub fn kill9(self) {
+        drop(self);
+    }
+
+    fn kill_group(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -299,8 +311,7 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_group();
     }
 }
 
