@@ -280,23 +280,40 @@ impl<E: Executor> Executor for Enforcing<E> {
         work: &DesiredWork,
         previous: &Managed,
     ) -> Result<ApplyReport, ExecError> {
-        let mut allowed = work.clone();
+        // Checked first so that the common case (nothing refused) copies nothing: a work
+        // can hold megabytes of manifests.
+        let verdicts: Vec<Option<String>> = work
+            .manifests
+            .iter()
+            .map(|m| self.policy.refusal(m))
+            .collect();
+        if verdicts.iter().all(Option::is_none) {
+            return self.inner.apply(work, previous).await;
+        }
+        let mut allowed = DesiredWork {
+            name: work.name.clone(),
+            generation: work.generation,
+            hash: work.hash.clone(),
+            force_conflicts: work.force_conflicts,
+            manifests: Vec::new(),
+            removal: work.removal,
+            fence_after_ms: work.fence_after_ms,
+            fenced: work.fenced,
+        };
         let mut refused = Vec::new();
         let mut refused_refs = Vec::new();
-        allowed.manifests.retain(|m| match self.policy.refusal(m) {
-            None => true,
-            Some(why) => {
-                let r = ObjectRef::of(m).ok();
-                let who = r
-                    .as_ref()
-                    .map_or_else(|| "a manifest".to_string(), ToString::to_string);
-                refused.push(format!("{who}: {why}"));
-                refused_refs.extend(r);
-                false
+        for (m, verdict) in work.manifests.iter().zip(verdicts) {
+            match verdict {
+                None => allowed.manifests.push(m.clone()),
+                Some(why) => {
+                    let r = ObjectRef::of(m).ok();
+                    let who = r
+                        .as_ref()
+                        .map_or_else(|| "a manifest".to_string(), ToString::to_string);
+                    refused.push(format!("{who}: {why}"));
+                    refused_refs.extend(r);
+                }
             }
-        });
-        if refused.is_empty() {
-            return self.inner.apply(work, previous).await;
         }
         tracing::warn!(work = %work.name, refused = ?refused, "the edge policy refused manifests; applying the rest");
         // A refused object is left alone: not applied, and not pruned either (it leaves the
