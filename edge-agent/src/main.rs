@@ -256,10 +256,7 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
                 Some(p) => Policy::load(p).map_err(|e| AgentError::Config(e.to_string()))?,
                 None => Policy::default(),
             };
-            let executor = Arc::new(Enforcing {
-                inner: build_executor(&executor).await?,
-                policy,
-            });
+            let executor = Arc::new(Enforcing::new(build_executor(&executor).await?, policy));
             let store = tether_agent::open_store_waiting(
                 &data_dir,
                 Duration::from_millis(500),

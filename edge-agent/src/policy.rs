@@ -270,8 +270,21 @@ fn host_access(kind: &str, m: &Value) -> Option<String> {
 
 /// An executor that applies only what the policy allows and reports the rest.
 pub struct Enforcing<E> {
-    pub inner: E,
-    pub policy: Policy,
+    inner: E,
+    policy: Policy,
+    /// Per work, the content whose refusals were last logged: every pass re-applies, and the
+    /// log should say it once.
+    logged: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl<E> Enforcing<E> {
+    pub fn new(inner: E, policy: Policy) -> Self {
+        Self {
+            inner,
+            policy,
+            logged: Default::default(),
+        }
+    }
 }
 
 impl<E: Executor> Executor for Enforcing<E> {
@@ -315,7 +328,16 @@ impl<E: Executor> Executor for Enforcing<E> {
                 }
             }
         }
-        tracing::warn!(work = %work.name, refused = ?refused, "the edge policy refused manifests; applying the rest");
+        let first = self
+            .logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(work.name.clone(), work.hash.clone())
+            .as_deref()
+            != Some(work.hash.as_str());
+        if first {
+            tracing::warn!(work = %work.name, generation = work.generation, refused = ?refused, "the edge policy refused manifests; applying the rest");
+        }
         // A refused object is left alone: not applied, and not pruned either (it leaves the
         // inventory, so Tether stops managing it).
         let mut prev = previous.clone();

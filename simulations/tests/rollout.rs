@@ -267,7 +267,9 @@ async fn overrides_give_clusters_different_images_and_placement_explains_itself(
     assert!(
         choices
             .iter()
-            .any(|c| c.cluster == "eu1" && c.reason.contains("does not match")),
+            .any(|c| c.cluster == "eu1"
+                && c.reason
+                    == "spec.placement.selector matchExpressions[0] site In [us1, us2, us3]: the cluster has site=eu1"),
         "{choices:?}"
     );
     // Re-applying an unrelated work does not move it.

@@ -192,8 +192,17 @@ impl Executor for DirExecutor {
         let current = read_regular(&path, content.len())
             .map_err(|e| ExecError::transient(format!("reading {}: {e}", path.display())))?;
         if current.as_deref() != Some(content.as_bytes()) {
-            if current.is_some() {
-                tracing::info!(work = %work.name, file = %path.display(), "file differs from the desired state; rewriting");
+            // The first line names the generation and hash: the same header with another body
+            // is a local edit, another header a new generation.
+            let header = content.lines().next().unwrap_or_default().as_bytes();
+            match &current {
+                Some(c) if c.starts_with(header) => {
+                    tracing::warn!(work = %work.name, file = %path.display(), "file was edited locally; restoring the desired state")
+                }
+                Some(_) => {
+                    tracing::info!(work = %work.name, generation = work.generation, file = %path.display(), "writing the new generation")
+                }
+                None => {}
             }
             write_atomically(&path, content.as_bytes())
                 .map_err(|e| ExecError::transient(format!("writing {}: {e}", path.display())))?;

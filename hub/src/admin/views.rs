@@ -90,14 +90,20 @@ fn summarize(name: &str, record: &WorkRecord, table: &[ClusterWorkView]) -> Work
 }
 
 /// Every work still live, or deleted but not yet cleaned up everywhere.
-pub fn summaries(tx: &ReadTx, decisions: &DecisionMap) -> Result<Vec<WorkSummary>, StoreError> {
+/// `works` is the catalog's in-memory snapshot (the same records as the store): decoding every
+/// stored document made the list cost grow with the size of all works.
+pub fn summaries(
+    tx: &ReadTx,
+    works: &crate::works::WorkMap,
+    decisions: &DecisionMap,
+) -> Result<Vec<WorkSummary>, StoreError> {
     let fleet = fleet(tx)?;
-    Ok(tx
-        .list(&WORKS)?
-        .into_iter()
-        .filter_map(|(name, record)| {
-            let t = table(&fleet, &name, &record, decisions);
-            (record.deleted.is_none() || !t.is_empty()).then(|| summarize(&name, &record, &t))
+    Ok(works
+        .iter()
+        .filter_map(|(name, entry)| {
+            let record = &entry.record;
+            let t = table(&fleet, name, record, decisions);
+            (record.deleted.is_none() || !t.is_empty()).then(|| summarize(name, record, &t))
         })
         .collect())
 }

@@ -69,9 +69,9 @@ pub(super) async fn route(
         }
         (&Method::GET, ["v1", "works"]) => {
             let views = in_blocking(state, |s| {
-                let decisions = s.decisions.snapshot();
+                let (works, decisions) = (s.works.snapshot(), s.decisions.snapshot());
                 Ok(s.store
-                    .read(|tx| crate::admin::views::summaries(tx, &decisions))?)
+                    .read(|tx| crate::admin::views::summaries(tx, &works, &decisions))?)
             })
             .await?;
             Ok(json(StatusCode::OK, &views))
