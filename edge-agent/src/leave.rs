@@ -7,8 +7,8 @@
 //! released), and only then is the identity wiped, so a failure can simply be retried.
 
 use crate::executor::{Executor, Managed};
-use crate::reconcile::ADOPTED;
-use crate::AgentError;
+use crate::reconcile::{managed, ADOPTED};
+use crate::{blocking, AgentError};
 use std::path::Path;
 use std::sync::Arc;
 use tether_store::agent::{APPLIED, CURRENT, DESIRED, IDENTITY, PENDING_JOIN};
@@ -20,15 +20,6 @@ pub struct Left {
     pub cluster: Option<String>,
     /// Works whose objects were removed.
     pub removed: Vec<String>,
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, AgentError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AgentError::Io(format!("store task failed: {e}")))?
-        .map_err(AgentError::from)
 }
 
 /// Remove every managed work's objects through `executor` (when given), then wipe the identity.
@@ -46,20 +37,11 @@ pub async fn leave<E: Executor>(data_dir: &Path, executor: Option<&E>) -> Result
                 names.dedup();
                 names
                     .into_iter()
-                    .map(|n| {
-                        let managed = Managed {
-                            inventory: tx
-                                .get(&APPLIED, &n)?
-                                .map(|a| a.inventory)
-                                .unwrap_or_default(),
-                            adopted: tx.get(&ADOPTED, &n)?.unwrap_or_default(),
-                        };
-                        Ok((n, managed))
-                    })
+                    .map(|n| Ok::<_, StoreError>((n.clone(), managed(tx, &n)?)))
                     .collect()
             })
         })
-        .await?;
+        .await??;
         let mut failed = Vec::new();
         for (name, managed) in works {
             match executor.remove(&name, &managed, false).await {
@@ -75,7 +57,7 @@ pub async fn leave<E: Executor>(data_dir: &Path, executor: Option<&E>) -> Result
                             Ok::<_, StoreError>(())
                         })
                     })
-                    .await?;
+                    .await??;
                     left.removed.push(name);
                 }
                 Err(e) => failed.push(format!("{name}: {e}")),
@@ -97,6 +79,6 @@ pub async fn leave<E: Executor>(data_dir: &Path, executor: Option<&E>) -> Result
             Ok::<_, StoreError>(name)
         })
     })
-    .await?;
+    .await??;
     Ok(left)
 }

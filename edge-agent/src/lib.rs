@@ -137,3 +137,12 @@ impl Shutdown {
         }
     }
 }
+
+/// Run store work off the async runtime (it may fsync).
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::Io(format!("store task failed: {e}")))
+}

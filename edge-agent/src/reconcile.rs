@@ -177,7 +177,7 @@ fn same_news(a: &WorkStatus, b: &WorkStatus) -> bool {
 }
 
 /// What the agent last recorded as managed for a work.
-fn managed(tx: &ReadTx, name: &str) -> Result<Managed, StoreError> {
+pub(crate) fn managed(tx: &ReadTx, name: &str) -> Result<Managed, StoreError> {
     Ok(Managed {
         inventory: tx
             .get(&APPLIED, name)?
@@ -324,20 +324,25 @@ impl<E: Executor> Reconciler<E> {
             "Held",
             why,
         )];
-        let name = work.name.clone();
+        self.record_status(&work.name, &status)
+    }
+
+    /// Keep `status` as the work's last word and queue it, unless it says nothing new; the
+    /// applied state stays as it was. Returns how many statuses were queued.
+    fn record_status(&self, name: &str, status: &WorkStatus) -> Result<usize, StoreError> {
         self.store.write(|tx| {
-            let last = tx.get(&APPLIED, &name)?;
+            let last = tx.get(&APPLIED, name)?;
             if last
                 .as_ref()
-                .is_some_and(|l| same_news(&l.last_status, &status))
+                .is_some_and(|l| same_news(&l.last_status, status))
             {
                 return Ok(0);
             }
             if let Some(mut l) = last {
                 l.last_status = status.clone();
-                tx.put(&APPLIED, &name, &l)?;
+                tx.put(&APPLIED, name, &l)?;
             }
-            outbox::record(tx, &status)?;
+            outbox::record(tx, status)?;
             Ok(1)
         })
     }
@@ -389,25 +394,29 @@ impl<E: Executor> Reconciler<E> {
     /// so a record that cannot be used (a bomb stored by an older agent) is quarantined here
     /// instead of taking the agent down on every start.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let heads = self.store.read(|tx| {
-            let mut heads = desired::heads(tx)?;
-            // What changed first (a new delivery, a removal): its status should not wait
-            // behind the re-check of every unchanged work this agent holds.
-            let mut changed = std::collections::HashSet::new();
-            for h in &heads {
-                let applied = tx.get(&APPLIED, &h.name)?;
-                if h.removal.is_some()
-                    || applied.is_none_or(|a| a.generation != h.generation || a.hash != h.hash)
-                {
-                    changed.insert(h.name.clone());
-                }
+        // Each work's applied record is read once here: only this loop writes it, and only
+        // while it handles that work.
+        let works = self.store.read(|tx| {
+            let mut works = Vec::new();
+            for head in desired::heads(tx)? {
+                let applied = tx.get(&APPLIED, &head.name)?;
+                works.push((head, applied));
             }
-            heads.sort_by_key(|h| !changed.contains(&h.name));
-            Ok::<_, StoreError>(heads)
+            Ok::<_, StoreError>(works)
         })?;
+        // What changed first (a new delivery, a removal): its status should not wait behind
+        // the re-check of every unchanged work this agent holds.
+        let mut works = works;
+        works.sort_by_key(|(h, applied)| {
+            let changed = h.removal.is_some()
+                || applied
+                    .as_ref()
+                    .is_none_or(|a| a.generation != h.generation || a.hash != h.hash);
+            !changed
+        });
         let mut queued = 0;
         let mut notified = 0;
-        for head in heads {
+        for (head, previous) in works {
             // Send each status as soon as it is queued, not at the end of the pass.
             if queued > notified {
                 self.signals.outbox_changed.notify_one();
@@ -419,7 +428,7 @@ impl<E: Executor> Reconciler<E> {
                 if head.fenced {
                     // Stays down until the hub delivers it again. A copy still running under
                     // it (a late delivery was stored fenced over a live one) goes now.
-                    if self.store.read(|tx| tx.get(&APPLIED, &name))?.is_some() {
+                    if previous.is_some() {
                         queued += self.fence(&work).await?;
                     }
                     continue;
@@ -432,9 +441,16 @@ impl<E: Executor> Reconciler<E> {
                     }
                 }
             }
-            let (previous, managed) = self
-                .store
-                .read(|tx| Ok::<_, StoreError>((tx.get(&APPLIED, &name)?, managed(tx, &name)?)))?;
+            let managed = Managed {
+                inventory: previous
+                    .as_ref()
+                    .map(|a| a.inventory.clone())
+                    .unwrap_or_default(),
+                adopted: self
+                    .store
+                    .read(|tx| tx.get(&ADOPTED, &name))?
+                    .unwrap_or_default(),
+            };
             if let Some(removal) = head.removal {
                 queued += self
                     .remove(&head.without_manifests(), &managed, removal.orphan)
@@ -718,22 +734,7 @@ impl<E: Executor> Reconciler<E> {
             }
             Err(e) => {
                 tracing::warn!(work = %name, error = %e, "removal failed; will retry");
-                let status = status_for(work, &Err(e), at);
-                self.store.write(|tx| {
-                    let last = tx.get(&APPLIED, &name)?;
-                    if last
-                        .as_ref()
-                        .is_some_and(|l| same_news(&l.last_status, &status))
-                    {
-                        return Ok(0);
-                    }
-                    if let Some(mut l) = last {
-                        l.last_status = status.clone();
-                        tx.put(&APPLIED, &name, &l)?;
-                    }
-                    outbox::record(tx, &status)?;
-                    Ok(1)
-                })
+                self.record_status(&name, &status_for(work, &Err(e), at))
             }
         }
     }

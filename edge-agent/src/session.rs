@@ -8,7 +8,8 @@ use crate::hubs::{HubTargets, Target};
 use crate::reconcile::{Reconciler, Signals};
 use crate::supervise::{panic_text, supervise, HEALTHY_RUN};
 use crate::{
-    desired, facts, open_store_waiting, outbox, renewal, status_file, AgentError, Shutdown,
+    blocking, desired, facts, open_store_waiting, outbox, renewal, status_file, AgentError,
+    Shutdown,
 };
 use quinn::Connection;
 use rand::Rng;
@@ -669,14 +670,6 @@ async fn renew(agent: &mut Agent, conn: &Connection) -> Result<(), AgentError> {
     agent.current = Current::new(identity)?;
     tracing::info!(serial = %info.serial_hex, valid_until = %rfc3339(agent.current.not_after_ms), next_renewal = %rfc3339(agent.current.renew_at_ms), "certificate renewed");
     Ok(())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, AgentError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AgentError::Io(format!("store task failed: {e}")))
 }
 
 /// Tell the hub what we hold so it sends only the difference.
