@@ -13,13 +13,7 @@ pub fn undo(
     actor: &str,
 ) -> Result<u64, crate::works::WorkError> {
     use crate::works::WorkError;
-    let current = state
-        .works
-        .snapshot()
-        .get(name)
-        .filter(|e| e.record.deleted.is_none())
-        .map(|e| e.record.generation)
-        .ok_or_else(|| WorkError::NotFound(name.to_string()))?;
+    let current = live_generation(state, name)?;
     let to = to.unwrap_or(current.saturating_sub(1));
     if to == 0 || to >= current {
         return Err(WorkError::Invalid(vec![format!(
@@ -69,13 +63,7 @@ pub fn history(
     name: &str,
 ) -> Result<Vec<crate::api::RevisionView>, crate::works::WorkError> {
     use tether_protocol::work::{RESTORES_ANNOTATION, SOURCE_ANNOTATION};
-    let current = state
-        .works
-        .snapshot()
-        .get(name)
-        .filter(|e| e.record.deleted.is_none())
-        .map(|e| e.record.generation)
-        .ok_or_else(|| crate::works::WorkError::NotFound(name.to_string()))?;
+    let current = live_generation(state, name)?;
     let rows = state
         .store
         .read(|tx| tx.list_prefix(&WORK_HISTORY, &tether_store::hub::work_history_prefix(name)))?;
@@ -101,13 +89,7 @@ pub fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<(), crate::works::WorkError> {
-    let generation = state
-        .works
-        .snapshot()
-        .get(name)
-        .filter(|e| e.record.deleted.is_none())
-        .map(|e| e.record.generation)
-        .ok_or_else(|| crate::works::WorkError::NotFound(name.to_string()))?;
+    let generation = live_generation(state, name)?;
     state.store.write(|tx| {
         let mut r = tx
             .get(&ROLLOUTS, name)?
@@ -121,4 +103,15 @@ pub fn set_paused(
     })?;
     state.changes.rollout(name);
     Ok(())
+}
+
+/// The current generation of a work that is not deleted.
+fn live_generation(state: &HubState, name: &str) -> Result<u64, crate::works::WorkError> {
+    state
+        .works
+        .snapshot()
+        .get(name)
+        .filter(|e| e.record.deleted.is_none())
+        .map(|e| e.record.generation)
+        .ok_or_else(|| crate::works::WorkError::NotFound(name.to_string()))
 }

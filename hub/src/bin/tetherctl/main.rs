@@ -13,7 +13,7 @@ mod out;
 mod rollout;
 
 use anyhow::{bail, Context};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use clusters::{parse_selector, Selector, SortBy};
 use out::{ago, out, outln, print, Output};
 use std::path::PathBuf;
@@ -88,27 +88,8 @@ enum Cmd {
     /// `helm template my-chart | tetherctl apply -f - --name my-app -l env=prod`, or
     /// `tetherctl apply -k overlays/prod --name my-app -l env=prod` for a kustomization.
     Apply {
-        /// A file, a directory (its *.yaml, *.yml and *.json files at any depth, in sorted
-        /// path order) or `-` for stdin (at most once). Repeatable; documents are taken in
-        /// the order given.
-        #[arg(short = 'f', long = "filename", required_unless_present = "kustomize")]
-        files: Vec<PathBuf>,
-        /// A kustomization directory, rendered with `kubectl kustomize DIR` (or `kustomize
-        /// build DIR` without kubectl); the result is applied like -f input.
-        #[arg(short = 'k', long, conflicts_with = "files")]
-        kustomize: Option<PathBuf>,
-        /// Plain manifests only: the name of the Work they are wrapped into. Re-applying with
-        /// the same name updates that Work (objects no longer in the input are pruned).
-        #[arg(long)]
-        name: Option<String>,
-        /// Plain manifests only: clusters to deliver to, by name (comma-separated or
-        /// repeated). Combines with --selector: a cluster matching either gets the Work.
-        #[arg(long, value_delimiter = ',')]
-        clusters: Vec<String>,
-        /// Plain manifests only: deliver to clusters whose labels match all of these
-        /// (matchLabels), e.g. `-l env=prod,region=eu` (comma-separated or repeated).
-        #[arg(short = 'l', long, value_delimiter = ',', value_parser = parse_label)]
-        selector: Vec<(String, String)>,
+        #[command(flatten)]
+        input: ManifestInput,
         /// Print the resulting Work document(s) as YAML and stop: the hub is not contacted
         /// and no config is needed.
         #[arg(long)]
@@ -122,17 +103,8 @@ enum Cmd {
     /// `diff -u` between the hub's copy (live/) and the input (merged/), one file per object.
     /// Exits 1 when something differs, like kubectl diff. TETHER_EXTERNAL_DIFF picks the tool.
     Diff {
-        #[arg(short = 'f', long = "filename", required_unless_present = "kustomize")]
-        files: Vec<PathBuf>,
-        #[arg(short = 'k', long, conflicts_with = "files")]
-        kustomize: Option<PathBuf>,
-        /// Plain manifests only: the Work they would be wrapped into (as for apply).
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        clusters: Vec<String>,
-        #[arg(short = 'l', long, value_delimiter = ',', value_parser = parse_label)]
-        selector: Vec<(String, String)>,
+        #[command(flatten)]
+        input: ManifestInput,
     },
     /// List resources.
     #[command(subcommand)]
@@ -154,6 +126,47 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// What `apply` and `diff` read: Work documents, or plain manifests wrapped into one Work.
+#[derive(Args)]
+struct ManifestInput {
+    /// A file, a directory (its *.yaml, *.yml and *.json files at any depth, in sorted
+    /// path order) or `-` for stdin (at most once). Repeatable; documents are taken in
+    /// the order given.
+    #[arg(short = 'f', long = "filename", required_unless_present = "kustomize")]
+    files: Vec<PathBuf>,
+    /// A kustomization directory, rendered with `kubectl kustomize DIR` (or `kustomize
+    /// build DIR` without kubectl); the result is applied like -f input.
+    #[arg(short = 'k', long, conflicts_with = "files")]
+    kustomize: Option<PathBuf>,
+    /// Plain manifests only: the name of the Work they are wrapped into. Re-applying with
+    /// the same name updates that Work (objects no longer in the input are pruned).
+    #[arg(long)]
+    name: Option<String>,
+    /// Plain manifests only: clusters to deliver to, by name (comma-separated or
+    /// repeated). Combines with --selector: a cluster matching either gets the Work.
+    #[arg(long, value_delimiter = ',')]
+    clusters: Vec<String>,
+    /// Plain manifests only: deliver to clusters whose labels match all of these
+    /// (matchLabels), e.g. `-l env=prod,region=eu` (comma-separated or repeated).
+    #[arg(short = 'l', long, value_delimiter = ',', value_parser = parse_label)]
+    selector: Vec<(String, String)>,
+}
+
+impl ManifestInput {
+    fn documents(&self) -> anyhow::Result<Vec<tether_protocol::work::WorkDocument>> {
+        let inputs = match &self.kustomize {
+            Some(dir) => vec![tether_hub::kustomize(dir)?],
+            None => tether_hub::read_inputs(&self.files, &mut std::io::stdin().lock())?,
+        };
+        let opts = tether_hub::WrapOptions {
+            name: self.name.clone(),
+            clusters: self.clusters.clone(),
+            selector: self.selector.iter().cloned().collect(),
+        };
+        Ok(tether_hub::build_works(&inputs, &opts)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -340,25 +353,6 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// Read and check everything `apply` was given; no hub involved.
-fn apply_documents(
-    files: &[PathBuf],
-    kustomize: Option<&std::path::Path>,
-    name: Option<String>,
-    clusters: Vec<String>,
-    selector: Vec<(String, String)>,
-) -> anyhow::Result<Vec<tether_protocol::work::WorkDocument>> {
-    let inputs = match kustomize {
-        Some(dir) => vec![tether_hub::kustomize(dir)?],
-        None => tether_hub::read_inputs(files, &mut std::io::stdin().lock())?,
-    };
-    let opts = tether_hub::WrapOptions {
-        name,
-        clusters,
-        selector: selector.into_iter().collect(),
-    };
-    Ok(tether_hub::build_works(&inputs, &opts)?)
-}
-
 fn completion(shell: clap_complete::Shell) {
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "tetherctl", &mut buf);
@@ -369,22 +363,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // A dry run must work without a hub or a config (e.g. in CI, to review what a chart
     // renders into), so it is handled before the config is required.
     if let Cmd::Apply {
-        files,
-        kustomize,
-        name,
-        clusters,
-        selector,
+        input,
         dry_run: true,
         ..
     } = &cli.cmd
     {
-        let docs = apply_documents(
-            files,
-            kustomize.as_deref(),
-            name.clone(),
-            clusters.clone(),
-            selector.clone(),
-        )?;
+        let docs = input.documents()?;
         for doc in &docs {
             out!("---\n{}", serde_yaml_ng::to_string(doc)?);
         }
@@ -625,15 +609,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
         }
         Cmd::Apply {
-            files,
-            kustomize,
-            name,
-            clusters,
-            selector,
+            input,
             dry_run: _,
             force,
         } => {
-            let docs = apply_documents(&files, kustomize.as_deref(), name, clusters, selector)?;
+            let docs = input.documents()?;
             let mut results = Vec::new();
             for doc in &docs {
                 results.push(client.apply_work_with(doc, force).await?);
@@ -654,14 +634,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })?;
         }
-        Cmd::Diff {
-            files,
-            kustomize,
-            name,
-            clusters,
-            selector,
-        } => {
-            let docs = apply_documents(&files, kustomize.as_deref(), name, clusters, selector)?;
+        Cmd::Diff { input } => {
+            let docs = input.documents()?;
             if diff::diff(&client, &docs).await? {
                 std::process::exit(1);
             }
