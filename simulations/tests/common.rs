@@ -294,6 +294,18 @@ impl AgentProcess {
         Self { child }
     }
 
+    /// The exit status once the process ends, or `None` if it still runs after `limit`.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("waiting for tether-agent") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// SIGKILL: no cleanup, no flush, exactly like a power cut of the process.
     pub fn kill9(self) {
         drop(self);

@@ -499,17 +499,10 @@ async fn an_expired_token_stops_the_agent_binary_with_the_cut_off_code() {
         .token;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut agent = AgentProcess::spawn(&bin, &hub, dir.path(), "late", &token);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "the agent kept retrying an expired token"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = agent
+        .exited_within(WAIT)
+        .await
+        .expect("the agent kept retrying an expired token");
     let log = std::fs::read_to_string(dir.path().join("late.log")).unwrap();
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(log.contains("refused the join request"), "{log}");
@@ -615,14 +608,10 @@ async fn a_denied_cluster_keeps_its_works_until_its_owner_removes_them_on_leave(
     assert!(file.exists());
 
     admin.deny("gone", "decommissioned").await.unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = agent.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < WAIT, "a denied agent kept running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = agent
+        .exited_within(WAIT)
+        .await
+        .expect("a denied agent kept running");
     assert_eq!(status.code(), Some(3));
     assert!(
         file.exists(),
