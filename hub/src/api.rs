@@ -215,6 +215,19 @@ pub struct ApplyResult {
     /// not registered (the work waits for it). The apply itself succeeded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// For a work with a git source: the commit its manifests were read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// The hub's last look at a git-sourced work's repository.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceCheck {
+    pub checked_at_ms: u64,
+    /// The commit the revision named at that look (absent when the look failed).
+    pub commit: Option<String>,
+    /// Why the look failed; the work keeps its last good generation meanwhile.
+    pub error: Option<String>,
 }
 
 /// One generation of a work, as kept for `undo` (`GET /v1/works/{name}/history`, oldest first).
@@ -270,6 +283,9 @@ pub struct ClusterWorkView {
 pub struct WorkDetail {
     pub summary: WorkSummary,
     pub document: tether_protocol::work::WorkDocument,
+    /// For a work with a git source: the hub's last look at the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_check: Option<SourceCheck>,
     pub clusters: Vec<ClusterWorkView>,
 }
 

@@ -184,6 +184,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         singleton_in_flight: Default::default(),
         changes: Default::default(),
         store_unavailable: Mutex::new(Default::default()),
+        git: crate::works::git::GitCache::new(dir.git_cache()),
+        source_checks: Mutex::new(BTreeMap::new()),
         started_ms: now,
         committer,
         status_budget: crate::limits::budget::Budgets::new(crate::limits::budget::STATUS_ENTRIES),
@@ -218,6 +220,10 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     name(
         tasks.spawn(crate::controller::run(state.clone())),
         "controller",
+    );
+    name(
+        tasks.spawn(crate::controller::git_sync::run(state.clone())),
+        "git source sync",
     );
     name(
         tasks.spawn(audit_writer(state.store.clone(), audit_rx)),

@@ -35,6 +35,10 @@ impl DataDir {
     pub fn ctl_config(&self) -> PathBuf {
         self.root.join("tetherctl.yaml")
     }
+    /// Bare clones of the git repositories works fetch their manifests from.
+    pub fn git_cache(&self) -> PathBuf {
+        self.root.join("git")
+    }
     pub fn database(&self) -> PathBuf {
         self.root.join("hub.redb")
     }

@@ -27,11 +27,11 @@ pub mod util;
 pub(crate) mod works;
 
 pub use admin::client::{parse_work_documents, AdminClient};
-pub use admin::manifests::{build_works, kustomize, read_inputs, ManifestError, WrapOptions};
 pub use app::{start, RunningHub};
 pub use decide::RolloutView;
 pub use identity::init::{init, InitOptions};
 pub use state::{HubConfig, HubState};
+pub use works::manifests::{build_works, kustomize, read_inputs, ManifestError, WrapOptions};
 
 /// Parts the simulator, the benchmarks and the end-to-end tests drive directly, below the
 /// running hub.

@@ -86,6 +86,10 @@ pub struct HubState {
     pub(crate) health_dirty: tokio::sync::Notify,
     /// Clusters whose agent last reported its store failing (for `/metrics`).
     pub(crate) store_unavailable: Mutex<std::collections::BTreeSet<String>>,
+    /// Clones of the repositories of works with a git source (see `works::git`).
+    pub(crate) git: Arc<crate::works::git::GitCache>,
+    /// The last look at each git-sourced work's repository (see `controller::git_sync`).
+    pub(crate) source_checks: Mutex<BTreeMap<String, crate::api::SourceCheck>>,
 }
 
 pub(crate) fn store_transitions(

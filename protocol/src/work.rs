@@ -63,11 +63,68 @@ pub struct WorkSpec {
     pub rollout: Option<RolloutSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverSpec>,
+    /// Where the hub fetches the manifests from instead of `manifests` (GitOps). The hub
+    /// fills `manifests` from the fetched commit and pins that commit in the generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<WorkSource>,
     /// Kubernetes objects, applied in order (namespaces and CRDs first is the user's job).
+    /// Left out when `source` names where they come from.
+    #[serde(default)]
     pub manifests: Vec<Value>,
     /// Take ownership of fields another manager owns (server-side apply `force=true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_conflicts: bool,
+}
+
+/// Where a work's manifests come from, when not written inline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkSource {
+    pub git: GitSource,
+}
+
+/// A directory of plain manifests at a revision of a git repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitSource {
+    /// `https://`, `http://`, `ssh://` (or `user@host:path`) or `git://` URL.
+    pub repository: String,
+    /// Branch, tag or commit id; the remote's default branch (`HEAD`) when left out.
+    #[serde(
+        default = "default_revision",
+        skip_serializing_if = "is_default_revision"
+    )]
+    pub revision: String,
+    /// Directory in the repository whose `*.yaml`, `*.yml` and `*.json` files (at any depth)
+    /// are the manifests; the repository root when left out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// How often the hub looks for a new commit (as Argo CD, every 3 minutes by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u64>,
+    /// Set by the hub: the commit this generation's manifests were read from. A document
+    /// applied with it set is refused, so a user cannot claim a commit the hub did not fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+pub const DEFAULT_GIT_INTERVAL_SECONDS: u64 = 180;
+/// The shortest re-check interval: each check is a fetch from someone else's server.
+pub const MIN_GIT_INTERVAL_SECONDS: u64 = 10;
+
+fn default_revision() -> String {
+    "HEAD".into()
+}
+
+fn is_default_revision(r: &String) -> bool {
+    r == "HEAD"
+}
+
+impl GitSource {
+    pub fn interval_seconds(&self) -> u64 {
+        self.interval_seconds
+            .unwrap_or(DEFAULT_GIT_INTERVAL_SECONDS)
+    }
 }
 
 /// Which clusters receive the Work: the union of the named clusters and the selector's matches.
@@ -591,6 +648,29 @@ pub fn validate(doc: &WorkDocument) -> Result<(), Vec<String>> {
             }
         }
     }
+    if let Some(src) = &doc.spec.source {
+        let git = &src.git;
+        if git.repository.trim().is_empty() {
+            errors.push("spec.source.git.repository must not be empty".into());
+        }
+        if git.revision.trim().is_empty() {
+            errors.push(
+                "spec.source.git.revision must not be empty (leave it out for the default branch)"
+                    .into(),
+            );
+        }
+        if git.path.split('/').any(|c| c == "..") {
+            errors.push(format!(
+                "spec.source.git.path {:?} must stay inside the repository (no `..`)",
+                git.path
+            ));
+        }
+        if git.interval_seconds() < MIN_GIT_INTERVAL_SECONDS {
+            errors.push(format!(
+                "spec.source.git.intervalSeconds must be at least {MIN_GIT_INTERVAL_SECONDS}"
+            ));
+        }
+    }
     if doc.spec.manifests.len() > MAX_MANIFESTS {
         errors.push(format!(
             "spec.manifests has {} objects; the limit is {MAX_MANIFESTS} per Work",
@@ -638,10 +718,42 @@ mod tests {
                 overrides: vec![],
                 rollout: None,
                 failover: None,
+                source: None,
                 manifests,
                 force_conflicts: false,
             },
         }
+    }
+
+    #[test]
+    fn a_git_source_reads_with_defaults_and_its_bounds_are_checked() {
+        let text = r#"{"apiVersion":"tether.dev/v1alpha1","kind":"Work","metadata":{"name":"w"},
+            "spec":{"targets":{"clusters":["a"]},"source":{"git":{"repository":"https://h/r.git"}}}}"#;
+        let d: WorkDocument = serde_json::from_str(text).unwrap();
+        let git = &d.spec.source.as_ref().unwrap().git;
+        assert_eq!(
+            (
+                git.revision.as_str(),
+                git.path.as_str(),
+                git.interval_seconds()
+            ),
+            ("HEAD", "", DEFAULT_GIT_INTERVAL_SECONDS)
+        );
+        assert!(d.spec.manifests.is_empty());
+        assert_eq!(validate(&d), Ok(()));
+        // Defaults are left out again, so a stored document reads back the same.
+        let back: WorkDocument = serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+
+        let mut bad = d.clone();
+        let g = &mut bad.spec.source.as_mut().unwrap().git;
+        g.path = "apps/../../etc".into();
+        g.interval_seconds = Some(1);
+        g.revision = " ".into();
+        let errors = validate(&bad).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("inside the repository")));
+        assert!(errors.iter().any(|e| e.contains("at least 10")));
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub fn config_work(
         },
         spec: WorkSpec {
             targets,
+            source: None,
             manifests: keys
                 .iter()
                 .map(|k| {

@@ -289,6 +289,12 @@ impl AdminClient {
         serde_json::from_slice(&bytes).context("decoding the admin API response")
     }
 
+    /// Look at a git-sourced work's repository now and apply what its revision names.
+    pub async fn sync_work(&self, name: &str) -> anyhow::Result<ApplyResult> {
+        self.post(&format!("/v1/works/{name}/sync"), serde_json::json!({}))
+            .await
+    }
+
     pub async fn works(&self) -> anyhow::Result<Vec<WorkSummary>> {
         self.get("/v1/works").await
     }

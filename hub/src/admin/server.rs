@@ -414,6 +414,9 @@ pub(crate) fn work_error(e: &crate::works::WorkError) -> Response<Body> {
         WorkError::NotFound(_) => StatusCode::NOT_FOUND,
         WorkError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         WorkError::Invalid(_) | WorkError::Bundle(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // The repository did not answer (or not in time): the document may be fine.
+        WorkError::Source(e) if e.is_remote() => StatusCode::BAD_GATEWAY,
+        WorkError::Source(_) => StatusCode::UNPROCESSABLE_ENTITY,
         WorkError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         WorkError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

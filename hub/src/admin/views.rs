@@ -124,6 +124,7 @@ pub fn detail(
     Ok(Some(WorkDetail {
         summary: summarize(name, &record, &clusters),
         document: record.document,
+        source_check: None,
         clusters,
     }))
 }

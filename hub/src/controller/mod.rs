@@ -19,6 +19,7 @@ use tether_store::StoreError;
 use view::{FleetView, Touched};
 
 pub mod cost;
+pub(crate) mod git_sync;
 pub mod undo;
 mod view;
 

@@ -162,6 +162,7 @@ mod tests {
                     },
                     spec: WorkSpec {
                         targets,
+                        source: None,
                         manifests,
                         force_conflicts: false,
                         placement: None,

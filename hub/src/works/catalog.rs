@@ -31,6 +31,8 @@ pub enum WorkError {
     NotFound(String),
     #[error("{0}")]
     Bundle(#[from] bundle::BundleError),
+    #[error("{0}")]
+    Source(#[from] crate::works::git::GitError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -224,6 +226,49 @@ pub fn apply(
         index.publish(&name, WorkEntry::new(record, Some(packed)));
     }
     Ok((outcome, generation))
+}
+
+/// The document to store for a work whose manifests come from `spec.source`: fetched now from
+/// the revision it names, with the commit pinned. A document without a source is returned as
+/// it is.
+pub(crate) fn fetch_source(
+    git: &crate::works::git::GitCache,
+    doc: WorkDocument,
+) -> Result<(WorkDocument, Option<String>), WorkError> {
+    let Some(src) = &doc.spec.source else {
+        return Ok((doc, None));
+    };
+    let mut wrong = Vec::new();
+    if !doc.spec.manifests.is_empty() {
+        wrong.push(
+            "spec.manifests and spec.source are both given: a work's manifests come from one \
+             place (leave spec.manifests out; the hub fills them from the repository)"
+                .to_string(),
+        );
+    }
+    if src.git.commit.is_some() {
+        wrong.push(
+            "spec.source.git.commit is set by the hub; to pin a commit, give it as \
+             spec.source.git.revision"
+                .to_string(),
+        );
+    }
+    validate(&doc).map_err(|e| WorkError::Invalid(wrong.iter().cloned().chain(e).collect()))?;
+    if !wrong.is_empty() {
+        return Err(WorkError::Invalid(wrong));
+    }
+    let fetched = git.fetch(&src.git)?;
+    let commit = fetched.commit.clone();
+    Ok((crate::works::git::pinned(doc, fetched), Some(commit)))
+}
+
+/// A stored git-sourced document as its user wrote it: without what the hub filled in.
+pub(crate) fn unpinned(mut doc: WorkDocument) -> WorkDocument {
+    if let Some(src) = doc.spec.source.as_mut() {
+        src.git.commit = None;
+        doc.spec.manifests.clear();
+    }
+    doc
 }
 
 /// Mark a work deleted. Clusters remove it (or orphan its objects) as they are reached; the

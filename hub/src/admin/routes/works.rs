@@ -23,6 +23,13 @@ pub(super) async fn route(
             let name = doc.metadata.name.clone();
             let st = state.clone();
             let applied = tokio::task::spawn_blocking(move || {
+                let (doc, commit) = if doc.spec.source.is_some() {
+                    let name = doc.metadata.name.clone();
+                    let (doc, commit) = crate::controller::git_sync::fetch(&st, &name, doc)?;
+                    (doc, Some(commit))
+                } else {
+                    (doc, None)
+                };
                 let mut warnings = unknown_clusters(&st, named_clusters(&doc));
                 let fights = contested(&st, &doc)?;
                 if !fights.is_empty() && !force {
@@ -36,11 +43,11 @@ pub(super) async fn route(
                     st.cfg.limits.max_frame,
                     "admin",
                 )?;
-                Ok::<_, crate::works::WorkError>(Ok((applied, warnings)))
+                Ok::<_, crate::works::WorkError>(Ok((applied, warnings, commit)))
             })
             .await
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let ((outcome, generation), warnings) =
+            let ((outcome, generation), warnings, commit) =
                 applied.map_err(|e| work_error(&e))?.map_err(|fights| {
                     error(
                         StatusCode::CONFLICT,
@@ -64,6 +71,22 @@ pub(super) async fn route(
                     generation,
                     outcome,
                     warnings,
+                    commit,
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "works", name, "sync"]) => {
+            let synced = crate::controller::git_sync::sync(state, name, "admin")
+                .await
+                .map_err(|e| work_error(&e))?;
+            Ok(json(
+                StatusCode::OK,
+                &ApplyResult {
+                    name: name.to_string(),
+                    generation: synced.generation,
+                    outcome: synced.outcome,
+                    warnings: vec![],
+                    commit: Some(synced.commit),
                 },
             ))
         }
@@ -85,7 +108,15 @@ pub(super) async fn route(
             })
             .await?;
             match detail {
-                Some(d) => Ok(json(StatusCode::OK, &d)),
+                Some(mut d) => {
+                    d.source_check = state
+                        .source_checks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(*name)
+                        .cloned();
+                    Ok(json(StatusCode::OK, &d))
+                }
                 None => Err(error(
                     StatusCode::NOT_FOUND,
                     format!("work {name:?} not found"),

@@ -118,6 +118,9 @@ enum Cmd {
     /// Rollouts: status, pause, resume, history, undo.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Works whose manifests come from a git repository.
+    #[command(subcommand)]
+    Works(WorksCmd),
     /// Print tetherctl's version, and the hub's when a config is given.
     Version,
     /// Print a shell completion script, e.g. `tetherctl completion bash >
@@ -126,6 +129,24 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// `work/NAME updated (generation 4)`, with the commit a git-sourced work was read from.
+fn applied_line(r: &tether_hub::api::ApplyResult) -> String {
+    let verb = match r.outcome {
+        ApplyOutcome::Created => "created",
+        ApplyOutcome::Updated => "updated",
+        ApplyOutcome::Unchanged => "unchanged",
+    };
+    let commit = r
+        .commit
+        .as_deref()
+        .map(|c| format!(" at commit {}", c.chars().take(12).collect::<String>()))
+        .unwrap_or_default();
+    format!(
+        "work/{} {verb} (generation {}){commit}",
+        r.name, r.generation
+    )
 }
 
 /// What `apply` and `diff` read: Work documents, or plain manifests wrapped into one Work.
@@ -193,6 +214,13 @@ enum RolloutCmd {
         #[arg(long)]
         to_generation: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum WorksCmd {
+    /// Fetch a git-sourced work's repository now (instead of at its next interval) and apply
+    /// the commit its revision names; prints the commit and whether it made a new generation.
+    Sync { name: String },
 }
 
 #[derive(Subcommand)]
@@ -625,14 +653,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             print(out, &results, || {
                 for r in &results {
-                    let verb = match r.outcome {
-                        ApplyOutcome::Created => "created",
-                        ApplyOutcome::Updated => "updated",
-                        ApplyOutcome::Unchanged => "unchanged",
-                    };
-                    outln!("work/{} {verb} (generation {})", r.name, r.generation);
+                    outln!("{}", applied_line(r));
                 }
             })?;
+        }
+        Cmd::Works(WorksCmd::Sync { name }) => {
+            let r = client.sync_work(&name).await?;
+            print(out, &r, || outln!("{}", applied_line(&r)))?;
         }
         Cmd::Diff { input } => {
             let docs = input.documents()?;
@@ -750,6 +777,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.available,
                     s.failed
                 );
+                if let Some(src) = &d.document.spec.source {
+                    let g = &src.git;
+                    let commit = g.commit.as_deref().unwrap_or("-");
+                    outln!(
+                        "source: git {} revision {} path {} at commit {commit}",
+                        g.repository,
+                        g.revision,
+                        if g.path.is_empty() { "." } else { &g.path }
+                    );
+                    if let Some(c) = &d.source_check {
+                        match &c.error {
+                            Some(e) => {
+                                outln!("last check {}: failed: {e}", ago(Some(c.checked_at_ms)))
+                            }
+                            None => {
+                                let seen = c.commit.as_deref().unwrap_or("-");
+                                let note = if Some(seen) == g.commit.as_deref() {
+                                    String::new()
+                                } else {
+                                    format!(" (commit {seen}: nothing changed under the path)")
+                                };
+                                outln!("last check {}: ok{note}", ago(Some(c.checked_at_ms)))
+                            }
+                        }
+                    }
+                }
                 outln!();
                 outln!(
                     "{:<24} {:<8} {:>9} {:>7} {:<10} {:<10} CONDITIONS / LAST ERROR",

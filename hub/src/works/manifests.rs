@@ -13,7 +13,7 @@ use tether_protocol::work::{
 use tether_protocol::Labels;
 
 /// Files a directory contributes; anything else in it (READMEs, charts' templates) is ignored.
-const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+pub(crate) const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -296,12 +296,14 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// Turn what was read into the Works to apply: the Work documents themselves, or one Work
-/// named `opts.name` holding every plain manifest in input order.
-pub fn build_works(
-    inputs: &[Input],
-    opts: &WrapOptions,
-) -> Result<Vec<WorkDocument>, ManifestError> {
+/// Documents as read, split into Work documents and plain Kubernetes objects (`*List` kinds
+/// expanded), each with where it came from.
+type Split = (
+    Vec<(Origin, serde_json::Value)>,
+    Vec<(Origin, serde_json::Value)>,
+);
+
+fn split(inputs: &[Input]) -> Result<Split, ManifestError> {
     let mut works: Vec<(Origin, serde_json::Value)> = Vec::new();
     let mut plain: Vec<(Origin, serde_json::Value)> = Vec::new();
     for input in inputs {
@@ -338,6 +340,26 @@ pub fn build_works(
             }
         }
     }
+    Ok((works, plain))
+}
+
+fn nothing(inputs: &[Input]) -> ManifestError {
+    ManifestError::Nothing(
+        inputs
+            .iter()
+            .map(|i| i.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// Turn what was read into the Works to apply: the Work documents themselves, or one Work
+/// named `opts.name` holding every plain manifest in input order.
+pub fn build_works(
+    inputs: &[Input],
+    opts: &WrapOptions,
+) -> Result<Vec<WorkDocument>, ManifestError> {
+    let (works, plain) = split(inputs)?;
     match (works.first(), plain.first()) {
         (Some((w, _)), Some((p, _))) => Err(ManifestError::Mixed {
             work_file: w.file.clone(),
@@ -352,14 +374,49 @@ pub fn build_works(
             works.into_iter().map(|(o, v)| parse_work(&o, v)).collect()
         }
         (None, Some(_)) => wrap(inputs, plain, opts).map(|w| vec![w]),
-        (None, None) => Err(ManifestError::Nothing(
-            inputs
-                .iter()
-                .map(|i| i.label.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        )),
+        (None, None) => Err(nothing(inputs)),
     }
+}
+
+/// The plain Kubernetes objects of `inputs`, in order, for a source that holds nothing else
+/// (a directory in a git repository). A Work document among them is refused: a Work does not
+/// fetch other Works.
+pub(crate) fn plain_manifests(inputs: &[Input]) -> Result<Vec<serde_json::Value>, ManifestError> {
+    let (works, plain) = split(inputs)?;
+    if let Some((origin, _)) = works.first() {
+        return Err(ManifestError::Document {
+            file: origin.file.clone(),
+            doc: origin.doc,
+            message: "a Work document; a git source holds plain Kubernetes manifests only".into(),
+        });
+    }
+    if plain.is_empty() {
+        return Err(nothing(inputs));
+    }
+    no_duplicates(&plain)?;
+    Ok(plain.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Checked here rather than left to `validate`, whose messages only know the position in the
+/// merged list, not which file the object came from.
+fn no_duplicates(plain: &[(Origin, serde_json::Value)]) -> Result<(), ManifestError> {
+    let mut seen: BTreeMap<ObjectRef, &Origin> = BTreeMap::new();
+    for (origin, m) in plain {
+        let r = ObjectRef::of(m).map_err(|message| ManifestError::Document {
+            file: origin.file.clone(),
+            doc: origin.doc,
+            message,
+        })?;
+        if let Some(first) = seen.get(&r) {
+            return Err(ManifestError::Duplicate {
+                first: first.to_string(),
+                second: origin.to_string(),
+                object: r.to_string(),
+            });
+        }
+        seen.insert(r, origin);
+    }
+    Ok(())
 }
 
 fn identity(value: &serde_json::Value) -> Result<(String, String), String> {
@@ -401,24 +458,7 @@ fn wrap(
     if opts.clusters.is_empty() && opts.selector.is_empty() {
         return Err(ManifestError::NoTargets { name });
     }
-    // Checked here rather than left to `validate`, whose messages only know the position in
-    // the merged list, not which file the object came from.
-    let mut seen: BTreeMap<ObjectRef, Origin> = BTreeMap::new();
-    for (origin, m) in &plain {
-        let r = ObjectRef::of(m).map_err(|message| ManifestError::Document {
-            file: origin.file.clone(),
-            doc: origin.doc,
-            message,
-        })?;
-        if let Some(first) = seen.get(&r) {
-            return Err(ManifestError::Duplicate {
-                first: first.to_string(),
-                second: origin.to_string(),
-                object: r.to_string(),
-            });
-        }
-        seen.insert(r, origin.clone());
-    }
+    no_duplicates(&plain)?;
     let doc = WorkDocument {
         api_version: WORK_API_VERSION.into(),
         kind: WORK_KIND.into(),
@@ -439,6 +479,7 @@ fn wrap(
             overrides: vec![],
             rollout: None,
             failover: None,
+            source: None,
             manifests: plain.into_iter().map(|(_, m)| m).collect(),
             force_conflicts: false,
         },
