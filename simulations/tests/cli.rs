@@ -491,6 +491,43 @@ async fn diff_shows_what_an_apply_would_change() {
         1,
         "diff changed nothing"
     );
+
+    // Per cluster: the overrides that cluster's labels select, on both sides.
+    let work = |env_a: &str| {
+        format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: Work\nmetadata: {{name: tuned}}\nspec:\n  targets: {{clusters: [a, b]}}\n  overrides:\n  - clusterSelector: {{matchLabels: {{site: a}}}}\n    labels: {{tier: {env_a}}}\n  manifests:\n  - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: tuned, namespace: default}}, data: {{k: v}}}}\n"
+        )
+    };
+    let wfile = d.join("tuned.yaml");
+    std::fs::write(&wfile, work("gold")).unwrap();
+    let wf = wfile.to_str().unwrap();
+    ctl.ok(&["apply", "-f", wf]).await;
+    std::fs::write(&wfile, work("silver")).unwrap();
+    let on_a = ctl.run(&["diff", "-f", wf, "--cluster", "a"]).await;
+    let shown = String::from_utf8_lossy(&on_a.stdout).into_owned();
+    assert_eq!(on_a.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("-    tier: gold") && shown.contains("+    tier: silver"),
+        "{shown}"
+    );
+    // b's copy has no override, and the base manifests did not change.
+    for other in [vec!["--cluster", "b"], vec![]] {
+        let mut args = vec!["diff", "-f", wf];
+        args.extend(other.iter().copied());
+        let out = ctl.run(&args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let unknown = ctl.run(&["diff", "-f", wf, "--cluster", "nope"]).await;
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("cluster \"nope\" not found"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     for a in agents {
         a.stop().await.unwrap();
     }

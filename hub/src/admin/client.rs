@@ -340,6 +340,20 @@ impl AdminClient {
         self.post(&path, serde_json::json!({})).await
     }
 
+    /// What applying `doc` would deliver (fetched from its git source if it has one), to
+    /// `cluster` if given (its overrides applied). Nothing is stored.
+    pub async fn render_input(
+        &self,
+        doc: &tether_protocol::work::WorkDocument,
+        cluster: Option<&str>,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let path = match cluster {
+            Some(c) => format!("/v1/works/render?cluster={c}"),
+            None => "/v1/works/render".to_string(),
+        };
+        self.post(&path, serde_json::to_value(doc)?).await
+    }
+
     pub async fn rendered(
         &self,
         work: &str,

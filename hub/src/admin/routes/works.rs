@@ -238,6 +238,19 @@ pub(super) async fn route(
                 &serde_json::json!({"work": name, "generation": generation}),
             ))
         }
+        (&Method::POST, ["v1", "works", "render"]) => {
+            // What an apply of this document would deliver (`tetherctl diff`): the manifests,
+            // fetched from its git source if it has one, and with `?cluster=C` as that
+            // cluster would receive them. Nothing is stored.
+            let cluster = query_param(&req, "cluster").map(str::to_string);
+            let doc: tether_protocol::work::WorkDocument =
+                read_json_limited(req, MAX_WORK_BODY).await?;
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || render_input(&st, doc, cluster.as_deref()))
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map(|manifests| json(StatusCode::OK, &manifests))
+        }
         (&Method::GET, ["v1", "works", name, "rendered", cluster]) => {
             let snapshot = state.works.snapshot();
             let entry = snapshot
@@ -261,6 +274,46 @@ pub(super) async fn route(
         }
         _ => Err(no_route(method, seg)),
     }
+}
+
+/// The manifests `doc` would deliver, to `cluster` if given: its override rules chosen by the
+/// cluster's labels and facts as placement sees them, and its replica share taken from the
+/// work's current placement (a share depends on the whole selection, which an apply decides).
+fn render_input(
+    state: &HubState,
+    doc: tether_protocol::work::WorkDocument,
+    cluster: Option<&str>,
+) -> Result<Vec<serde_json::Value>, Response<Body>> {
+    let name = doc.metadata.name.clone();
+    let (doc, _) = crate::works::fetch_source(&state.git, doc).map_err(|e| work_error(&e))?;
+    tether_protocol::work::validate(&doc)
+        .map_err(|e| work_error(&crate::works::WorkError::Invalid(e)))?;
+    let Some(cluster) = cluster else {
+        return Ok(doc.spec.manifests);
+    };
+    let record = state
+        .store
+        .read(|tx| tx.get(&tether_store::hub::CLUSTERS, cluster))
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("cluster {cluster:?} not found"),
+            )
+        })?;
+    let facts = crate::fleet::facts::effective(&record.facts, &record.pins);
+    let labels = crate::decide::placement::selectable_labels(&record.labels, &facts);
+    let replicas = state
+        .decisions
+        .snapshot()
+        .get(&name)
+        .and_then(|d| d.selected.get(cluster).and_then(|a| a.replicas));
+    let assignment = crate::works::render::Assignment {
+        rules: crate::works::render::matching_rules(&doc.spec, cluster, &labels),
+        replicas,
+    };
+    crate::works::render::render_assignment(&doc.spec, &assignment)
+        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
 /// How long a pause or resume waits for the controller to publish it before answering anyway.

@@ -8,20 +8,37 @@ use std::path::{Path, PathBuf};
 use tether_hub::AdminClient;
 use tether_protocol::work::WorkDocument;
 
-/// Whether any work would change. The directories are removed afterwards.
-pub(crate) async fn diff(client: &AdminClient, docs: &[WorkDocument]) -> anyhow::Result<bool> {
+/// Whether any work would change. The directories are removed afterwards. With `cluster`,
+/// both sides are that cluster's copy (overrides applied); without, the works' own manifests.
+/// The input side is rendered by the hub, so a git source is fetched as an apply would.
+pub(crate) async fn diff(
+    client: &AdminClient,
+    docs: &[WorkDocument],
+    cluster: Option<&str>,
+) -> anyhow::Result<bool> {
     let root = scratch_dir()?;
     let result = async {
         for doc in docs {
             let name = &doc.metadata.name;
-            let live = match client.work(name).await {
-                Ok(d) if !d.summary.deleted => d.document.spec.manifests,
-                Ok(_) => Vec::new(),
+            let live = match cluster {
+                Some(c) => client.rendered(name, c).await,
+                None => client.work(name).await.map(|d| {
+                    if d.summary.deleted {
+                        Vec::new()
+                    } else {
+                        d.document.spec.manifests
+                    }
+                }),
+            };
+            // A work that does not exist, or is not placed on the cluster, holds nothing.
+            let live = match live {
+                Ok(m) => m,
                 Err(e) if AdminClient::is_not_found(&e) => Vec::new(),
                 Err(e) => return Err(e),
             };
+            let merged = client.render_input(doc, cluster).await?;
             write_objects(&root.join("live").join(name), &live)?;
-            write_objects(&root.join("merged").join(name), &doc.spec.manifests)?;
+            write_objects(&root.join("merged").join(name), &merged)?;
         }
         run_diff(&root)
     }

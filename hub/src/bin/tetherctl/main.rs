@@ -105,6 +105,10 @@ enum Cmd {
     Diff {
         #[command(flatten)]
         input: ManifestInput,
+        /// Compare what this cluster receives (the work's overrides for its labels and facts
+        /// applied) instead of the work's own manifests.
+        #[arg(long)]
+        cluster: Option<String>,
     },
     /// List resources.
     #[command(subcommand)]
@@ -661,9 +665,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.sync_work(&name).await?;
             print(out, &r, || outln!("{}", applied_line(&r)))?;
         }
-        Cmd::Diff { input } => {
+        Cmd::Diff { input, cluster } => {
             let docs = input.documents()?;
-            if diff::diff(&client, &docs).await? {
+            if diff::diff(&client, &docs, cluster.as_deref()).await? {
                 std::process::exit(1);
             }
         }
