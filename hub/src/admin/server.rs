@@ -409,8 +409,12 @@ pub(crate) fn percent_decode(v: &str) -> Option<String> {
 }
 
 pub(crate) fn work_error(e: &crate::works::WorkError) -> Response<Body> {
+    error(work_error_status(e), e.to_string())
+}
+
+pub(crate) fn work_error_status(e: &crate::works::WorkError) -> StatusCode {
     use crate::works::WorkError;
-    let status = match e {
+    match e {
         WorkError::NotFound(_) => StatusCode::NOT_FOUND,
         WorkError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         WorkError::Invalid(_) | WorkError::Bundle(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -419,8 +423,7 @@ pub(crate) fn work_error(e: &crate::works::WorkError) -> Response<Body> {
         WorkError::Source(_) => StatusCode::UNPROCESSABLE_ENTITY,
         WorkError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         WorkError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.to_string())
+    }
 }
 
 pub(crate) fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {

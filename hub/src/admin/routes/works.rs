@@ -250,6 +250,7 @@ pub(super) async fn route(
                 .await
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .map(|manifests| json(StatusCode::OK, &manifests))
+                .map_err(|(status, message)| error(status, message))
         }
         (&Method::GET, ["v1", "works", name, "rendered", cluster]) => {
             let snapshot = state.works.snapshot();
@@ -283,20 +284,24 @@ fn render_input(
     state: &HubState,
     doc: tether_protocol::work::WorkDocument,
     cluster: Option<&str>,
-) -> Result<Vec<serde_json::Value>, Response<Body>> {
+) -> Result<Vec<serde_json::Value>, (StatusCode, String)> {
+    let refused = |e: crate::works::WorkError| {
+        let status = work_error_status(&e);
+        (status, e.to_string())
+    };
     let name = doc.metadata.name.clone();
-    let (doc, _) = crate::works::fetch_source(&state.git, doc).map_err(|e| work_error(&e))?;
+    let (doc, _) = crate::works::fetch_source(&state.git, doc).map_err(refused)?;
     tether_protocol::work::validate(&doc)
-        .map_err(|e| work_error(&crate::works::WorkError::Invalid(e)))?;
+        .map_err(|e| refused(crate::works::WorkError::Invalid(e)))?;
     let Some(cluster) = cluster else {
         return Ok(doc.spec.manifests);
     };
     let record = state
         .store
         .read(|tx| tx.get(&tether_store::hub::CLUSTERS, cluster))
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         .ok_or_else(|| {
-            error(
+            (
                 StatusCode::NOT_FOUND,
                 format!("cluster {cluster:?} not found"),
             )
@@ -313,7 +318,7 @@ fn render_input(
         replicas,
     };
     crate::works::render::render_assignment(&doc.spec, &assignment)
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
 /// How long a pause or resume waits for the controller to publish it before answering anyway.
