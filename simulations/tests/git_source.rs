@@ -269,6 +269,17 @@ async fn a_git_source_is_pinned_synced_and_checked_on_an_interval() {
         .await
         .unwrap();
     assert_eq!(by_id.commit.as_deref(), Some(second.as_str()));
+    // Left out, the revision is the remote's default branch.
+    let default = admin
+        .apply_work(&elsewhere(sourced(
+            "default",
+            &daemon.url(),
+            "HEAD",
+            "deploy",
+        )))
+        .await
+        .unwrap();
+    assert_eq!(default.commit.as_deref(), Some(third.as_str()));
 
     // Every way a source can be wrong is refused with a message that says which.
     refused(
