@@ -5,41 +5,9 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use tether_sim::fleet::{all_in_state, wait_for, LocalAgent, LocalHub};
-
-struct Ctl {
-    bin: PathBuf,
-    config: PathBuf,
-}
-
-impl Ctl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--config").arg(&self.config).args(args);
-        c.env_remove("TETHER_SERVER").env_remove("TETHER_CONFIG");
-        c
-    }
-
-    /// Run off the runtime (the binary talks to a hub served by this test's runtime).
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut c = self.command(args);
-        tokio::task::spawn_blocking(move || c.output().expect("running tetherctl"))
-            .await
-            .unwrap()
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "tetherctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
 
 fn listed(json: &str) -> Vec<String> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(json).expect(json);
@@ -49,10 +17,8 @@ fn listed(json: &str) -> Vec<String> {
 }
 
 async fn setup(d: &Path) -> (LocalHub, Ctl, Vec<LocalAgent>) {
-    let bin = built_binary("tether-hub", "tetherctl");
     let hub = hub(d).await;
-    let config = d.join("tetherctl.yaml");
-    std::fs::write(&config, hub.ctl_config().unwrap().to_yaml()).unwrap();
+    let ctl = Ctl::for_hub(d, &hub);
     let token = hub.token(2, true, Default::default()).await.unwrap();
     let agents = vec![agent(&hub, d, "a", &token), agent(&hub, d, "b", &token)];
     let admin = hub.admin().unwrap();
@@ -64,7 +30,7 @@ async fn setup(d: &Path) -> (LocalHub, Ctl, Vec<LocalAgent>) {
     )
     .await
     .unwrap();
-    (hub, Ctl { bin, config }, agents)
+    (hub, ctl, agents)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

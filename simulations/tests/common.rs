@@ -358,3 +358,53 @@ pub fn memory_agent_again(
 pub fn work_from(v: serde_json::Value) -> tether_protocol::work::WorkDocument {
     serde_json::from_value(v).expect("test work document")
 }
+
+/// The real `tetherctl` binary with a config file.
+pub struct Ctl {
+    pub bin: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+}
+
+impl Ctl {
+    /// `tetherctl` configured for `hub` (its config written to `dir/tetherctl.yaml`).
+    pub fn for_hub(dir: &Path, hub: &LocalHub) -> Self {
+        let config = dir.join("tetherctl.yaml");
+        std::fs::write(&config, hub.ctl_config().unwrap().to_yaml()).unwrap();
+        Ctl {
+            bin: built_binary("tether-hub", "tetherctl"),
+            config,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.bin);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("TETHER_SERVER").env_remove("TETHER_CONFIG");
+        c
+    }
+
+    /// Run off the runtime (the binary talks to a hub served by this test's runtime).
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.command(args);
+        tokio::task::spawn_blocking(move || c.output().expect("running tetherctl"))
+            .await
+            .unwrap()
+    }
+
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "tetherctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run, expecting failure; what it wrote on stderr.
+    pub async fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(!out.status.success(), "tetherctl {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}

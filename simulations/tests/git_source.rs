@@ -174,7 +174,7 @@ async fn a_git_source_is_pinned_synced_and_checked_on_an_interval() {
     .await
     .unwrap();
 
-    let ctl = tether_sim_ctl(d, &hub);
+    let ctl = Ctl::for_hub(d, &hub);
     // Apply pins the commit the branch names; only the files under the path are manifests.
     let doc = sourced("site", &daemon.url(), "main", "deploy");
     let r = admin.apply_work(&doc).await.unwrap();
@@ -204,7 +204,7 @@ async fn a_git_source_is_pinned_synced_and_checked_on_an_interval() {
         &[("deploy/app.yaml", &config_map("app", "second"))],
         "second",
     );
-    let out = ctl(&["works", "sync", "site"]);
+    let out = ctl.ok(&["works", "sync", "site"]).await;
     let short: String = second.chars().take(12).collect();
     assert!(
         out.contains("updated (generation 2)") && out.contains(&short),
@@ -237,14 +237,14 @@ async fn a_git_source_is_pinned_synced_and_checked_on_an_interval() {
     // The second commit changed nothing under polled/: this is its second generation.
     wait_applied(&admin, "polled", 2, 1).await;
     assert!(delivered(d, "polled").contains("third"));
-    let described = ctl(&["describe", "work", "polled"]);
+    let described = ctl.ok(&["describe", "work", "polled"]).await;
     assert!(
         described.contains(&format!("at commit {third}")) && described.contains(": ok"),
         "{described}"
     );
     // The work synced by hand has not moved.
     assert_eq!(admin.work("site").await.unwrap().summary.generation, 2);
-    let out = ctl(&["works", "sync", "site"]);
+    let out = ctl.ok(&["works", "sync", "site"]).await;
     assert!(out.contains("updated (generation 3)"), "{out}");
     wait_applied(&admin, "site", 3, 1).await;
 
@@ -282,42 +282,26 @@ async fn a_git_source_is_pinned_synced_and_checked_on_an_interval() {
     assert_eq!(default.commit.as_deref(), Some(third.as_str()));
 
     // Every way a source can be wrong is refused with a message that says which.
-    refused(
-        &admin,
-        &sourced("x", &daemon.url(), "nope", "deploy"),
-        "is not a branch, a tag",
-    )
-    .await;
-    refused(
-        &admin,
-        &sourced("x", &daemon.url(), "main", "missing"),
-        "is not a directory",
-    )
-    .await;
-    refused(
-        &admin,
-        &sourced("x", &daemon.url(), "main", "deploy/README.md"),
-        "is not a directory",
-    )
-    .await;
-    refused(
-        &admin,
-        &sourced("x", "file:///etc", "main", ""),
-        "local paths",
-    )
-    .await;
-    refused(
-        &admin,
-        &sourced("x", "/srv/repo.git", "main", ""),
-        "local paths",
-    )
-    .await;
-    refused(
-        &admin,
-        &sourced("x", "git://127.0.0.1:1/none.git", "main", ""),
-        "fetch failed",
-    )
-    .await;
+    let url = daemon.url();
+    for (doc, expect) in [
+        (
+            sourced("x", &url, "nope", "deploy"),
+            "is not a branch, a tag",
+        ),
+        (sourced("x", &url, "main", "missing"), "is not a directory"),
+        (
+            sourced("x", &url, "main", "deploy/README.md"),
+            "is not a directory",
+        ),
+        (sourced("x", "file:///etc", "main", ""), "local paths"),
+        (sourced("x", "/srv/repo.git", "main", ""), "local paths"),
+        (
+            sourced("x", "git://127.0.0.1:1/none.git", "main", ""),
+            "fetch failed",
+        ),
+    ] {
+        refused(&admin, &doc, expect).await;
+    }
     let mut both = sourced("x", &daemon.url(), "main", "deploy");
     both.spec.manifests = config_work("x", only(&["a"]), &["k"], "v").spec.manifests;
     refused(&admin, &both, "both given").await;
@@ -334,49 +318,12 @@ async fn a_git_source_is_pinned_synced_and_checked_on_an_interval() {
 
     // The repository goes away: the work keeps its generation and says why it is stale.
     drop(daemon);
-    let out = ctl_fails(d, &hub, &["works", "sync", "site"]);
+    let out = ctl.fails(&["works", "sync", "site"]).await;
     assert!(out.contains("fetch failed"), "{out}");
-    let described = ctl(&["describe", "work", "site"]);
+    let described = ctl.ok(&["describe", "work", "site"]).await;
     assert!(
         described.contains("failed: ") && described.contains("generation 3"),
         "{described}"
     );
     assert!(delivered(d, "site").contains("third"));
-}
-
-/// Run the real `tetherctl` against `hub` (off the runtime: the hub is served by it).
-fn tether_sim_ctl(d: &Path, hub: &tether_sim::fleet::LocalHub) -> impl Fn(&[&str]) -> String {
-    let config = d.join("tetherctl.yaml");
-    std::fs::write(&config, hub.ctl_config().unwrap().to_yaml()).unwrap();
-    let bin = built_binary("tether-hub", "tetherctl");
-    move |args: &[&str]| {
-        let out = run_ctl(&bin, &config, args);
-        assert!(
-            out.status.success(),
-            "tetherctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-fn ctl_fails(d: &Path, _hub: &tether_sim::fleet::LocalHub, args: &[&str]) -> String {
-    let bin = built_binary("tether-hub", "tetherctl");
-    let out = run_ctl(&bin, &d.join("tetherctl.yaml"), args);
-    assert!(!out.status.success(), "tetherctl {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn run_ctl(bin: &Path, config: &Path, args: &[&str]) -> std::process::Output {
-    // The hub runs on this test's runtime: block in place so its workers keep serving.
-    tokio::task::block_in_place(|| {
-        Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env_remove("TETHER_SERVER")
-            .env_remove("TETHER_CONFIG")
-            .output()
-            .expect("running tetherctl")
-    })
 }

@@ -82,7 +82,7 @@ pub(crate) async fn sync(
     let doc = crate::works::unpinned(entry.record.document.clone());
     let st = state.clone();
     let (name, actor) = (name.to_string(), actor.to_string());
-    let done = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let (doc, commit) = fetch(&st, &name, doc)?;
         let (outcome, generation) =
             crate::works::apply(&st.store, &st.works, doc, st.cfg.limits.max_frame, &actor)?;
@@ -96,8 +96,7 @@ pub(crate) async fn sync(
         })
     })
     .await
-    .map_err(|e| WorkError::Invalid(vec![format!("sync task failed: {e}")]))?;
-    done
+    .map_err(|e| WorkError::Invalid(vec![format!("sync task failed: {e}")]))?
 }
 
 /// Fetch `doc`'s source (blocking) and record the look, good or bad, for `describe work` and
