@@ -75,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         hash: hash.trim().to_string(),
         force_conflicts: false,
         bundle: Some(bundle),
+        base: None,
         fence_after_ms: None,
     };
     let before = peak_rss_kib();

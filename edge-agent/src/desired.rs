@@ -277,6 +277,8 @@ pub enum DeliveryError {
     Hash(String, String),
     #[error("work {0:?}: no content with hash {1} is held here; send the bundle")]
     MissingContent(String, String),
+    #[error("work {0:?}: the patch does not rebuild the announced content ({1}); send the bundle")]
+    PatchUnusable(String, BundleError),
     #[error("this agent already holds {MAX_WORKS} works; refusing {0:?}")]
     TooManyWorks(String),
     #[error(transparent)]
@@ -289,7 +291,10 @@ impl DeliveryError {
         tether_protocol::Message::Error(tether_protocol::ErrorMsg {
             code: self.code(),
             message: self.to_string(),
-            content_missing: matches!(self, DeliveryError::MissingContent(..)),
+            content_missing: matches!(
+                self,
+                DeliveryError::MissingContent(..) | DeliveryError::PatchUnusable(..)
+            ),
         })
     }
 
@@ -299,7 +304,8 @@ impl DeliveryError {
             DeliveryError::Name(..) => ErrorCode::NameInvalid,
             DeliveryError::Bundle(..)
             | DeliveryError::Hash(..)
-            | DeliveryError::MissingContent(..) => ErrorCode::BadRequest,
+            | DeliveryError::MissingContent(..)
+            | DeliveryError::PatchUnusable(..) => ErrorCode::BadRequest,
             DeliveryError::TooManyWorks(_) => ErrorCode::TooLarge,
             // The agent's disk, not the hub's input, failed: `Busy` tells the hub to send the
             // same delivery again later; never `BadRequest`, which means "do not resend this".
@@ -378,16 +384,19 @@ pub fn accept_update(
     let fenced = update.fence_after_ms.is_some_and(|ms| {
         tether_protocol::fencing::must_fence(std::time::Duration::from_millis(ms), since_contact)
     });
-    let content = match &update.bundle {
-        Some(b) => match bundle::unpack(b, &update.hash, MAX_BUNDLE_BYTES) {
-            Err(e @ BundleError::HashMismatch { .. }) => {
-                return Err(DeliveryError::Bundle(name, e))
-            }
-            Err(e) => Content::Quarantine(quarantine_reason(&e), e.to_string()),
-            Ok(m) => match check_manifests(&m) {
-                Ok(()) => Content::Manifests(m),
-                Err((reason, detail)) => Content::Quarantine(reason, detail),
-            },
+    let unpacked = match (&update.bundle, &update.base) {
+        (Some(b), None) => Some(bundle::unpack(b, &update.hash, MAX_BUNDLE_BYTES)),
+        (Some(p), Some(base)) => Some(unpatch(store, &name, p, base, &update.hash)?),
+        (None, _) => None,
+    };
+    let content = match unpacked {
+        Some(Err(e @ BundleError::HashMismatch { .. })) => {
+            return Err(DeliveryError::Bundle(name, e))
+        }
+        Some(Err(e)) => Content::Quarantine(quarantine_reason(&e), e.to_string()),
+        Some(Ok(m)) => match check_manifests(&m) {
+            Ok(()) => Content::Manifests(m),
+            Err((reason, detail)) => Content::Quarantine(reason, detail),
         },
         None => Content::Same,
     };
@@ -483,6 +492,34 @@ pub fn accept_update(
     })
 }
 
+/// The content a patch rebuilds, from the manifests this agent holds for the work under
+/// `base`. Content over the limits is as final as in a whole bundle (the same content would
+/// come again); anything else that goes wrong asks for the whole bundle, since the patch,
+/// not the content, may be at fault.
+fn unpatch(
+    store: &Store,
+    name: &str,
+    patch: &[u8],
+    base: &str,
+    hash: &str,
+) -> Result<Result<Vec<serde_json::Value>, BundleError>, DeliveryError> {
+    let missing = || DeliveryError::MissingContent(name.to_string(), base.to_string());
+    let held = match store.read(|tx| load(tx, name))? {
+        Some(Loaded::Work(w)) if w.hash == base => w.manifests,
+        _ => return Err(missing()),
+    };
+    let base_content = bundle::content(&held).map_err(|_| missing())?;
+    // The stored manifests must encode to the very bytes the patch was made against.
+    if bundle::content_hash(&base_content) != base {
+        return Err(missing());
+    }
+    match bundle::unpatch(patch, &base_content, hash, MAX_BUNDLE_BYTES) {
+        Err(e @ (BundleError::TooLarge { .. } | BundleError::Limit(_))) => Ok(Err(e)),
+        Err(e) => Err(DeliveryError::PatchUnusable(name.to_string(), e)),
+        Ok(m) => Ok(Ok(m)),
+    }
+}
+
 /// Mark a work for removal (the reconciler carries it out) and commit.
 pub fn accept_removal(store: &Store, removal: WorkRemove) -> Result<WorkAck, DeliveryError> {
     validate_work_name(&removal.name).map_err(|e| DeliveryError::Name(removal.name.clone(), e))?;
@@ -517,6 +554,7 @@ mod tests {
             hash: packed.hash,
             force_conflicts: false,
             bundle: Some(packed.compressed),
+            base: None,
             fence_after_ms: Some(1_000),
         }
     }
@@ -616,6 +654,64 @@ mod tests {
             tether_protocol::Message::Error(e) => assert!(!e.content_missing),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_patch_against_the_held_content_is_stored_and_any_other_asks_for_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("agent.redb")).unwrap();
+        let cm = |v: &str| {
+            vec![serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "default"}, "data": {"k": v, "big": "x".repeat(50_000)}})]
+        };
+        let (v1, v2) = (cm("one"), cm("two"));
+        let mut update = singleton_update();
+        update.fence_after_ms = None;
+        let p1 = bundle::pack(&v1).unwrap();
+        update.hash = p1.hash.clone();
+        update.bundle = Some(p1.compressed);
+        accept_update(&store, update.clone(), None).unwrap();
+
+        let p2 = bundle::pack(&v2).unwrap();
+        let patch = bundle::patch(
+            &bundle::content(&v1).unwrap(),
+            &bundle::content(&v2).unwrap(),
+        )
+        .unwrap();
+        let patched = WorkUpdate {
+            generation: 2,
+            hash: p2.hash.clone(),
+            bundle: Some(patch.clone()),
+            base: Some(p1.hash.clone()),
+            ..update.clone()
+        };
+        let ack = accept_update(&store, patched.clone(), None).unwrap();
+        assert_eq!(ack.held.unwrap().hash, p2.hash);
+        assert_eq!(stored(&store).manifests, v2);
+
+        // The agent now holds v2: the same patch names a base it no longer has.
+        let err = accept_update(&store, patched.clone(), None).unwrap_err();
+        assert!(matches!(err, DeliveryError::MissingContent(..)), "{err}");
+        // A patch that does not rebuild the announced content asks for the bundle too, and
+        // leaves what is held alone.
+        // (Garbage, and a patch that rebuilds something other than the announced content.)
+        for wrong in [b"not zstd".to_vec(), patch] {
+            let wrong = WorkUpdate {
+                generation: 3,
+                hash: bundle::pack(&cm("three")).unwrap().hash,
+                bundle: Some(wrong),
+                base: Some(p2.hash.clone()),
+                ..patched.clone()
+            };
+            let err = accept_update(&store, wrong, None).unwrap_err();
+            assert!(matches!(err, DeliveryError::PatchUnusable(..)), "{err}");
+            match err.reply() {
+                tether_protocol::Message::Error(e) => assert!(e.content_missing, "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(stored(&store).manifests, v2);
+        assert_eq!(stored(&store).generation, 2);
     }
 
     #[test]

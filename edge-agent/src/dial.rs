@@ -58,6 +58,7 @@ pub async fn hello(conn: &Connection, limits: Limits) -> Result<HelloAck, AgentE
     let msg = Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: crate::AGENT_VERSION.to_string(),
+        patches: true,
     });
     match request(conn, &msg, limits).await {
         Ok(Message::HelloAck(ack)) if ack.protocol_version == PROTOCOL_VERSION => Ok(ack),

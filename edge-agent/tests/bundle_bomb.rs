@@ -27,6 +27,7 @@ fn update_from_raw(name: &str, generation: u64, raw: &[u8]) -> WorkUpdate {
         hash: packed.hash,
         force_conflicts: false,
         bundle: Some(packed.compressed),
+        base: None,
         fence_after_ms: None,
     }
 }
@@ -41,6 +42,7 @@ fn good_update(name: &str, generation: u64) -> WorkUpdate {
         hash: packed.hash,
         force_conflicts: false,
         bundle: Some(packed.compressed),
+        base: None,
         fence_after_ms: None,
     }
 }

@@ -39,6 +39,7 @@ fn update(name: &str) -> WorkUpdate {
         hash: packed.hash,
         force_conflicts: false,
         bundle: Some(packed.compressed),
+        base: None,
         fence_after_ms: None,
     }
 }
@@ -237,6 +238,7 @@ async fn manifests_whose_names_are_not_path_segments_are_quarantined() {
                 hash: packed.hash,
                 force_conflicts: false,
                 bundle: Some(packed.compressed),
+                base: None,
                 fence_after_ms: None,
             },
             None,

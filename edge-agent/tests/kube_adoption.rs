@@ -32,6 +32,7 @@ fn update(generation: u64, manifests: Vec<Value>) -> WorkUpdate {
         hash: packed.hash,
         force_conflicts: false,
         bundle: Some(packed.compressed),
+        base: None,
         fence_after_ms: None,
     }
 }

@@ -25,6 +25,7 @@ fn update(generation: u64, replicas: u64) -> WorkUpdate {
         hash: packed.hash,
         force_conflicts: false,
         bundle: Some(packed.compressed),
+        base: None,
         fence_after_ms: Some(1_000),
     }
 }

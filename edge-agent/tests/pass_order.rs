@@ -50,6 +50,7 @@ fn deliver(store: &Store, name: &str, generation: u64, value: &str) {
             hash: packed.hash,
             force_conflicts: false,
             bundle: Some(packed.compressed),
+            base: None,
             fence_after_ms: None,
         },
         None,

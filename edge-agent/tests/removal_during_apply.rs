@@ -62,6 +62,7 @@ async fn a_removal_that_lands_during_an_apply_removes_what_it_created() {
         hash: packed.hash,
         force_conflicts: false,
         bundle: Some(packed.compressed),
+        base: None,
         fence_after_ms: None,
     };
     accept_update(&store, update, None).unwrap();

@@ -84,6 +84,7 @@ fn update(name: &str, generation: u64, kib: usize) -> WorkUpdate {
         hash: packed.hash,
         force_conflicts: false,
         bundle: Some(packed.compressed),
+        base: None,
         fence_after_ms: None,
     }
 }

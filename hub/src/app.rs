@@ -186,6 +186,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         store_unavailable: Mutex::new(Default::default()),
         git: crate::works::git::GitCache::new(dir.git_cache()),
         source_checks: Mutex::new(BTreeMap::new()),
+        patches: Default::default(),
         started_ms: now,
         committer,
         status_budget: crate::limits::budget::Budgets::new(crate::limits::budget::STATUS_ENTRIES),

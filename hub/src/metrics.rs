@@ -40,6 +40,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub deliveries_refused: Counter,
     pub delivered_bytes: Counter,
+    /// Deliveries whose content went as a patch against what the agent held.
+    pub deliveries_patched: Counter,
     pub status_entries: Counter,
     pub status_duplicates: Counter,
     pub status_gaps: Counter,
@@ -136,8 +138,14 @@ impl Metrics {
         let delivered_bytes = Counter::default();
         registry.register(
             "delivered_bytes",
-            "Compressed bundle bytes sent to agents",
+            "Compressed bundle bytes sent to agents (whole bundles and patches)",
             delivered_bytes.clone(),
+        );
+        let deliveries_patched = Counter::default();
+        registry.register(
+            "deliveries_patched",
+            "Deliveries sent as a patch against the content the agent held",
+            deliveries_patched.clone(),
         );
         let status_entries = Counter::default();
         registry.register(
@@ -207,6 +215,7 @@ impl Metrics {
             deliveries,
             deliveries_refused,
             delivered_bytes,
+            deliveries_patched,
             status_entries,
             status_duplicates,
             status_gaps,

@@ -90,6 +90,8 @@ pub struct HubState {
     pub(crate) git: Arc<crate::works::git::GitCache>,
     /// The last look at each git-sourced work's repository (see `controller::git_sync`).
     pub(crate) source_checks: Mutex<BTreeMap<String, crate::api::SourceCheck>>,
+    /// Recent contents and patches between them, for agents that take patches.
+    pub(crate) patches: crate::works::patches::Patches,
 }
 
 pub(crate) fn store_transitions(

@@ -90,8 +90,7 @@ pub fn is_content_hash(s: &str) -> bool {
 /// so when the work is submitted instead of every agent quarantining it.
 pub fn pack(manifests: &[Value]) -> Result<Packed, BundleError> {
     check_limits(manifests).map_err(BundleError::Limit)?;
-    let raw = crate::encode(&manifests).map_err(|e| BundleError::Encode(e.to_string()))?;
-    compress(&raw)
+    compress(&content(manifests)?)
 }
 
 /// Compress already-encoded bundle content (`pack` without the encoding; tests use it to build
@@ -112,8 +111,18 @@ pub fn unpack(
     expected_hash: &str,
     max: usize,
 ) -> Result<Vec<Value>, BundleError> {
+    let raw = decompress(compressed, max)?;
+    decode_checked(&raw, expected_hash)
+}
+
+/// The bundle content (CBOR) of `compressed`, at most `max` bytes of it.
+pub fn decompress(compressed: &[u8], max: usize) -> Result<Vec<u8>, BundleError> {
     let decoder = zstd::stream::read::Decoder::with_buffer(compressed)
         .map_err(|e| BundleError::Compression(e.to_string()))?;
+    read_bounded(decoder, max)
+}
+
+fn read_bounded(decoder: impl Read, max: usize) -> Result<Vec<u8>, BundleError> {
     let mut raw = Vec::new();
     decoder
         .take(max as u64 + 1)
@@ -122,7 +131,74 @@ pub fn unpack(
     if raw.len() > max {
         return Err(BundleError::TooLarge { max });
     }
-    let actual = content_hash(&raw);
+    Ok(raw)
+}
+
+/// The content (CBOR) of `manifests` as [`pack`] encodes it: what [`content_hash`] covers, and
+/// the base a patch refers to. Encoding is deterministic (map keys sorted), so manifests
+/// decoded from a bundle encode back to the bytes they came from.
+pub fn content(manifests: &[Value]) -> Result<Vec<u8>, BundleError> {
+    crate::encode(&manifests).map_err(|e| BundleError::Encode(e.to_string()))
+}
+
+// ---------------------------------------------------------------- patches
+//
+// A changed work is mostly the content the agent already holds: a one-line change to a 5 MB
+// install re-sent whole costs ~140 KB compressed per agent. A patch is the new content
+// compressed with the held content as zstd's reference prefix (what `zstd --patch-from` does):
+// every unchanged byte range becomes a back-reference, so it costs about what changed, at byte
+// granularity rather than per manifest. The receiver rebuilds the content from its own copy
+// and checks it against the announced hash, so a wrong base can never yield wrong manifests.
+
+/// The window must reach back over the whole base, from the end of the content.
+fn patch_window_log(base: usize, target: usize) -> u32 {
+    let span = (base + target).max(1 << 10);
+    (usize::BITS - (span - 1).leading_zeros()).clamp(10, PATCH_WINDOW_LOG_MAX)
+}
+
+/// Largest window a patch may use: base and content are each at most `MAX_BUNDLE_BYTES`.
+const PATCH_WINDOW_LOG_MAX: u32 = 26;
+const _: () = assert!(2 * MAX_BUNDLE_BYTES <= 1 << PATCH_WINDOW_LOG_MAX);
+
+/// `target` (bundle content) as a patch against `base` (the content the receiver holds).
+pub fn patch(base: &[u8], target: &[u8]) -> Result<Vec<u8>, BundleError> {
+    let err = |e: std::io::Error| BundleError::Compression(e.to_string());
+    let mut out = Vec::new();
+    let mut encoder =
+        zstd::stream::write::Encoder::with_ref_prefix(&mut out, ZSTD_LEVEL, base).map_err(err)?;
+    encoder
+        .window_log(patch_window_log(base.len(), target.len()))
+        .map_err(err)?;
+    // Long-distance matching finds the base's ranges however far back they are; without it
+    // level 9 only searches a few hundred KB back and a large base gains little.
+    encoder.long_distance_matching(true).map_err(err)?;
+    encoder
+        .set_pledged_src_size(Some(target.len() as u64))
+        .map_err(err)?;
+    std::io::Write::write_all(&mut encoder, target).map_err(err)?;
+    encoder.finish().map_err(err)?;
+    Ok(out)
+}
+
+/// Rebuild content from a [`patch`] and the `base` it was made against, within `max` bytes;
+/// then as [`unpack`]: the hash checked, the manifests decoded within the limits.
+pub fn unpatch(
+    patch: &[u8],
+    base: &[u8],
+    expected_hash: &str,
+    max: usize,
+) -> Result<Vec<Value>, BundleError> {
+    let err = |e: std::io::Error| BundleError::Compression(e.to_string());
+    let mut decoder =
+        zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(patch), base)
+            .map_err(err)?;
+    decoder.window_log_max(PATCH_WINDOW_LOG_MAX).map_err(err)?;
+    let raw = read_bounded(decoder, max)?;
+    decode_checked(&raw, expected_hash)
+}
+
+fn decode_checked(raw: &[u8], expected_hash: &str) -> Result<Vec<Value>, BundleError> {
+    let actual = content_hash(raw);
     if actual != expected_hash {
         return Err(BundleError::HashMismatch {
             expected: expected_hash.to_string(),
@@ -130,7 +206,7 @@ pub fn unpack(
         });
     }
     let manifests: Manifests =
-        crate::decode(&raw).map_err(|e| BundleError::Decode(e.to_string()))?;
+        crate::decode(raw).map_err(|e| BundleError::Decode(e.to_string()))?;
     manifests.0.map_err(BundleError::Limit)
 }
 
@@ -385,6 +461,64 @@ mod tests {
             unpack(b"not zstd", &p.hash, MAX_BUNDLE_BYTES),
             Err(BundleError::Compression(_))
         ));
+    }
+
+    /// A large install with one line changed: the patch carries the change, not the install.
+    #[test]
+    fn a_patch_costs_what_changed_and_rebuilds_the_exact_content() {
+        let install = |image: &str| -> Vec<Value> {
+            (0..400)
+                .map(|i| {
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": format!("svc-{i}"), "labels": {"app": format!("svc-{i}")}},
+                        "spec": {"template": {"spec": {"containers": [{"name": "main",
+                            "image": if i == 200 { image.to_string() } else { format!("registry.example/svc-{i}:1.{i}") },
+                            "args": [format!("--id={i:08x}"), "no", "--level=info"]}]}}}})
+                })
+                .collect()
+        };
+        let v1 = install("registry.example/svc-200:1.0");
+        let v2 = install("registry.example/svc-200:1.1");
+        let (base, target) = (content(&v1).unwrap(), content(&v2).unwrap());
+        let full = pack(&v2).unwrap();
+        let p = patch(&base, &target).unwrap();
+        assert!(
+            p.len() * 20 < full.compressed.len(),
+            "patch {} B vs full {} B",
+            p.len(),
+            full.compressed.len()
+        );
+        assert_eq!(
+            unpatch(&p, &base, &full.hash, MAX_BUNDLE_BYTES).unwrap(),
+            v2
+        );
+        // Decoded manifests encode back to the bytes they came from: the agent's base.
+        assert_eq!(
+            content(&unpack(&full.compressed, &full.hash, MAX_BUNDLE_BYTES).unwrap()).unwrap(),
+            target
+        );
+        // Against another base the result is not the announced content: refused, never used.
+        let other = content(&install("elsewhere:9")).unwrap();
+        assert!(unpatch(&p, &other, &full.hash, MAX_BUNDLE_BYTES).is_err());
+        assert!(matches!(
+            unpatch(&p, &base, &full.hash, 1000),
+            Err(BundleError::TooLarge { max: 1000 })
+        ));
+        assert!(matches!(
+            unpatch(b"not zstd", &base, &full.hash, MAX_BUNDLE_BYTES),
+            Err(BundleError::Compression(_))
+        ));
+    }
+
+    #[test]
+    fn a_patch_from_empty_or_unrelated_content_still_rebuilds_it() {
+        let m = vec![json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}})];
+        let target = content(&m).unwrap();
+        let hash = content_hash(&target);
+        for base in [Vec::new(), b"unrelated".to_vec()] {
+            let p = patch(&base, &target).unwrap();
+            assert_eq!(unpatch(&p, &base, &hash, MAX_BUNDLE_BYTES).unwrap(), m);
+        }
     }
 
     #[test]

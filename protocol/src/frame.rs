@@ -96,6 +96,7 @@ mod tests {
         Message::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_version: "0.1.0".into(),
+            patches: false,
         })
     }
 

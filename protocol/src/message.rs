@@ -89,6 +89,10 @@ impl Message {
 pub struct Hello {
     pub protocol_version: u16,
     pub agent_version: String,
+    /// The agent takes a changed work as a patch against the content it holds
+    /// (`WorkUpdate.base`). Absent from older agents, which get whole bundles only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patches: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +273,11 @@ pub struct WorkUpdate {
     /// this hash and only the generation moves (nothing re-sent over a metered link).
     #[serde(with = "serde_bytes", default)]
     pub bundle: Option<Vec<u8>>,
+    /// Set when `bundle` is a patch (`bundle::patch`) against the content with this hash, which
+    /// the agent holds for this work; only to agents that said `Hello.patches`. An agent that
+    /// no longer holds that content answers `content_missing`, and the hub sends it whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     /// Singleton works: remove the copy after this long without hub contact.
     #[serde(default)]
     pub fence_after_ms: Option<u64>,

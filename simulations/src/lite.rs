@@ -365,6 +365,7 @@ async fn session(
     let hello = Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: "lite".into(),
+        patches: false,
     });
     let ack = match request(&conn, &hello, limits).await? {
         Message::HelloAck(a) => a,

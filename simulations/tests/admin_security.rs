@@ -51,6 +51,7 @@ async fn join_channel(hub: &LocalHub) -> (quinn::Endpoint, Connection) {
     let hello = Message::Hello(Hello {
         protocol_version: tether_protocol::PROTOCOL_VERSION,
         agent_version: "test".into(),
+        patches: false,
     });
     assert!(matches!(
         request(&conn, &hello, Limits::default()).await.unwrap(),

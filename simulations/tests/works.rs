@@ -507,3 +507,106 @@ async fn the_deletion_breaker_holds_a_mass_removal_until_confirmed() {
     })
     .await;
 }
+
+/// A work of `n` ConfigMaps whose values do not compress into each other, with `changed`'s
+/// value set to `value`: a one-line change to something the size of a real install.
+fn install_like(n: usize, changed: usize, value: &str) -> tether_protocol::work::WorkDocument {
+    // Values that share nothing (xorshift), as image digests and generated names don't.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = || {
+        (0..4)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect::<String>()
+    };
+    let mut doc = config_work("install", everywhere(), &[], "");
+    doc.spec.manifests = (0..n)
+        .map(|i| {
+            let random = noise();
+            let v = if i == changed {
+                value.to_string()
+            } else {
+                random
+            };
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("install-{i}"), "namespace": "default"},
+                "data": {"value": v, "args": "no"},
+            })
+        })
+        .collect();
+    doc
+}
+
+/// A changed work goes to agents as a patch against what they hold: a one-line change costs
+/// bytes, not the install. A restarted hub, which has sent nothing yet, still patches against
+/// what the agents report holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_work_travels_as_a_patch_of_what_changed() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut hub = hub(d).await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(2, true, Default::default()).await.unwrap();
+    let all = ["a", "b"];
+    let agents: Vec<_> = all.iter().map(|n| agent(&hub, d, n, &token)).collect();
+    wait_for(&admin, WAIT, "2 Ready", all_in_state(&names(&all), "Ready"))
+        .await
+        .unwrap();
+    let sent = |m: &str| {
+        (
+            metric(m, "tether_hub_delivered_bytes_total"),
+            metric(m, "tether_hub_deliveries_patched_total"),
+        )
+    };
+
+    admin.apply_work(&install_like(400, 7, "v1")).await.unwrap();
+    wait_applied(&admin, "install", 1, 2).await;
+    let (whole, patched) = sent(&admin.get_text("/metrics").await.unwrap());
+    assert_eq!(patched, 0.0, "a first delivery is whole");
+    let whole_per_agent = whole / 2.0;
+    assert!(whole_per_agent > 10_000.0, "{whole_per_agent}");
+
+    admin.apply_work(&install_like(400, 7, "v2")).await.unwrap();
+    wait_applied(&admin, "install", 2, 2).await;
+    let (after, patched) = sent(&admin.get_text("/metrics").await.unwrap());
+    assert_eq!(patched, 2.0);
+    let patch_per_agent = (after - whole) / 2.0;
+    assert!(
+        patch_per_agent * 50.0 < whole_per_agent,
+        "patch {patch_per_agent} B vs whole {whole_per_agent} B"
+    );
+    for c in all {
+        let text = read(d, c, "install").unwrap();
+        assert!(text.contains("value: \"v2\"") && !text.contains("value: \"v1\""));
+        assert_eq!(text.matches("kind: \"ConfigMap\"").count(), 400, "{c}");
+    }
+
+    // A new hub process knows no contents yet; the agents' inventories name theirs.
+    hub.restart().await.unwrap();
+    let admin = hub.admin().unwrap();
+    wait_for(
+        &admin,
+        WAIT,
+        "2 Ready again",
+        all_in_state(&names(&all), "Ready"),
+    )
+    .await
+    .unwrap();
+    admin.apply_work(&install_like(400, 7, "v3")).await.unwrap();
+    wait_applied(&admin, "install", 3, 2).await;
+    let (bytes, patched) = sent(&admin.get_text("/metrics").await.unwrap());
+    assert_eq!(patched, 2.0, "after a restart");
+    assert!(bytes / 2.0 * 50.0 < whole_per_agent, "{bytes} B");
+    for c in all {
+        assert!(read(d, c, "install").unwrap().contains("value: \"v3\""));
+    }
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}

@@ -16,6 +16,7 @@ fn hello() -> Message {
     Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: "test".into(),
+        patches: false,
     })
 }
 

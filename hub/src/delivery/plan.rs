@@ -50,12 +50,15 @@ pub fn want_from(
 /// One step of bringing an agent in line with the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send the work; `full` carries the bundle, otherwise only the generation moves.
+    /// Send the work; `full` carries the content, otherwise only the generation moves.
     Send {
         work: String,
         generation: u64,
         packed: Arc<Packed>,
         full: bool,
+        /// With `full`: the hash of the content the agent holds now, which the content may
+        /// be sent as a patch against (`delivery::patches`).
+        base: Option<String>,
     },
     Remove {
         work: String,
@@ -106,12 +109,16 @@ pub fn plan(
         match want(name, entry) {
             Want::Hold(generation, packed) => match h {
                 Some(h) if h.hash == packed.hash && h.generation == generation && !h.fenced => {}
-                h => actions.push(Action::Send {
-                    work: name.clone(),
-                    generation,
-                    full: h.is_none_or(|h| h.hash != packed.hash),
-                    packed,
-                }),
+                h => {
+                    let full = h.is_none_or(|h| h.hash != packed.hash);
+                    actions.push(Action::Send {
+                        work: name.clone(),
+                        generation,
+                        full,
+                        base: h.filter(|_| full).map(|h| h.hash.clone()),
+                        packed,
+                    })
+                }
             },
             Want::Keep => {}
             Want::Absent if h.is_some() => actions.push(Action::Remove {
@@ -322,8 +329,11 @@ mod tests {
             let (actions, unknown) = plan(&held, &works, by_targets("me"));
             for a in &actions {
                 match a {
-                    Action::Send { work, generation, packed, full } => {
+                    Action::Send { work, generation, packed, full, base } => {
                         prop_assert_eq!(*full, held.get(work).is_none_or(|h| h.hash != packed.hash));
+                        // A patch is offered against exactly what the agent holds, and only
+                        // when the content changes.
+                        prop_assert_eq!(base.as_ref(), held.get(work).filter(|_| *full).map(|h| &h.hash));
                         held.insert(work.clone(), HeldWork { generation: *generation, hash: packed.hash.clone(), fenced: false });
                     }
                     Action::Remove { work, .. } => { held.remove(work); }

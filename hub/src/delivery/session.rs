@@ -115,15 +115,19 @@ fn plan_for(
     })
 }
 
-/// Runs for the life of the session.
+/// Runs for the life of the session. `patches`: the agent takes changed works as patches.
 pub async fn run(
     conn: Connection,
     state: Arc<HubState>,
     cluster: String,
     mut held: BTreeMap<String, HeldWork>,
+    patches: bool,
 ) {
     let mut changes = state.decisions.subscribe();
     let mut seen = *changes.borrow_and_update();
+    if patches {
+        remember_held(&state, &cluster, &held);
+    }
     // Works the agent refused at a given content: not retried until the content changes.
     let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
     // Consecutive passes that ended in a retry: the pause doubles up to RETRY_MAX.
@@ -142,7 +146,7 @@ pub async fn run(
                     continue;
                 }
             }
-            match send(&conn, &state, &cluster, &works, &action).await {
+            match send(&conn, &state, &cluster, &works, &action, patches).await {
                 Ok(Some(now_held)) => {
                     held.insert(action.work().to_string(), now_held);
                 }
@@ -199,6 +203,23 @@ pub async fn run(
     }
 }
 
+/// What the agent holds of the current works, as bases for later patches: after a hub restart
+/// the hub has sent nothing yet, but the next generation can still be a patch.
+fn remember_held(state: &HubState, cluster: &str, held: &BTreeMap<String, HeldWork>) {
+    let works = state.works.snapshot();
+    let decisions = state.decisions.snapshot();
+    for (name, h) in held {
+        let Some(entry) = works.get(name) else {
+            continue;
+        };
+        if let plan::Want::Hold(_, packed) = plan::want_from(&decisions, cluster, name, entry) {
+            if packed.hash == h.hash {
+                state.patches.remember(&packed);
+            }
+        }
+    }
+}
+
 /// Pause after a delivery pass that must be retried; doubles per consecutive retry.
 const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(16);
@@ -217,6 +238,7 @@ async fn send(
     cluster: &str,
     works: &crate::works::WorkMap,
     action: &Action,
+    patches: bool,
 ) -> Result<Option<HeldWork>, Failure> {
     let limits = state.cfg.limits;
     let msg = match action {
@@ -225,16 +247,31 @@ async fn send(
             generation,
             packed,
             full,
+            base,
         } => {
             let entry = works
                 .get(work)
                 .ok_or_else(|| Failure::Refused(format!("work {work} vanished")))?;
+            let (bundle, base) = match base {
+                Some(b) if *full && patches => match state.patches.patch(b, packed).await {
+                    Some(p) => (Some(p.to_vec()), Some(b.clone())),
+                    None => (Some(packed.compressed.clone()), None),
+                },
+                _ => (full.then(|| packed.compressed.clone()), None),
+            };
+            if *full {
+                state.patches.remember(packed);
+            }
+            if base.is_some() {
+                state.metrics.deliveries_patched.inc();
+            }
             Message::WorkUpdate(WorkUpdate {
                 name: work.clone(),
                 generation: *generation,
                 hash: packed.hash.clone(),
                 force_conflicts: entry.record.document.spec.force_conflicts,
-                bundle: full.then(|| packed.compressed.clone()),
+                bundle,
+                base,
                 fence_after_ms: crate::decide::singleton::fence_after_ms(
                     &entry.record.document.spec,
                 ),
@@ -273,22 +310,24 @@ async fn send(
     let ack = match reply {
         Message::WorkAck(ack) if ack.name == action.work() => ack,
         Message::Error(e) => {
-            // The agent lost the content a bump refers to: send it in full once.
+            // The agent lacks the content a bump or a patch refers to: send it whole, once.
             if let Action::Send {
                 work,
                 generation,
                 packed,
-                full: false,
+                full,
+                base,
             } = action
             {
-                if e.content_missing {
-                    let full = Action::Send {
+                if e.content_missing && (!*full || base.is_some()) {
+                    let whole = Action::Send {
                         work: work.clone(),
                         generation: *generation,
                         packed: packed.clone(),
                         full: true,
+                        base: None,
                     };
-                    return Box::pin(send(conn, state, cluster, works, &full)).await;
+                    return Box::pin(send(conn, state, cluster, works, &whole, patches)).await;
                 }
             }
             // Busy/Internal: the agent could not take it now (its store is failing, say), not

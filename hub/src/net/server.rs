@@ -139,7 +139,7 @@ async fn refuse(conn: &Connection, send: &mut SendStream, err: &TransportError, 
 }
 
 /// First stream of every connection: `Hello` with a compatible version, or a clear refusal.
-async fn expect_hello(conn: &Connection, state: &HubState) -> Option<()> {
+async fn expect_hello(conn: &Connection, state: &HubState) -> Option<tether_protocol::Hello> {
     let (mut send, mut recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await
     {
         Ok(Ok(s)) => s,
@@ -158,7 +158,7 @@ async fn expect_hello(conn: &Connection, state: &HubState) -> Option<()> {
                 datagram_heartbeats: true,
                 hub_time_ms: now_ms(),
             });
-            send_last(&mut send, &ack, limits).await.ok()
+            send_last(&mut send, &ack, limits).await.ok().map(|()| h)
         }
         Ok(Message::Hello(h)) => {
             let why = format!(
@@ -437,9 +437,9 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
     if let Err(refusal) = authorize(&state, &cluster, &serial) {
         return refuse_session(&conn, &state, refusal);
     }
-    if expect_hello(&conn, &state).await.is_none() {
+    let Some(hello) = expect_hello(&conn, &state).await else {
         return;
-    }
+    };
     // Hello may come seconds after the handshake; whatever was decided meanwhile counts.
     if let Err(refusal) = authorize(&state, &cluster, &serial) {
         return refuse_session(&conn, &state, refusal);
@@ -468,6 +468,7 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
         conn: conn.clone(),
         last_reported: Mutex::new(None),
         delivery: Mutex::new(None),
+        patches: hello.patches,
     });
     let mut streams = JoinSet::new();
     let mut nudges = tether_transport::nudge::Responder::default();
@@ -539,6 +540,8 @@ struct SessionCtx {
     conn: Connection,
     last_reported: Mutex<Reported>,
     delivery: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The agent takes changed works as patches (`Hello.patches`).
+    patches: bool,
 }
 
 async fn handle_session_message(
@@ -580,6 +583,7 @@ async fn handle_session_message(
                 state.clone(),
                 cluster.to_string(),
                 inv.works,
+                session.patches,
             ));
             let previous = session
                 .delivery

@@ -1,11 +1,13 @@
 //! The work catalog: validated, versioned Work documents, their per-cluster rendering,
 //! maintenance windows, objects two works would both manage, and where manifests come from
-//! (files and stdin for `tetherctl apply`, git repositories the hub fetches).
+//! (files and stdin for `tetherctl apply`, git repositories the hub fetches); recent contents
+//! and the patches that take an agent from one to the next.
 
 mod catalog;
 pub(crate) mod git;
 pub mod manifests;
 pub(crate) mod overlap;
+pub(crate) mod patches;
 pub mod render;
 pub mod windows;
 

@@ -47,6 +47,7 @@ async fn honest_handshakes(
     let hello = tether_protocol::Message::Hello(tether_protocol::Hello {
         protocol_version: tether_protocol::PROTOCOL_VERSION,
         agent_version: "bench".into(),
+        patches: false,
     });
     let mut ok = 0;
     let mut took = Vec::with_capacity(attempts);

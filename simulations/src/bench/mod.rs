@@ -12,6 +12,7 @@ mod flood;
 mod harness;
 mod idle;
 mod ingest;
+mod patch;
 mod procs;
 mod propagation;
 mod sessions;
@@ -21,6 +22,7 @@ pub use flood::FloodResult;
 pub use harness::Pct;
 pub use idle::Idle;
 pub use ingest::Ingest;
+pub use patch::Patch;
 pub use procs::{server_main, swarm_main};
 pub use propagation::Propagation;
 pub use sessions::Sessions;
@@ -32,7 +34,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Which benchmarks, comma-separated: controller, propagation, lite-propagation, ingest,
-    /// idle, sessions, storm, flood, or all.
+    /// patch, idle, sessions, storm, flood, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Fleet sizes for the controller benchmark (decision work per change, 100 works).
@@ -77,6 +79,10 @@ pub struct BenchArgs {
     pub flood_attempts: usize,
     #[arg(long, default_value_t = 1000)]
     pub flood_rate: u32,
+    /// Directory of plain manifests for the patch benchmark (read as `tetherctl apply -f DIR`);
+    /// a synthetic install of 400 Deployments when not given.
+    #[arg(long)]
+    pub patch_input: Option<PathBuf>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
@@ -89,6 +95,7 @@ pub struct Results {
     pub lite_propagation: Vec<Propagation>,
     pub controller: Vec<tether_hub::parts::ControllerCost>,
     pub ingest: Option<Ingest>,
+    pub patch: Option<Patch>,
     pub idle: Option<Idle>,
     pub sessions: Vec<Sessions>,
     pub storm: Vec<Storm>,
@@ -108,6 +115,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if want("ingest") {
         ingest::run(&args, &mut r).await?;
+    }
+    if want("patch") {
+        patch::run(&args, &mut r).await?;
     }
     if want("propagation") {
         propagation::run(&args, &mut r).await?;

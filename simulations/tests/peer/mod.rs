@@ -43,6 +43,7 @@ pub fn hello_msg(version: u16) -> Message {
     Message::Hello(Hello {
         protocol_version: version,
         agent_version: "test".into(),
+        patches: false,
     })
 }
 
