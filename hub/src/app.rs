@@ -70,11 +70,15 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let key = certs::key_from_pem(&read(dir.hub_key())?, "hub key")?;
     // Only `init` creates a database: an empty hub would answer 401 to every admin and send
     // every agent of the fleet away for good.
-    let store = Arc::new(
-        Store::open_existing(dir.database())
-            .context("opening the hub database (recovery: docs/recovery.md)")?,
-    );
-    compact_at_start(&store);
+    let store = Arc::new(cfg.store.open(&dir, false).with_context(|| {
+        format!(
+            "opening the hub database {} (recovery: docs/recovery.md)",
+            cfg.store.describe(&dir)
+        )
+    })?);
+    if store.is_embedded() {
+        compact_at_start(&store);
+    }
     if let Some(n) =
         crate::ingest::status::retire_legacy_log(&store).context("retiring the status log")?
     {
@@ -97,7 +101,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     if admins.is_empty() {
         anyhow::bail!(
             "{} holds no admin credential: it is not the database `tether-hub init` made (restore it from a backup)",
-            dir.database().display()
+            cfg.store.describe(&dir)
         );
     }
     let revoked = Arc::new(RevocationList::new(revoked.into_iter().map(|(k, _)| k)));

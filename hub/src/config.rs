@@ -48,6 +48,61 @@ impl DataDir {
     }
 }
 
+/// Where the hub's tables live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `hub.redb` in the data directory: one hub process, no other service to run.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database (`postgres://user[:password]@host[:port]/db`, or `key=value` form).
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// `postgres://...` (or `postgresql://`, or a `key=value` string) is PostgreSQL; the word
+    /// `embedded` is the data directory's redb file.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "embedded" {
+            Ok(StoreLocation::Embedded)
+        } else if s.starts_with("postgres://")
+            || s.starts_with("postgresql://")
+            || s.contains("dbname=")
+            || s.contains("host=")
+        {
+            Ok(StoreLocation::Postgres(s.to_string()))
+        } else {
+            Err(format!(
+                "{:?} is neither `embedded` nor a PostgreSQL URL (postgres://user@host/db)",
+                tether_store::redact(s)
+            ))
+        }
+    }
+
+    /// Open the store of a hub that `init` made: never creates one (`create` is init's).
+    pub fn open(
+        &self,
+        dir: &DataDir,
+        create: bool,
+    ) -> Result<tether_store::Store, tether_store::StoreError> {
+        match (self, create) {
+            (StoreLocation::Embedded, true) => tether_store::Store::open(dir.database()),
+            (StoreLocation::Embedded, false) => tether_store::Store::open_existing(dir.database()),
+            (StoreLocation::Postgres(url), create) => {
+                tether_store::Store::open_postgres(url, create)
+            }
+        }
+    }
+
+    /// For messages: the database file, or the URL without its password.
+    pub fn describe(&self, dir: &DataDir) -> String {
+        match self {
+            StoreLocation::Embedded => dir.database().display().to_string(),
+            StoreLocation::Postgres(url) => tether_store::redact(url),
+        }
+    }
+}
+
 /// Everything `tetherctl` needs to reach and authenticate to the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CtlConfig {

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_hub::config::DataDir;
+use tether_hub::config::{DataDir, StoreLocation};
 use tether_hub::util::{now_ms, parse_duration};
 use tether_hub::HubConfig;
 use tether_hub::{init, InitOptions};
@@ -38,6 +38,17 @@ enum LogFormat {
     Json,
 }
 
+/// Where the hub's tables live.
+#[derive(clap::Args)]
+struct StoreArg {
+    /// `embedded` (hub.redb in --data-dir), or a PostgreSQL URL (postgres://user@host:5432/db)
+    /// for a database that outlives this machine. The data directory holds the hub's keys
+    /// either way. Prefer TETHER_STORE to the command line for a URL with a password, which
+    /// `ps` would show.
+    #[arg(long, env = "TETHER_STORE", default_value = "embedded", value_parser = StoreLocation::parse, hide_env_values = true)]
+    store: StoreLocation,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create the hub CA, serving certificate, admin credential and database in a new directory.
@@ -57,11 +68,15 @@ enum Cmd {
         /// Admin API address to write into tetherctl.yaml (must match `serve --admin-listen`).
         #[arg(long, default_value = "127.0.0.1:7444")]
         admin_listen: SocketAddr,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Run the hub: the agent listener (QUIC/UDP) and the admin API (HTTPS/TCP).
     Serve {
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
         /// UDP address for agent sessions.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: SocketAddr,
@@ -137,13 +152,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hub_name,
             sans,
             admin_listen,
+            store,
         } => {
+            let serve_store = match &store.store {
+                StoreLocation::Embedded => String::new(),
+                StoreLocation::Postgres(_) => " --store $TETHER_STORE".to_string(),
+            };
             let report = init(
                 &InitOptions {
                     data_dir: DataDir::new(&data_dir),
                     hub_name: hub_name.clone(),
                     sans,
                     admin_listen,
+                    store: store.store,
                 },
                 now_ms(),
             )?;
@@ -156,7 +177,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!();
             println!("Next:");
-            println!("  tether-hub serve --data-dir {}", data_dir.display());
+            println!(
+                "  tether-hub serve --data-dir {}{serve_store}",
+                data_dir.display()
+            );
             println!("  export TETHER_CONFIG={}", report.ctl_config.display());
             println!("  tetherctl token create --ttl 24h");
             println!(
@@ -191,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Serve {
             data_dir,
+            store,
             listen,
             admin_listen,
             heartbeat_interval,
@@ -205,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--heartbeat-interval and --offline-grace must be positive and --cert-validity at least 1m");
             }
             let mut cfg = HubConfig::new(&data_dir);
+            cfg.store = store.store;
             cfg.listen = listen;
             cfg.admin_listen = admin_listen;
             cfg.health.heartbeat_interval = heartbeat_interval;

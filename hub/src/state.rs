@@ -21,6 +21,8 @@ use std::sync::RwLock;
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub data_dir: DataDir,
+    /// Where the tables live: the data directory's redb file, or PostgreSQL.
+    pub store: crate::config::StoreLocation,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub health: HealthConfig,
@@ -39,6 +41,7 @@ impl HubConfig {
     pub fn new(data_dir: impl Into<std::path::PathBuf>) -> Self {
         Self {
             data_dir: DataDir::new(data_dir),
+            store: Default::default(),
             listen: "0.0.0.0:7443"
                 .parse()
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7443))),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tether_agent::executor::AnyExecutor;
 use tether_agent::{AgentError, JoinOptions, RunOptions, Shutdown};
 use tether_hub::api::{ClusterView, CreateTokenRequest};
-use tether_hub::config::{CtlConfig, DataDir};
+use tether_hub::config::{CtlConfig, DataDir, StoreLocation};
 use tether_hub::util::now_ms;
 use tether_hub::AdminClient;
 use tether_hub::{init, InitOptions};
@@ -27,6 +27,20 @@ impl LocalHub {
     /// Initialise `dir` (unless it already is) and start a hub on it.
     pub async fn start(dir: &Path, mut cfg: HubConfig) -> anyhow::Result<Self> {
         cfg.data_dir = DataDir::new(dir);
+        // Under TETHER_TEST_STORE=postgres every new hub gets a database of its own; a hub
+        // started again on the same directory finds it named there.
+        let named = dir.join("test-store-url");
+        if cfg.store == StoreLocation::Embedded {
+            if let Ok(url) = std::fs::read_to_string(&named) {
+                cfg.store = StoreLocation::Postgres(url);
+            } else if !DataDir::new(dir).ca_cert().exists() {
+                if let Some(url) = crate::pg::test_store()? {
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::write(&named, &url)?;
+                    cfg.store = StoreLocation::Postgres(url);
+                }
+            }
+        }
         let data = DataDir::new(dir);
         let ca_sha256 = if data.ca_cert().exists() {
             let pem = std::fs::read_to_string(data.ca_cert())?;
@@ -39,6 +53,7 @@ impl LocalHub {
                     hub_name: "localhost".into(),
                     sans: vec![],
                     admin_listen: cfg.admin_listen,
+                    store: cfg.store.clone(),
                 },
                 now_ms(),
             )?

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod fleet;
 pub mod flood;
 pub mod lite;
+pub mod pg;
 pub mod plot;
 pub mod relay;
 pub mod scenario;

@@ -225,6 +225,7 @@ async fn a_hub_with_an_expired_serving_certificate_refuses_to_start() {
             hub_name: "localhost".into(),
             sans: vec![],
             admin_listen: "127.0.0.1:0".parse().unwrap(),
+            store: Default::default(),
         },
         tether_hub::util::now_ms() - 400 * day,
     )

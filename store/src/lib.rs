@@ -1,13 +1,21 @@
-//! Typed redb tables. One database file per process; values are CBOR through the protocol codec.
+//! Typed tables on redb (the agent, and the hub by default: one database file per process) or,
+//! for the hub, on PostgreSQL (`pg.rs`, feature `postgres`). Values are CBOR through the
+//! protocol codec; code above this crate cannot tell the engines apart.
 //!
-//! Durability rule: [`Store::write`] commits with `Durability::Immediate` (fsync) before it
-//! returns, so anything the caller tells a peer after `write` returns survives a crash.
+//! Durability rule: [`Store::write`] commits durably (redb: `Durability::Immediate`, fsync;
+//! PostgreSQL: a synchronous commit) before it returns, so anything the caller tells a peer
+//! after `write` returns survives a crash.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod hub;
+#[cfg(feature = "postgres")]
+mod pg;
 mod table;
+
+#[cfg(feature = "postgres")]
+pub use pg::{redact, Change, Doorbell, SCHEMA_VERSION};
 
 pub use table::{ReadTx, SeqTable, StrTable, WriteTx};
 
@@ -52,6 +60,28 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("PostgreSQL {database}: {detail}")]
+    Postgres {
+        database: String,
+        detail: String,
+        /// The server or the connection failed, not the statement: the same call may work later.
+        retryable: bool,
+    },
+    /// `serve` on a database that `init` never prepared.
+    #[error("PostgreSQL {database} holds no Tether hub (no tether_schema table); create it with `tether-hub init --store ...`")]
+    MissingSchema { database: String },
+    #[error("PostgreSQL {database} has schema version {found}, newer than this tether-hub knows ({known}); run a tether-hub at least as new as the one that wrote it")]
+    SchemaTooNew {
+        database: String,
+        found: i32,
+        known: i32,
+    },
+    /// What only the embedded store does (file snapshots, compaction).
+    #[error("{what} is not available on a PostgreSQL store: {instead}")]
+    Unsupported {
+        what: &'static str,
+        instead: &'static str,
+    },
 }
 
 impl StoreError {
@@ -61,6 +91,7 @@ impl StoreError {
             StoreError::Unavailable { .. } | StoreError::Locked { .. } | StoreError::Io { .. } => {
                 true
             }
+            StoreError::Postgres { retryable, .. } => *retryable,
             StoreError::Db(e) => matches!(
                 e,
                 redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
@@ -128,6 +159,9 @@ pub struct Store {
     health: Mutex<Health>,
     /// Failures since open, for metrics.
     failures: AtomicU64,
+    /// The hub's tables in PostgreSQL instead; `db` is never opened then.
+    #[cfg(feature = "postgres")]
+    pg: Option<pg::PgStore>,
 }
 
 impl std::fmt::Debug for Store {
@@ -222,7 +256,92 @@ impl Store {
             path: path.to_path_buf(),
             health: Mutex::new(Health::default()),
             failures: AtomicU64::new(0),
+            #[cfg(feature = "postgres")]
+            pg: None,
         })
+    }
+
+    /// The hub's store in the PostgreSQL database at `url` (`postgres://...` or `key=value`).
+    /// `create` (init) prepares an empty database; otherwise its schema must exist, and newer
+    /// migrations are applied.
+    #[cfg(feature = "postgres")]
+    pub fn open_postgres(url: &str, create: bool) -> Result<Self, StoreError> {
+        let pg = pg::PgStore::open(url, create)?;
+        Ok(Self {
+            db: RwLock::new(None),
+            path: PathBuf::from(pg.label.to_string()),
+            health: Mutex::new(Health::default()),
+            failures: AtomicU64::new(0),
+            pg: Some(pg),
+        })
+    }
+
+    /// Whether this is the embedded (redb) store: file snapshots and compaction exist only there.
+    pub fn is_embedded(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if self.pg.is_some() {
+            return false;
+        }
+        true
+    }
+
+    /// Change-feed entries after `after` (PostgreSQL only; see `pg.rs`).
+    #[cfg(feature = "postgres")]
+    pub fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+        self.pg()?.changes_since(after, limit)
+    }
+
+    /// The oldest change id still held, if any.
+    #[cfg(feature = "postgres")]
+    pub fn changes_horizon(&self) -> Result<Option<i64>, StoreError> {
+        self.pg()?.changes_horizon()
+    }
+
+    /// Forget change-feed entries through `through`; returns how many.
+    #[cfg(feature = "postgres")]
+    pub fn prune_changes(&self, through: i64) -> Result<u64, StoreError> {
+        self.pg()?.prune_changes(through)
+    }
+
+    /// A connection that hears commits to the change feed.
+    #[cfg(feature = "postgres")]
+    pub fn doorbell(&self) -> Result<Doorbell, StoreError> {
+        self.pg()?.doorbell()
+    }
+
+    #[cfg(feature = "postgres")]
+    fn pg(&self) -> Result<&pg::PgStore, StoreError> {
+        self.pg.as_ref().ok_or(StoreError::Unsupported {
+            what: "the change feed",
+            instead: "it exists only on a PostgreSQL store",
+        })
+    }
+
+    /// Run a PostgreSQL operation with the same failure bookkeeping as redb's.
+    #[cfg(feature = "postgres")]
+    fn pg_guarded<R, E>(&self, op: impl FnOnce() -> Result<R, Outcome<E>>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        match op() {
+            Ok(v) => {
+                self.recovered();
+                Ok(v)
+            }
+            Err(Outcome::Caller(e)) => Err(e),
+            Err(Outcome::Store(e)) => {
+                if e.is_retryable() {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                    let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+                    h.failure.get_or_insert_with(|| StoreFailure {
+                        since_ms: now_ms(),
+                        error: e.to_string(),
+                    });
+                    tracing::error!(error = %e, "database failed");
+                }
+                Err(E::from(e))
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -234,6 +353,12 @@ impl Store {
     /// blocks new ones meanwhile, so call it where a pause is fine: at start. Returns the file
     /// size before and after.
     pub fn compact(&self) -> Result<(u64, u64), StoreError> {
+        if !self.is_embedded() {
+            return Err(StoreError::Unsupported {
+                what: "compaction",
+                instead: "PostgreSQL's autovacuum gives space back",
+            });
+        }
         let len = || {
             std::fs::metadata(&self.path)
                 .map(|m| m.len())
@@ -280,6 +405,10 @@ impl Store {
     where
         E: From<StoreError>,
     {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return self.pg_guarded(|| pg.write(f));
+        }
         self.guarded(|db| {
             let mut txn = db.begin_write().map_err(StoreError::from)?;
             txn.set_durability(Durability::Immediate)
@@ -295,6 +424,10 @@ impl Store {
     where
         E: From<StoreError>,
     {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return self.pg_guarded(|| pg.read(f));
+        }
         self.guarded(|db| {
             let txn = db.begin_read().map_err(StoreError::from)?;
             f(&ReadTx::new(txn)).map_err(Outcome::Caller)
@@ -458,6 +591,12 @@ impl Store {
     /// the database stays in use (one read transaction: writers are not blocked). The copy is
     /// fsynced before this returns; its file is owner-only.
     pub fn snapshot_to(&self, to: &Path) -> Result<SnapshotInfo, StoreError> {
+        if !self.is_embedded() {
+            return Err(StoreError::Unsupported {
+                what: "a file snapshot",
+                instead: "back PostgreSQL up with its own tools (pg_basebackup, pg_dump, or your provider's)",
+            });
+        }
         let io = |source| StoreError::Io {
             path: to.to_path_buf(),
             source,
@@ -505,7 +644,7 @@ impl Store {
 }
 
 /// What failed inside a guarded operation: the caller's closure (returned as is) or the store.
-enum Outcome<E> {
+pub(crate) enum Outcome<E> {
     Caller(E),
     Store(StoreError),
 }

@@ -58,7 +58,7 @@ fn dec<V: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<V, Stor
 }
 
 /// The least string greater than every string starting with `prefix`, if one is easy to form.
-fn prefix_end(prefix: &str) -> Option<String> {
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
     let last = prefix.chars().last()?;
     let next = char::from_u32(u32::from(last) + 1)?;
     Some(format!(
@@ -67,17 +67,63 @@ fn prefix_end(prefix: &str) -> Option<String> {
     ))
 }
 
+/// A write transaction of either engine. The redb code is below each method's PostgreSQL
+/// early return (`pg.rs` holds that engine's statements).
 pub struct WriteTx {
-    txn: WriteTransaction,
+    txn: WriteEngine,
+}
+
+// One per transaction, never moved in a loop: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum WriteEngine {
+    Redb(WriteTransaction),
+    #[cfg(feature = "postgres")]
+    Pg(crate::pg::WriteTx),
+}
+
+/// The PostgreSQL transaction, if that is the engine; the redb one otherwise.
+macro_rules! engine {
+    ($self:ident, $Engine:ident, $pg:ident => $on_pg:expr) => {
+        match &$self.txn {
+            $Engine::Redb(txn) => txn,
+            #[cfg(feature = "postgres")]
+            $Engine::Pg($pg) => {
+                #[allow(unused_imports)]
+                use crate::pg::Ops as _;
+                return $on_pg;
+            }
+        }
+    };
 }
 
 impl WriteTx {
     pub(crate) fn new(txn: WriteTransaction) -> Self {
-        Self { txn }
+        Self {
+            txn: WriteEngine::Redb(txn),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pg(tx: crate::pg::WriteTx) -> Self {
+        Self {
+            txn: WriteEngine::Pg(tx),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn into_pg(self) -> crate::pg::WriteTx {
+        match self.txn {
+            WriteEngine::Pg(tx) => tx,
+            WriteEngine::Redb(_) => unreachable!("a redb transaction is never made a pg one"),
+        }
     }
 
     pub(crate) fn commit(self) -> Result<(), StoreError> {
-        self.txn.commit()?;
+        match self.txn {
+            WriteEngine::Redb(txn) => txn.commit()?,
+            #[cfg(feature = "postgres")]
+            WriteEngine::Pg(_) => {}
+        }
         Ok(())
     }
 
@@ -86,7 +132,8 @@ impl WriteTx {
         t: &StrTable<V>,
         key: &str,
     ) -> Result<Option<V>, StoreError> {
-        let table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.get(t.name, key)?.map(|v| dec(t.name, &v)).transpose());
+        let table = txn.open_table(t.def())?;
         let value = table.get(key)?;
         value.map(|v| dec(t.name, v.value())).transpose()
     }
@@ -98,14 +145,16 @@ impl WriteTx {
         value: &V,
     ) -> Result<(), StoreError> {
         let bytes = enc(t.name, value)?;
-        let mut table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.put(t.name, key, &bytes));
+        let mut table = txn.open_table(t.def())?;
         table.insert(key, bytes.as_slice())?;
         Ok(())
     }
 
     /// Remove a key; returns whether it existed.
     pub fn remove<V>(&self, t: &StrTable<V>, key: &str) -> Result<bool, StoreError> {
-        let mut table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.remove(t.name, key));
+        let mut table = txn.open_table(t.def())?;
         let existed = table.remove(key)?.is_some();
         Ok(existed)
     }
@@ -114,7 +163,8 @@ impl WriteTx {
         &self,
         t: &StrTable<V>,
     ) -> Result<Vec<(String, V)>, StoreError> {
-        let table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => decode_rows(t.name, pg.list(t.name)?));
+        let table = txn.open_table(t.def())?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
@@ -124,7 +174,8 @@ impl WriteTx {
     }
 
     pub fn count<V>(&self, t: &StrTable<V>) -> Result<u64, StoreError> {
-        let table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.count(t.name));
+        let table = txn.open_table(t.def())?;
         Ok(table.len()?)
     }
 
@@ -134,7 +185,9 @@ impl WriteTx {
         t: &StrTable<V>,
         prefix: &str,
     ) -> Result<Vec<(String, V)>, StoreError> {
-        let table = self.txn.open_table(t.def())?;
+        let txn =
+            engine!(self, WriteEngine, pg => decode_rows(t.name, pg.list_prefix(t.name, prefix)?));
+        let table = txn.open_table(t.def())?;
         let mut out = Vec::new();
         for row in table.range(prefix..)? {
             let (k, v) = row?;
@@ -160,7 +213,9 @@ impl WriteTx {
         prefix: &str,
         keep: usize,
     ) -> Result<u64, StoreError> {
-        let mut table = self.txn.open_table(t.def())?;
+        let txn =
+            engine!(self, WriteEngine, pg => pg.remove_prefix_except_newest(t.name, prefix, keep));
+        let mut table = txn.open_table(t.def())?;
         let doomed: Vec<String> = {
             let mut doomed = Vec::new();
             let rows = match prefix_end(prefix) {
@@ -190,7 +245,8 @@ impl WriteTx {
         from: &str,
         through: &str,
     ) -> Result<u64, StoreError> {
-        let mut table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.remove_range(t.name, from, through));
+        let mut table = txn.open_table(t.def())?;
         let doomed: Vec<String> = table
             .range::<&str>(from..=through)?
             .map(|row| row.map(|(k, _)| k.value().to_string()))
@@ -203,7 +259,8 @@ impl WriteTx {
 
     /// Drop a whole table (a format that was replaced); returns whether it existed.
     pub fn drop_seq_table<V>(&self, t: &SeqTable<V>) -> Result<bool, StoreError> {
-        Ok(self.txn.delete_table(t.def())?)
+        let txn = engine!(self, WriteEngine, pg => pg.drop_log(t.name));
+        Ok(txn.delete_table(t.def())?)
     }
 
     /// Up to `limit` entries with sequence number `>= from`, in order.
@@ -213,7 +270,9 @@ impl WriteTx {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, V)>, StoreError> {
-        let table = self.txn.open_table(t.def())?;
+        let txn =
+            engine!(self, WriteEngine, pg => decode_seq(t.name, pg.range(t.name, from, limit)?));
+        let table = txn.open_table(t.def())?;
         let mut out = Vec::new();
         for row in table.range(from..)?.take(limit) {
             let (k, v) = row?;
@@ -230,20 +289,23 @@ impl WriteTx {
         value: &V,
     ) -> Result<(), StoreError> {
         let bytes = enc(t.name, value)?;
-        let mut table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.insert_at(t.name, seq, &bytes));
+        let mut table = txn.open_table(t.def())?;
         table.insert(seq, bytes.as_slice())?;
         Ok(())
     }
 
     pub fn remove_seq<V>(&self, t: &SeqTable<V>, seq: u64) -> Result<bool, StoreError> {
-        let mut table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.remove_seq(t.name, seq));
+        let mut table = txn.open_table(t.def())?;
         let existed = table.remove(seq)?.is_some();
         Ok(existed)
     }
 
     /// Remove every entry with a sequence number `<= seq`; returns how many.
     pub fn remove_through<V>(&self, t: &SeqTable<V>, seq: u64) -> Result<u64, StoreError> {
-        let mut table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.remove_through(t.name, seq));
+        let mut table = txn.open_table(t.def())?;
         let mut removed = 0;
         loop {
             let first = table.first()?.map(|(k, _)| k.value());
@@ -259,14 +321,16 @@ impl WriteTx {
     }
 
     pub fn seq_len<V>(&self, t: &SeqTable<V>) -> Result<u64, StoreError> {
-        let table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.seq_len(t.name));
+        let table = txn.open_table(t.def())?;
         Ok(table.len()?)
     }
 
     /// Append at the next sequence number (1-based) and return it.
     pub fn append<V: Serialize>(&self, t: &SeqTable<V>, value: &V) -> Result<u64, StoreError> {
         let bytes = enc(t.name, value)?;
-        let mut table = self.txn.open_table(t.def())?;
+        let txn = engine!(self, WriteEngine, pg => pg.append(t.name, &bytes));
+        let mut table = txn.open_table(t.def())?;
         let next = match table.last()? {
             Some((k, _)) => k.value() + 1,
             None => 1,
@@ -277,12 +341,35 @@ impl WriteTx {
 }
 
 pub struct ReadTx {
-    txn: ReadTransaction,
+    txn: ReadEngine,
+}
+
+enum ReadEngine {
+    Redb(ReadTransaction),
+    #[cfg(feature = "postgres")]
+    Pg(crate::pg::ReadTx),
 }
 
 impl ReadTx {
     pub(crate) fn new(txn: ReadTransaction) -> Self {
-        Self { txn }
+        Self {
+            txn: ReadEngine::Redb(txn),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pg(tx: crate::pg::ReadTx) -> Self {
+        Self {
+            txn: ReadEngine::Pg(tx),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn into_pg(self) -> crate::pg::ReadTx {
+        match self.txn {
+            ReadEngine::Pg(tx) => tx,
+            ReadEngine::Redb(_) => unreachable!("a redb transaction is never made a pg one"),
+        }
     }
 
     pub fn get<V: DeserializeOwned>(
@@ -290,7 +377,8 @@ impl ReadTx {
         t: &StrTable<V>,
         key: &str,
     ) -> Result<Option<V>, StoreError> {
-        let table = match self.txn.open_table(t.def()) {
+        let txn = engine!(self, ReadEngine, pg => pg.get(t.name, key)?.map(|v| dec(t.name, &v)).transpose());
+        let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -303,7 +391,8 @@ impl ReadTx {
         &self,
         t: &StrTable<V>,
     ) -> Result<Vec<(String, V)>, StoreError> {
-        let table = match self.txn.open_table(t.def()) {
+        let txn = engine!(self, ReadEngine, pg => decode_rows(t.name, pg.list(t.name)?));
+        let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -323,7 +412,9 @@ impl ReadTx {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, V)>, StoreError> {
-        let table = match self.txn.open_table(t.def()) {
+        let txn =
+            engine!(self, ReadEngine, pg => decode_seq(t.name, pg.range(t.name, from, limit)?));
+        let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -337,7 +428,8 @@ impl ReadTx {
     }
 
     pub fn seq_len<V>(&self, t: &SeqTable<V>) -> Result<u64, StoreError> {
-        let table = match self.txn.open_table(t.def()) {
+        let txn = engine!(self, ReadEngine, pg => pg.seq_len(t.name));
+        let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(e.into()),
@@ -351,7 +443,9 @@ impl ReadTx {
         t: &StrTable<V>,
         prefix: &str,
     ) -> Result<Vec<(String, V)>, StoreError> {
-        let table = match self.txn.open_table(t.def()) {
+        let txn =
+            engine!(self, ReadEngine, pg => decode_rows(t.name, pg.list_prefix(t.name, prefix)?));
+        let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -373,7 +467,8 @@ impl ReadTx {
         t: &SeqTable<V>,
         limit: usize,
     ) -> Result<Vec<(u64, V)>, StoreError> {
-        let table = match self.txn.open_table(t.def()) {
+        let txn = engine!(self, ReadEngine, pg => decode_seq(t.name, pg.tail(t.name, limit)?));
+        let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -386,4 +481,24 @@ impl ReadTx {
         out.reverse();
         Ok(out)
     }
+}
+
+#[cfg(feature = "postgres")]
+fn decode_rows<V: DeserializeOwned>(
+    table: &'static str,
+    rows: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<(String, V)>, StoreError> {
+    rows.into_iter()
+        .map(|(k, v)| Ok((k, dec(table, &v)?)))
+        .collect()
+}
+
+#[cfg(feature = "postgres")]
+fn decode_seq<V: DeserializeOwned>(
+    table: &'static str,
+    rows: Vec<(u64, Vec<u8>)>,
+) -> Result<Vec<(u64, V)>, StoreError> {
+    rows.into_iter()
+        .map(|(k, v)| Ok((k, dec(table, &v)?)))
+        .collect()
 }

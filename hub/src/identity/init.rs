@@ -7,7 +7,7 @@ use crate::util::write_private;
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use tether_store::hub::{AdminRecord, ADMINS};
-use tether_store::{Store, StoreError};
+
 use tether_transport::certs;
 
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub struct InitOptions {
     pub sans: Vec<String>,
     /// Where the admin API will listen; written into tetherctl.yaml.
     pub admin_listen: SocketAddr,
+    /// Where the hub's tables go (the data directory holds the keys either way).
+    pub store: crate::config::StoreLocation,
 }
 
 #[derive(Debug, Clone)]
@@ -82,8 +84,18 @@ pub fn init(opts: &InitOptions, now_ms: u64) -> anyhow::Result<InitReport> {
     write(dir.admin_key(), &m.admin_key_pem)?;
 
     let admin_fp = certs::inspect_pem(&m.admin_cert_pem)?.sha256;
-    let store = Store::open(dir.database())?;
+    let store = opts
+        .store
+        .open(dir, true)
+        .with_context(|| format!("creating the hub database {}", opts.store.describe(dir)))?;
     store.write(|tx| {
+        // A database another hub uses: its agents and admins are not this CA's.
+        if tx.count(&ADMINS)? > 0 {
+            return Err(anyhow::anyhow!(
+                "{} already holds a hub; refusing to mix a second hub's identity into it",
+                opts.store.describe(dir)
+            ));
+        }
         tx.put(
             &ADMINS,
             &admin_fp,
@@ -92,7 +104,7 @@ pub fn init(opts: &InitOptions, now_ms: u64) -> anyhow::Result<InitReport> {
                 created_at_ms: now_ms,
             },
         )?;
-        Ok::<_, StoreError>(())
+        Ok::<_, anyhow::Error>(())
     })?;
 
     let admin_host = if opts.admin_listen.ip().is_unspecified() {

@@ -95,6 +95,7 @@ pub(super) fn init_hub_dir(hub_dir: &Path) -> anyhow::Result<()> {
             hub_name: "localhost".into(),
             sans: vec![],
             admin_listen: "127.0.0.1:0".parse()?,
+            store: Default::default(),
         },
         tether_hub::util::now_ms(),
     )?;

@@ -156,6 +156,7 @@ pub async fn server_main(
                         hub_name: "localhost".into(),
                         sans: vec![],
                         admin_listen: "127.0.0.1:0".parse()?,
+                        store: Default::default(),
                     },
                     tether_hub::util::now_ms(),
                 )?;

@@ -17,6 +17,12 @@ pub(super) async fn route(
     match (method, seg) {
         (&Method::POST, ["v1", "backup"]) => {
             let body: crate::api::BackupRequest = read_json(req).await?;
+            if !state.store.is_embedded() {
+                return Err(error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this hub's tables are in PostgreSQL: back them up with PostgreSQL's tools (pg_basebackup, pg_dump, or your provider's), and the data directory's keys with your secrets",
+                ));
+            }
             let to = std::path::PathBuf::from(&body.to);
             if !to.is_absolute() {
                 return Err(error(

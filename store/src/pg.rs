@@ -1,0 +1,905 @@
+//! The hub's tables in PostgreSQL (`tether-hub serve --store postgres://...`).
+//!
+//! Every typed table keeps its shape: a `StrTable` is the rows of `tether_kv` with its name, a
+//! `SeqTable` the rows of `tether_log`; values are the same CBOR bytes as in redb, so the code
+//! above the store cannot tell the engines apart and one group commit is one multi-row
+//! transaction. Keys compare bytewise (`COLLATE "C"`), as redb compares `&str` keys, so
+//! prefix and range scans return the same rows in the same order.
+//!
+//! Writes of one process are serialized, as redb serializes them, so a read-modify-write in a
+//! write transaction sees no concurrent writer of this process. Read transactions are
+//! REPEATABLE READ snapshots, like redb's. A commit returns once PostgreSQL has made it durable
+//! (`synchronous_commit`, on by default), so "committed before acknowledged" holds.
+//!
+//! Every write to a `StrTable` outside [`UNFED`] is also recorded in `tether_changes` in the
+//! same transaction, followed by a `NOTIFY`: the change feed hub replicas follow. The
+//! notification is only a doorbell; readers catch up from the table by id.
+//!
+//! The schema is versioned ([`MIGRATIONS`]); `init` creates it, `serve` applies newer
+//! migrations at start and refuses a database written by a newer binary.
+
+use crate::StoreError;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, Config, NoTls, Statement};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Schema migrations, in order; the schema version is how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: tables as rows, and the change feed.
+    r#"
+    CREATE TABLE tether_kv (
+        tbl text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        val bytea NOT NULL,
+        PRIMARY KEY (tbl, key)
+    );
+    CREATE TABLE tether_log (
+        tbl text COLLATE "C" NOT NULL,
+        seq bigint NOT NULL,
+        val bytea NOT NULL,
+        PRIMARY KEY (tbl, seq)
+    );
+    CREATE TABLE tether_changes (
+        id bigserial PRIMARY KEY,
+        tbl text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        at timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Tables whose writes are not in the change feed: per-entry history that no replica caches
+/// (the feed would grow with every status entry of the fleet).
+const UNFED: &[&str] = &["status_history"];
+
+/// The channel the change feed's doorbell rings on.
+pub const CHANGES_CHANNEL: &str = "tether_changes";
+
+/// Connections one store opens at most; callers beyond wait for one to come back.
+const MAX_CONNECTIONS: usize = 8;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// No statement may hold a connection (and the writers behind it) longer than this.
+const STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
+pub(crate) struct PgStore {
+    config: Config,
+    /// The URL without its password, for messages.
+    pub(crate) label: Arc<str>,
+    idle: Mutex<Pool>,
+    returned: Condvar,
+    /// Held for the whole of a write transaction (see the module header).
+    writer: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+/// What one connection's thread owns: the client and its prepared statements.
+pub(crate) struct Session {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+type Job = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// A connection, served by a thread of its own. The blocking client drives a runtime of its
+/// own inside every call, which tokio forbids on a thread that runs async tasks; the hub calls
+/// the store from such threads too (as it may with redb), so statements hop to this thread.
+pub(crate) struct Conn {
+    jobs: std::sync::mpsc::Sender<Job>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The connection's thread is gone (it panicked, or the connection was dropped).
+const GONE: &str = "the database connection's thread is gone";
+
+impl Conn {
+    fn open(config: Config) -> Result<Conn, PgErr> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready, connected) = std::sync::mpsc::sync_channel(1);
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = closed.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tether-pg".into())
+            .spawn(move || {
+                let mut session = match config.connect(NoTls) {
+                    Ok(client) => {
+                        let _ = ready.send(Ok(()));
+                        Session {
+                            client,
+                            statements: HashMap::new(),
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    job(&mut session);
+                    flag.store(
+                        session.client.is_closed(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            });
+        if spawned.is_err() {
+            return Err(PgErr::Gone);
+        }
+        match connected.recv() {
+            Ok(Ok(())) => Ok(Conn { jobs, closed }),
+            Ok(Err(e)) => Err(PgErr::Pg(e)),
+            Err(_) => Err(PgErr::Gone),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Run `f` on the connection's thread and wait for it.
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Session) -> Result<R, postgres::Error> + Send + 'static,
+    ) -> Result<R, PgErr> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        if self.jobs.send(job).is_err() {
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(PgErr::Gone);
+        }
+        match rx.recv() {
+            Ok(r) => r.map_err(PgErr::Pg),
+            Err(_) => {
+                self.closed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(PgErr::Gone)
+            }
+        }
+    }
+
+    fn batch(&self, sql: &'static str) -> Result<(), PgErr> {
+        self.call(move |s| s.client.batch_execute(sql))
+    }
+}
+
+/// What failed: a statement or connection (PostgreSQL's error), or the connection's thread.
+pub(crate) enum PgErr {
+    Pg(postgres::Error),
+    Gone,
+}
+
+impl From<postgres::Error> for PgErr {
+    fn from(e: postgres::Error) -> Self {
+        PgErr::Pg(e)
+    }
+}
+
+impl PgErr {
+    /// The connection cannot be used again.
+    fn is_closed(&self) -> bool {
+        match self {
+            PgErr::Pg(e) => e.is_closed() || e.code().is_none(),
+            PgErr::Gone => true,
+        }
+    }
+}
+
+impl Session {
+    fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// The URL (or `key=value` string) with any password replaced, so it can be logged.
+pub fn redact(url: &str) -> String {
+    if !url.contains("://") {
+        return url
+            .split_whitespace()
+            .map(|kv| match kv.split_once('=') {
+                Some(("password", _)) => "password=***".to_string(),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub(crate) fn error(label: &str, e: PgErr) -> StoreError {
+    use postgres::error::SqlState;
+    let e = match e {
+        PgErr::Pg(e) => e,
+        PgErr::Gone => {
+            return StoreError::Postgres {
+                database: label.to_string(),
+                detail: GONE.into(),
+                retryable: true,
+            }
+        }
+    };
+    // No SQL state: the connection or the network failed, not the statement.
+    let retryable = e.is_closed()
+        || e.code().is_none_or(|c| {
+            [
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::CONNECTION_FAILURE,
+                SqlState::CONNECTION_EXCEPTION,
+                SqlState::TOO_MANY_CONNECTIONS,
+                // A standby that is not promoted yet, or a primary that was demoted.
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+                SqlState::QUERY_CANCELED,
+            ]
+            .contains(c)
+        });
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    };
+    StoreError::Postgres {
+        database: label.to_string(),
+        detail,
+        retryable,
+    }
+}
+
+impl PgStore {
+    /// Connect to `url`; `create`: apply every migration (init), otherwise the schema must
+    /// exist already (serve never creates a hub's database).
+    pub(crate) fn open(url: &str, create: bool) -> Result<Self, StoreError> {
+        let label = redact(url);
+        let mut config: Config =
+            url.parse()
+                .map_err(|e: postgres::Error| StoreError::Postgres {
+                    database: label.clone(),
+                    detail: format!("not a PostgreSQL URL: {e}"),
+                    retryable: false,
+                })?;
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        if config.get_application_name().is_none() {
+            config.application_name("tether-hub");
+        }
+        let store = Self {
+            config,
+            label: label.into(),
+            idle: Mutex::new(Pool::default()),
+            returned: Condvar::new(),
+            writer: Mutex::new(()),
+        };
+        store.migrate(create)?;
+        Ok(store)
+    }
+
+    fn err(&self, e: impl Into<PgErr>) -> StoreError {
+        error(&self.label, e.into())
+    }
+
+    fn connect(&self) -> Result<Conn, StoreError> {
+        Conn::open(self.config.clone()).map_err(|e| self.err(e))
+    }
+
+    fn take(&self) -> Result<Conn, StoreError> {
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                if !c.is_closed() {
+                    return Ok(c);
+                }
+                pool.open -= 1;
+                continue;
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                return self.connect().inspect_err(|_| {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+                    self.returned.notify_one();
+                });
+            }
+            pool = self.returned.wait(pool).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Back to the pool, or closed for good when it failed (a new one is made on demand).
+    fn give_back(&self, conn: Conn, healthy: bool) {
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if healthy && !conn.is_closed() {
+            pool.idle.push(conn);
+        } else {
+            pool.open -= 1;
+        }
+        drop(pool);
+        self.returned.notify_one();
+    }
+
+    fn migrate(&self, create: bool) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.take()?;
+        let label = self.label.clone();
+        let result = conn
+            .call(move |s| Ok(migrate_on(&label, &mut s.client, create)))
+            .map_err(|e| self.err(e))
+            .and_then(|r| r);
+        self.give_back(conn, result.is_ok());
+        result
+    }
+}
+
+fn migrate_on(label: &Arc<str>, client: &mut Client, create: bool) -> Result<(), StoreError> {
+    let err = |e: postgres::Error| error(label, PgErr::Pg(e));
+    let mut tx = client.transaction().map_err(err)?;
+    // One migrator at a time, however many replicas start together.
+    tx.execute("SELECT pg_advisory_xact_lock(7466650001)", &[])
+        .map_err(err)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('tether_schema') IS NOT NULL", &[])
+        .map_err(err)?
+        .get(0);
+    let version: i32 = if exists {
+        tx.query_one("SELECT version FROM tether_schema", &[])
+            .map_err(err)?
+            .get(0)
+    } else if create {
+        tx.batch_execute(
+            "CREATE TABLE tether_schema (one boolean PRIMARY KEY DEFAULT true CHECK (one), version integer NOT NULL);
+             INSERT INTO tether_schema (version) VALUES (0);",
+        )
+        .map_err(err)?;
+        0
+    } else {
+        return Err(StoreError::MissingSchema {
+            database: label.to_string(),
+        });
+    };
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            database: label.to_string(),
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql).map_err(err)?;
+        tracing::info!(database = %label, version = i + 1, "applied schema migration");
+    }
+    tx.execute("UPDATE tether_schema SET version = $1", &[&SCHEMA_VERSION])
+        .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+impl PgStore {
+    /// Run `f` in a write transaction; commit when it returns `Ok`.
+    pub(crate) fn write<R, E>(
+        &self,
+        f: impl FnOnce(&crate::WriteTx) -> Result<R, E>,
+    ) -> Result<R, crate::Outcome<E>> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.begin("BEGIN")?;
+        let tx = crate::WriteTx::pg(WriteTx {
+            conn: RefCell::new(conn),
+            changed: RefCell::new(BTreeSet::new()),
+            label: self.label.clone(),
+        });
+        let out = f(&tx);
+        let WriteTx { conn, changed, .. } = tx.into_pg();
+        let conn = conn.into_inner();
+        let end = match &out {
+            Ok(_) => {
+                let changed = changed.into_inner();
+                conn.call(move |s| {
+                    record_changes(s, &changed)?;
+                    s.client.batch_execute("COMMIT")
+                })
+            }
+            Err(_) => conn.batch("ROLLBACK"),
+        };
+        match end {
+            Ok(()) => {
+                self.give_back(conn, true);
+                out.map_err(crate::Outcome::Caller)
+            }
+            Err(e) => {
+                // The transaction's fate is unknown to this connection: never reuse it.
+                self.give_back(conn, false);
+                match out {
+                    Ok(_) => Err(self.err(e).into()),
+                    Err(caller) => Err(crate::Outcome::Caller(caller)),
+                }
+            }
+        }
+    }
+
+    /// A connection with a transaction begun. An idle connection may have died with the
+    /// server (a restart, a failover) without knowing it yet: that one is dropped and a fresh
+    /// one tried, so a recovered server costs no failed call.
+    fn begin(&self, sql: &'static str) -> Result<Conn, StoreError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let conn = self.take()?;
+            match conn.batch(sql) {
+                Ok(()) => return Ok(conn),
+                Err(e) => {
+                    self.give_back(conn, false);
+                    if !e.is_closed() {
+                        return Err(self.err(e));
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(self.err(last.unwrap_or(PgErr::Gone)))
+    }
+
+    pub(crate) fn read<R, E>(
+        &self,
+        f: impl FnOnce(&crate::ReadTx) -> Result<R, E>,
+    ) -> Result<R, crate::Outcome<E>> {
+        let conn = self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let tx = crate::ReadTx::pg(ReadTx {
+            conn: RefCell::new(conn),
+            label: self.label.clone(),
+        });
+        let out = f(&tx);
+        let conn = tx.into_pg().conn.into_inner();
+        let ended = conn.batch("ROLLBACK").is_ok();
+        self.give_back(conn, ended);
+        out.map_err(crate::Outcome::Caller)
+    }
+
+    /// Changes after `after` (an id), oldest first, at most `limit`.
+    pub(crate) fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+        self.with_conn(move |s| {
+            let st = s.prepared(
+                "SELECT id, tbl, key FROM tether_changes WHERE id > $1 ORDER BY id LIMIT $2",
+            )?;
+            Ok(s.client
+                .query(&st, &[&after, &limit])?
+                .iter()
+                .map(|r| Change {
+                    id: r.get(0),
+                    table: r.get(1),
+                    key: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    /// The oldest id still in the feed (`None` when it is empty): a reader whose position is
+    /// below it has missed changes and must re-read everything.
+    pub(crate) fn changes_horizon(&self) -> Result<Option<i64>, StoreError> {
+        self.with_conn(|s| {
+            let st = s.prepared("SELECT min(id) FROM tether_changes")?;
+            Ok(s.client.query_one(&st, &[])?.get(0))
+        })
+    }
+
+    /// Forget changes with ids up to `through`; returns how many.
+    pub(crate) fn prune_changes(&self, through: i64) -> Result<u64, StoreError> {
+        self.with_conn(move |s| {
+            let st = s.prepared("DELETE FROM tether_changes WHERE id <= $1")?;
+            s.client.execute(&st, &[&through])
+        })
+    }
+
+    fn with_conn<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Session) -> Result<R, postgres::Error> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let conn = self.take()?;
+        let out = conn.call(f);
+        self.give_back(conn, out.is_ok());
+        out.map_err(|e| self.err(e))
+    }
+
+    /// A connection that waits for the change feed's doorbell (`LISTEN`), separate from the
+    /// pool so that waiting holds no writer up.
+    pub(crate) fn doorbell(&self) -> Result<Doorbell, StoreError> {
+        let conn = self.connect()?;
+        conn.call(|s| s.client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")))
+            .map_err(|e| self.err(e))?;
+        Ok(Doorbell {
+            conn,
+            label: self.label.to_string(),
+        })
+    }
+}
+
+/// One entry of the change feed: a row of `table` under `key` was written or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub id: i64,
+    pub table: String,
+    pub key: String,
+}
+
+/// Waits for commits that changed fed tables (see [`crate::Store::doorbell`]).
+pub struct Doorbell {
+    conn: Conn,
+    label: String,
+}
+
+impl Doorbell {
+    /// Whether the doorbell rang within `timeout`. A `false` says nothing was heard, not that
+    /// nothing changed: notifications are lost with connections, so readers still catch up
+    /// from the feed on a timer.
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        self.conn
+            .call(move |s| {
+                let mut n = s.client.notifications();
+                let mut rang = n.timeout_iter(timeout).next()?.is_some();
+                // Coalesce whatever else is already queued.
+                let mut pending = n.iter();
+                while let Ok(Some(_)) = pending.next() {
+                    rang = true;
+                }
+                Ok(rang)
+            })
+            .map_err(|e| error(&self.label, e))
+    }
+}
+
+fn record_changes(
+    s: &mut Session,
+    changed: &BTreeSet<(&'static str, String)>,
+) -> Result<(), postgres::Error> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let (tables, keys): (Vec<&str>, Vec<&str>) =
+        changed.iter().map(|(t, k)| (*t, k.as_str())).unzip();
+    let st = s.prepared(
+        "INSERT INTO tether_changes (tbl, key) SELECT * FROM unnest($1::text[], $2::text[])",
+    )?;
+    s.client.execute(&st, &[&tables, &keys])?;
+    let st = s.prepared("SELECT pg_notify($1, '')")?;
+    s.client.execute(&st, &[&CHANGES_CHANNEL])?;
+    Ok(())
+}
+
+fn seq_i64(label: &str, seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Postgres {
+        database: label.to_string(),
+        detail: format!("sequence number {seq} does not fit PostgreSQL's bigint"),
+        retryable: false,
+    })
+}
+
+fn seq_u64(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+type Rows = Vec<(String, Vec<u8>)>;
+type SeqRows = Vec<(u64, Vec<u8>)>;
+
+fn rows(rs: Vec<postgres::Row>) -> Rows {
+    rs.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+fn seq_rows(rs: Vec<postgres::Row>) -> SeqRows {
+    rs.iter().map(|r| (seq_u64(r.get(0)), r.get(1))).collect()
+}
+
+/// The statements both kinds of transaction read with. Arguments are copied: the statement
+/// runs on the connection's thread.
+pub(crate) trait Ops {
+    fn conn(&self) -> std::cell::Ref<'_, Conn>;
+    fn label(&self) -> &str;
+
+    fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Session) -> Result<R, postgres::Error> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.conn().call(f).map_err(|e| error(self.label(), e))
+    }
+
+    fn get(&self, tbl: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (tbl, key) = (tbl.to_string(), key.to_string());
+        self.run(move |s| {
+            let st = s.prepared("SELECT val FROM tether_kv WHERE tbl = $1 AND key = $2")?;
+            Ok(s.client.query_opt(&st, &[&tbl, &key])?.map(|r| r.get(0)))
+        })
+    }
+
+    fn list(&self, tbl: &str) -> Result<Rows, StoreError> {
+        let tbl = tbl.to_string();
+        self.run(move |s| {
+            let st = s.prepared("SELECT key, val FROM tether_kv WHERE tbl = $1 ORDER BY key")?;
+            Ok(rows(s.client.query(&st, &[&tbl])?))
+        })
+    }
+
+    fn list_prefix(&self, tbl: &str, prefix: &str) -> Result<Rows, StoreError> {
+        let (tbl, from) = (tbl.to_string(), prefix.to_string());
+        let end = crate::table::prefix_end(prefix);
+        let found = self.run(move |s| match end {
+            Some(end) => {
+                let st = s.prepared(
+                    "SELECT key, val FROM tether_kv WHERE tbl = $1 AND key >= $2 AND key < $3 ORDER BY key",
+                )?;
+                Ok(rows(s.client.query(&st, &[&tbl, &from, &end])?))
+            }
+            None => {
+                let st = s.prepared(
+                    "SELECT key, val FROM tether_kv WHERE tbl = $1 AND key >= $2 ORDER BY key",
+                )?;
+                Ok(rows(s.client.query(&st, &[&tbl, &from])?))
+            }
+        })?;
+        Ok(found
+            .into_iter()
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .collect())
+    }
+
+    fn count(&self, tbl: &str) -> Result<u64, StoreError> {
+        let tbl = tbl.to_string();
+        self.run(move |s| {
+            let st = s.prepared("SELECT count(*) FROM tether_kv WHERE tbl = $1")?;
+            Ok(seq_u64(s.client.query_one(&st, &[&tbl])?.get(0)))
+        })
+    }
+
+    fn range(&self, tbl: &str, from: u64, limit: usize) -> Result<SeqRows, StoreError> {
+        let from = seq_i64(self.label(), from)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let tbl = tbl.to_string();
+        self.run(move |s| {
+            let st = s.prepared(
+                "SELECT seq, val FROM tether_log WHERE tbl = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+            )?;
+            Ok(seq_rows(s.client.query(&st, &[&tbl, &from, &limit])?))
+        })
+    }
+
+    fn tail(&self, tbl: &str, limit: usize) -> Result<SeqRows, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let tbl = tbl.to_string();
+        let mut found = self.run(move |s| {
+            let st = s.prepared(
+                "SELECT seq, val FROM tether_log WHERE tbl = $1 ORDER BY seq DESC LIMIT $2",
+            )?;
+            Ok(seq_rows(s.client.query(&st, &[&tbl, &limit])?))
+        })?;
+        found.reverse();
+        Ok(found)
+    }
+
+    fn seq_len(&self, tbl: &str) -> Result<u64, StoreError> {
+        let tbl = tbl.to_string();
+        self.run(move |s| {
+            let st = s.prepared("SELECT count(*) FROM tether_log WHERE tbl = $1")?;
+            Ok(seq_u64(s.client.query_one(&st, &[&tbl])?.get(0)))
+        })
+    }
+}
+
+pub struct WriteTx {
+    conn: RefCell<Conn>,
+    changed: RefCell<BTreeSet<(&'static str, String)>>,
+    label: Arc<str>,
+}
+
+pub struct ReadTx {
+    conn: RefCell<Conn>,
+    label: Arc<str>,
+}
+
+impl Ops for WriteTx {
+    fn conn(&self) -> std::cell::Ref<'_, Conn> {
+        self.conn.borrow()
+    }
+    fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl Ops for ReadTx {
+    fn conn(&self) -> std::cell::Ref<'_, Conn> {
+        self.conn.borrow()
+    }
+    fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl WriteTx {
+    fn changed(&self, tbl: &'static str, key: &str) {
+        if !UNFED.contains(&tbl) {
+            self.changed.borrow_mut().insert((tbl, key.to_string()));
+        }
+    }
+
+    pub(crate) fn put(&self, tbl: &'static str, key: &str, val: &[u8]) -> Result<(), StoreError> {
+        let (k, v) = (key.to_string(), val.to_vec());
+        self.run(move |s| {
+            let st = s.prepared(
+                "INSERT INTO tether_kv (tbl, key, val) VALUES ($1, $2, $3)
+                 ON CONFLICT (tbl, key) DO UPDATE SET val = excluded.val",
+            )?;
+            s.client.execute(&st, &[&tbl, &k, &v])
+        })?;
+        self.changed(tbl, key);
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, tbl: &'static str, key: &str) -> Result<bool, StoreError> {
+        let k = key.to_string();
+        let n = self.run(move |s| {
+            let st = s.prepared("DELETE FROM tether_kv WHERE tbl = $1 AND key = $2")?;
+            s.client.execute(&st, &[&tbl, &k])
+        })?;
+        if n > 0 {
+            self.changed(tbl, key);
+        }
+        Ok(n > 0)
+    }
+
+    /// Remove the given keys (found by a scan in the caller's order); returns how many.
+    fn remove_keys(&self, tbl: &'static str, keys: Vec<String>) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        for k in &keys {
+            self.changed(tbl, k);
+        }
+        self.run(move |s| {
+            let st = s.prepared("DELETE FROM tether_kv WHERE tbl = $1 AND key = ANY($2)")?;
+            s.client.execute(&st, &[&tbl, &keys])
+        })
+    }
+
+    pub(crate) fn remove_prefix_except_newest(
+        &self,
+        tbl: &'static str,
+        prefix: &str,
+        keep: usize,
+    ) -> Result<u64, StoreError> {
+        let keys: Vec<String> = Ops::list_prefix(self, tbl, prefix)?
+            .into_iter()
+            .rev()
+            .skip(keep)
+            .map(|(k, _)| k)
+            .collect();
+        self.remove_keys(tbl, keys)
+    }
+
+    pub(crate) fn remove_range(
+        &self,
+        tbl: &'static str,
+        from: &str,
+        through: &str,
+    ) -> Result<u64, StoreError> {
+        let (from, through) = (from.to_string(), through.to_string());
+        let keys: Vec<String> = self.run(move |s| {
+            let st = s.prepared(
+                "DELETE FROM tether_kv WHERE tbl = $1 AND key >= $2 AND key <= $3 RETURNING key",
+            )?;
+            Ok(s.client
+                .query(&st, &[&tbl, &from, &through])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        for k in &keys {
+            self.changed(tbl, k);
+        }
+        Ok(keys.len() as u64)
+    }
+
+    pub(crate) fn drop_log(&self, tbl: &'static str) -> Result<bool, StoreError> {
+        let n = self.run(move |s| {
+            let st = s.prepared("DELETE FROM tether_log WHERE tbl = $1")?;
+            s.client.execute(&st, &[&tbl])
+        })?;
+        Ok(n > 0)
+    }
+
+    pub(crate) fn insert_at(
+        &self,
+        tbl: &'static str,
+        seq: u64,
+        val: &[u8],
+    ) -> Result<(), StoreError> {
+        let seq = seq_i64(&self.label, seq)?;
+        let v = val.to_vec();
+        self.run(move |s| {
+            let st = s.prepared(
+                "INSERT INTO tether_log (tbl, seq, val) VALUES ($1, $2, $3)
+                 ON CONFLICT (tbl, seq) DO UPDATE SET val = excluded.val",
+            )?;
+            s.client.execute(&st, &[&tbl, &seq, &v])
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_seq(&self, tbl: &'static str, seq: u64) -> Result<bool, StoreError> {
+        let seq = seq_i64(&self.label, seq)?;
+        let n = self.run(move |s| {
+            let st = s.prepared("DELETE FROM tether_log WHERE tbl = $1 AND seq = $2")?;
+            s.client.execute(&st, &[&tbl, &seq])
+        })?;
+        Ok(n > 0)
+    }
+
+    pub(crate) fn remove_through(&self, tbl: &'static str, seq: u64) -> Result<u64, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.run(move |s| {
+            let st = s.prepared("DELETE FROM tether_log WHERE tbl = $1 AND seq <= $2")?;
+            s.client.execute(&st, &[&tbl, &seq])
+        })
+    }
+
+    pub(crate) fn append(&self, tbl: &'static str, val: &[u8]) -> Result<u64, StoreError> {
+        let v = val.to_vec();
+        let next: i64 = self.run(move |s| {
+            let st = s.prepared(
+                "INSERT INTO tether_log (tbl, seq, val)
+                 SELECT $1, coalesce(max(seq), 0) + 1, $2 FROM tether_log WHERE tbl = $1
+                 RETURNING seq",
+            )?;
+            Ok(s.client.query_one(&st, &[&tbl, &v])?.get(0))
+        })?;
+        Ok(seq_u64(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(
+            redact("postgres://tether:s3cret@db.example:5432/hub"),
+            "postgres://tether:***@db.example:5432/hub"
+        );
+        assert_eq!(
+            redact("postgres://tether@db/hub"),
+            "postgres://tether@db/hub"
+        );
+        assert_eq!(redact("host=/run/pg dbname=hub"), "host=/run/pg dbname=hub");
+        assert_eq!(
+            redact("host=db password=x user=t"),
+            "host=db password=*** user=t"
+        );
+    }
+}
