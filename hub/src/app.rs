@@ -30,6 +30,8 @@ pub struct RunningHub {
     tasks: JoinSet<()>,
     /// What each long-lived task is, to name the one that stopped.
     task_names: std::collections::HashMap<tokio::task::Id, &'static str>,
+    /// The serving lease, on a PostgreSQL store (`lease.rs`).
+    lease: Option<tether_store::Lease>,
 }
 
 fn read(path: std::path::PathBuf) -> anyhow::Result<String> {
@@ -79,6 +81,14 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     if store.is_embedded() {
         compact_at_start(&store);
     }
+    // A shared database is served by one hub process at a time: wait here, as a standby
+    // listening on nothing, until this one holds the lease. State is read after, so a hub
+    // that takes over starts from what the last one committed.
+    let lease = if store.is_embedded() {
+        None
+    } else {
+        Some(crate::lease::acquire(&store, &crate::lease::holder(&dir), cfg.lease_ttl).await?)
+    };
     if let Some(n) =
         crate::ingest::status::retire_legacy_log(&store).context("retiring the status log")?
     {
@@ -238,6 +248,16 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         tasks.spawn(persist_health(state.clone())),
         "health persister",
     );
+    if let Some(lease) = &lease {
+        name(
+            tasks.spawn(crate::lease::keep(
+                state.store.clone(),
+                lease.clone(),
+                state.cfg.lease_ttl,
+            )),
+            "database lease",
+        );
+    }
     tracing::info!(%quic_addr, %admin_addr, clusters = clusters.len(), "hub started");
     Ok(RunningHub {
         quic_addr,
@@ -246,6 +266,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         endpoint,
         tasks,
         task_names,
+        lease,
     })
 }
 
@@ -314,6 +335,14 @@ impl RunningHub {
         .await;
         if released.is_err() {
             tracing::warn!("hub state still referenced 5s after shutdown");
+        }
+        // Hand over now rather than when the lease expires: a standby takes over at once.
+        if let Some(lease) = self.lease.take() {
+            let store = self.state.store.clone();
+            let released = tokio::task::spawn_blocking(move || store.release_lease(&lease)).await;
+            if let Ok(Err(e)) = released {
+                tracing::warn!(error = %e, "could not release the serving lease; a standby takes over when it expires");
+            }
         }
         drop(self.state);
         let _ = tokio::time::timeout(Duration::from_secs(5), writer_stopped.wait_for(|s| *s)).await;

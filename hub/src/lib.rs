@@ -19,6 +19,7 @@ pub(crate) mod delivery;
 pub(crate) mod fleet;
 pub(crate) mod identity;
 pub(crate) mod ingest;
+pub(crate) mod lease;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod net;

@@ -96,6 +96,11 @@ enum Cmd {
         /// Largest frame accepted from an agent, in bytes.
         #[arg(long, default_value_t = tether_protocol::DEFAULT_MAX_FRAME)]
         max_frame: usize,
+        /// With a PostgreSQL store: one hub serves while others started on the same database
+        /// wait as standbys; this is how long the serving hub's lease lasts unrenewed, so how
+        /// soon a standby takes over from one that died.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        lease_ttl: Duration,
     },
     /// Write a consistent snapshot of the hub database to a new file, while the hub serves
     /// (through its admin API, with the credential in DATA_DIR/tetherctl.yaml) or while it is
@@ -222,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             offline_grace,
             cert_validity,
             max_frame,
+            lease_ttl,
         } => {
             if heartbeat_interval.is_zero()
                 || offline_grace.is_zero()
@@ -237,6 +243,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.health.offline_grace = offline_grace;
             cfg.cert_validity = cert_validity;
             cfg.limits.max_frame = max_frame;
+            anyhow::ensure!(
+                lease_ttl >= Duration::from_secs(1),
+                "--lease-ttl must be at least 1s"
+            );
+            cfg.lease_ttl = lease_ttl;
             let hub = tether_hub::start(cfg).await.context("starting the hub")?;
             println!(
                 "hub listening: agents on udp/{}, admin API on https://{}",

@@ -23,6 +23,9 @@ pub struct HubConfig {
     pub data_dir: DataDir,
     /// Where the tables live: the data directory's redb file, or PostgreSQL.
     pub store: crate::config::StoreLocation,
+    /// On PostgreSQL: how long the serving hub's lease lasts unrenewed, so how soon a standby
+    /// takes over from a hub that died (renewed every third of it).
+    pub lease_ttl: Duration,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub health: HealthConfig,
@@ -42,6 +45,7 @@ impl HubConfig {
         Self {
             data_dir: DataDir::new(data_dir),
             store: Default::default(),
+            lease_ttl: Duration::from_secs(10),
             listen: "0.0.0.0:7443"
                 .parse()
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7443))),

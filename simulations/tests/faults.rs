@@ -131,12 +131,21 @@ fn hub_process(bin: &Path, hub: &LocalHub, log: &Path) -> Child {
         .args(["--listen", &hub.cfg.listen.to_string()])
         .args(["--admin-listen", &hub.cfg.admin_listen.to_string()])
         .args(["--heartbeat-interval", "200ms", "--offline-grace", "2s"])
+        .env("TETHER_STORE", store_arg(&hub.cfg.store))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("spawning tether-hub")
+}
+
+/// `--store` for the hub's binary: the same store as the in-process hub that initialised it.
+fn store_arg(store: &tether_hub::config::StoreLocation) -> String {
+    match store {
+        tether_hub::config::StoreLocation::Embedded => "embedded".into(),
+        tether_hub::config::StoreLocation::Postgres(url) => url.clone(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,9 @@
 //! version check, the change feed and its doorbell, and committed data surviving a crash of the
 //! server.
 
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tether_sim::pg::{available_or_skip, TestServer};
 use tether_store::{SeqTable, Store, StoreError, StrTable, WriteTx};
@@ -236,4 +239,153 @@ fn postgres_keeps_what_was_committed_across_a_crash() {
     assert_eq!(rows.len(), 50);
     assert_eq!(rows[49], ("k49".to_string(), "v49".to_string()));
     assert!(store.failure().is_none(), "recovered");
+}
+
+/// The real binaries on PostgreSQL: `init --store` prepares the database (and refuses one that
+/// already holds a hub), `serve` refuses a database `init` never prepared, and what an admin
+/// was told is stored outlives the hub process; no redb file is made.
+#[test]
+fn the_hub_binary_keeps_its_tables_in_postgres() {
+    if !available_or_skip("the_hub_binary_keeps_its_tables_in_postgres") {
+        return;
+    }
+    let hub_bin = common::built_binary("tether-hub", "tether-hub");
+    let ctl_bin = common::built_binary("tether-hub", "tetherctl");
+    let server = TestServer::start().unwrap();
+    let url = server.create_db("bin").unwrap();
+    let empty = server.create_db("empty").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let init = |dir: &std::path::Path, store: &str| {
+        Command::new(&hub_bin)
+            .args(["init", "--hub-name", "localhost", "--admin-listen", &admin])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("TETHER_STORE", store)
+            .output()
+            .unwrap()
+    };
+    let out = init(&data, &url);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("--store $TETHER_STORE"), "{said}");
+    assert!(!data.join("hub.redb").exists());
+    // A second hub's identity is never mixed into a database that holds one.
+    let out = init(&tmp.path().join("other"), &url);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds a hub"),
+        "{out:?}"
+    );
+    let serve = |store: &str| {
+        Command::new(&hub_bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", &admin])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("TETHER_STORE", store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = serve(&empty).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tether-hub init"), "{err}");
+    assert!(
+        !data.join("hub.redb").exists(),
+        "serve never creates a database"
+    );
+
+    let ctl = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        loop {
+            let out = Command::new(&ctl_bin)
+                .args(args)
+                .env("TETHER_CONFIG", data.join("tetherctl.yaml"))
+                .output()
+                .unwrap();
+            if out.status.success() || started.elapsed() > Duration::from_secs(20) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut hub = serve(&url);
+    let out = ctl(&["token", "create", "--ttl", "1h", "--uses", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+    let mut hub = serve(&url);
+    let out = ctl(&["token", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.lines().count() >= 2,
+        "the token outlived the process: {listed}"
+    );
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+    assert!(!data.join("hub.redb").exists());
+}
+
+/// One serving hub per database: the lease goes to one process at a time, and a process that
+/// lost it (paused past its expiry while another took over) can never write again, because
+/// every write checks the epoch in its own transaction.
+#[test]
+fn a_hub_that_lost_the_lease_is_fenced_from_writing() {
+    if !available_or_skip("a_hub_that_lost_the_lease_is_fenced_from_writing") {
+        return;
+    }
+    let server = TestServer::start().unwrap();
+    let url = server.create_db("lease").unwrap();
+    let old = Store::open_postgres(&url, true).unwrap();
+    let new = Store::open_postgres(&url, false).unwrap();
+    let ttl = Duration::from_millis(800);
+    let a = old.acquire_lease("replica-a", ttl).unwrap().expect("free");
+    old.fence_writes(&a).unwrap();
+    assert!(
+        new.acquire_lease("replica-b", ttl).unwrap().is_none(),
+        "held"
+    );
+    assert!(old.renew_lease(&a, ttl).unwrap());
+    old.write(|tx| tx.put(&T, "by-a", &"1".to_string()))
+        .unwrap();
+    // a stalls past its lease; b takes over with a new epoch.
+    std::thread::sleep(ttl + Duration::from_millis(200));
+    let b = new
+        .acquire_lease("replica-b", ttl)
+        .unwrap()
+        .expect("expired");
+    assert!(b.epoch > a.epoch);
+    new.fence_writes(&b).unwrap();
+    let err = old
+        .write(|tx| tx.put(&T, "by-a-late", &"1".to_string()))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(!old.renew_lease(&a, ttl).unwrap(), "a's lease is gone");
+    new.write(|tx| tx.put(&T, "by-b", &"1".to_string()))
+        .unwrap();
+    let rows = new.read(|tx| tx.list(&T)).unwrap();
+    let keys: Vec<_> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["by-a", "by-b"], "the stalled write left nothing");
+    // The same holder restarting takes its lease back at once, in a new epoch that fences
+    // its previous incarnation.
+    let b2 = new
+        .acquire_lease("replica-b", ttl)
+        .unwrap()
+        .expect("own lease");
+    assert!(b2.epoch > b.epoch);
+    assert!(new.write(|tx| tx.put(&T, "x", &"1".to_string())).is_err());
+    new.fence_writes(&b2).unwrap();
+    new.write(|tx| tx.put(&T, "x", &"1".to_string())).unwrap();
+    // A clean stop hands over without waiting for the expiry.
+    new.release_lease(&b2).unwrap();
+    assert!(old.acquire_lease("replica-a", ttl).unwrap().is_some());
 }

@@ -15,7 +15,7 @@ mod pg;
 mod table;
 
 #[cfg(feature = "postgres")]
-pub use pg::{redact, Change, Doorbell, SCHEMA_VERSION};
+pub use pg::{redact, Change, Doorbell, Lease, SCHEMA_VERSION};
 
 pub use table::{ReadTx, SeqTable, StrTable, WriteTx};
 
@@ -76,6 +76,9 @@ pub enum StoreError {
         found: i32,
         known: i32,
     },
+    /// This process lost the serving lease: another hub serves the database now.
+    #[error("PostgreSQL {database}: this hub no longer holds the serving lease (epoch {epoch}); another hub took over")]
+    Fenced { database: String, epoch: i64 },
     /// What only the embedded store does (file snapshots, compaction).
     #[error("{what} is not available on a PostgreSQL store: {instead}")]
     Unsupported {
@@ -303,6 +306,32 @@ impl Store {
         self.pg()?.prune_changes(through)
     }
 
+    /// Take the serving lease (see `pg.rs`); `None` while another hub holds it.
+    #[cfg(feature = "postgres")]
+    pub fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        self.pg()?.acquire_lease(holder, ttl)
+    }
+
+    /// Extend the lease; `false` once it is lost.
+    #[cfg(feature = "postgres")]
+    pub fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        self.pg()?.renew_lease(lease, ttl)
+    }
+
+    /// Give the lease up at once (a clean stop).
+    #[cfg(feature = "postgres")]
+    pub fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.pg()?.release_lease(lease)
+    }
+
+    /// Every later write transaction checks `lease` in the same transaction, and fails with
+    /// [`StoreError::Fenced`] once another process took it.
+    #[cfg(feature = "postgres")]
+    pub fn fence_writes(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.pg()?.fence_writes(lease);
+        Ok(())
+    }
+
     /// A connection that hears commits to the change feed.
     #[cfg(feature = "postgres")]
     pub fn doorbell(&self) -> Result<Doorbell, StoreError> {
@@ -312,8 +341,8 @@ impl Store {
     #[cfg(feature = "postgres")]
     fn pg(&self) -> Result<&pg::PgStore, StoreError> {
         self.pg.as_ref().ok_or(StoreError::Unsupported {
-            what: "the change feed",
-            instead: "it exists only on a PostgreSQL store",
+            what: "the change feed and the serving lease",
+            instead: "one embedded store serves one hub process",
         })
     }
 

@@ -49,6 +49,15 @@ const MIGRATIONS: &[&str] = &[
         at timestamptz NOT NULL DEFAULT now()
     );
     "#,
+    // 2: the lease that says which hub process serves, with the epoch that fences the others.
+    r#"
+    CREATE TABLE tether_lease (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -75,7 +84,19 @@ pub(crate) struct PgStore {
     returned: Condvar,
     /// Held for the whole of a write transaction (see the module header).
     writer: Mutex<()>,
+    /// Set once this process holds the lease: every write transaction checks it (fencing).
+    fence: Mutex<Option<Lease>>,
 }
+
+/// The serving lease as held by one process (see [`crate::Store::acquire_lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    /// Grows with every acquisition: a write that checks an older epoch is refused.
+    pub epoch: i64,
+}
+
+const LEASE: &str = "hub";
 
 #[derive(Default)]
 struct Pool {
@@ -304,6 +325,7 @@ impl PgStore {
             idle: Mutex::new(Pool::default()),
             returned: Condvar::new(),
             writer: Mutex::new(()),
+            fence: Mutex::new(None),
         };
         store.migrate(create)?;
         Ok(store)
@@ -414,6 +436,37 @@ impl PgStore {
     ) -> Result<R, crate::Outcome<E>> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let conn = self.begin("BEGIN")?;
+        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(lease) = fence {
+            // In the same transaction, and holding the lease row against a takeover until it
+            // commits: a process that lost the lease (paused, partitioned) never writes.
+            let holder = lease.holder.clone();
+            let checked = conn.call(move |s| {
+                let st = s.prepared(
+                    "SELECT 1 FROM tether_lease WHERE name = $1 AND holder = $2 AND epoch = $3
+                     AND expires_at > clock_timestamp() FOR SHARE",
+                )?;
+                Ok(s.client
+                    .query_opt(&st, &[&LEASE, &holder, &lease.epoch])?
+                    .is_some())
+            });
+            match checked {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = conn.batch("ROLLBACK");
+                    self.give_back(conn, true);
+                    return Err(StoreError::Fenced {
+                        database: self.label.to_string(),
+                        epoch: lease.epoch,
+                    }
+                    .into());
+                }
+                Err(e) => {
+                    self.give_back(conn, false);
+                    return Err(self.err(e).into());
+                }
+            }
+        }
         let tx = crate::WriteTx::pg(WriteTx {
             conn: RefCell::new(conn),
             changed: RefCell::new(BTreeSet::new()),
@@ -528,6 +581,66 @@ impl PgStore {
         let out = conn.call(f);
         self.give_back(conn, out.is_ok());
         out.map_err(|e| self.err(e))
+    }
+
+    /// Take the serving lease for `holder` if nobody else holds it unexpired (the database's
+    /// clock decides, so hub clocks need not agree). Every acquisition, also by the same
+    /// holder after a restart, starts a new epoch: whatever wrote under the old one is fenced.
+    pub(crate) fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let h = holder.to_string();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let epoch: Option<i64> = self.with_conn(move |s| {
+            let st = s.prepared(
+                "INSERT INTO tether_lease AS l (name, holder, epoch, expires_at)
+                 VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond')
+                 ON CONFLICT (name) DO UPDATE
+                   SET holder = excluded.holder, epoch = l.epoch + 1, expires_at = excluded.expires_at
+                   WHERE l.expires_at <= clock_timestamp() OR l.holder = excluded.holder
+                 RETURNING epoch",
+            )?;
+            Ok(s.client
+                .query_opt(&st, &[&LEASE, &h, &(ttl_ms as f64)])?
+                .map(|r| r.get(0)))
+        })?;
+        Ok(epoch.map(|epoch| Lease {
+            holder: holder.to_string(),
+            epoch,
+        }))
+    }
+
+    /// Extend the lease; `false` once it is lost (expired and taken, or never held).
+    pub(crate) fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let (h, epoch) = (lease.holder.clone(), lease.epoch);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.with_conn(move |s| {
+            let st = s.prepared(
+                "UPDATE tether_lease SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
+                 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp()",
+            )?;
+            Ok(s.client.execute(&st, &[&LEASE, &h, &epoch, &(ttl_ms as f64)])? == 1)
+        })
+    }
+
+    /// Give the lease up now (a clean stop), so a standby need not wait for it to expire.
+    pub(crate) fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let (h, epoch) = (lease.holder.clone(), lease.epoch);
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.with_conn(move |s| {
+            let st = s.prepared(
+                "UPDATE tether_lease SET expires_at = clock_timestamp()
+                 WHERE name = $1 AND holder = $2 AND epoch = $3",
+            )?;
+            s.client.execute(&st, &[&LEASE, &h, &epoch]).map(|_| ())
+        })
+    }
+
+    /// From now on every write transaction checks `lease` first.
+    pub(crate) fn fence_writes(&self, lease: &Lease) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease.clone());
     }
 
     /// A connection that waits for the change feed's doorbell (`LISTEN`), separate from the

@@ -1,0 +1,96 @@
+//! Which hub process serves a PostgreSQL store: the one that holds its lease.
+//!
+//! Several hub processes may be started on one database (on several machines, each with a
+//! copy of the data directory's keys). One takes the lease and serves; the others wait as
+//! standbys, listening on nothing, and the first to find the lease expired takes over with a
+//! new epoch. Every write of the serving hub checks its epoch in the same transaction, so a
+//! hub that stalled or lost the database past its lease never writes again; and it stops
+//! itself (closing every session, so that agents move to the next `--hub` address) once it
+//! cannot renew within the lease's time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tether_store::{Lease, Store};
+
+/// How often a standby looks whether the lease is free.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+
+/// This process's name in the lease: the host and the data directory, so that a hub
+/// restarted on the same machine and directory takes its own lease back at once (in a new
+/// epoch), while two hubs must differ in one of them.
+pub(crate) fn holder(dir: &crate::config::DataDir) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "hub".into());
+    let path = std::fs::canonicalize(&dir.root).unwrap_or_else(|_| dir.root.clone());
+    format!("{host}:{}", path.display())
+}
+
+/// Wait until this process holds the lease (as a standby while another hub serves).
+pub(crate) async fn acquire(
+    store: &Arc<Store>,
+    holder: &str,
+    ttl: Duration,
+) -> anyhow::Result<Lease> {
+    let mut said = false;
+    loop {
+        let (s, h) = (store.clone(), holder.to_string());
+        let got = tokio::task::spawn_blocking(move || s.acquire_lease(&h, ttl)).await?;
+        match got {
+            Ok(Some(lease)) => {
+                store.fence_writes(&lease)?;
+                tracing::info!(
+                    holder,
+                    epoch = lease.epoch,
+                    "took the serving lease; this hub serves"
+                );
+                return Ok(lease);
+            }
+            Ok(None) if !said => {
+                tracing::info!(holder, lease_ttl = ?ttl, "standby: another hub serves this database; taking over when its lease expires");
+                said = true;
+            }
+            Ok(None) => {}
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "standby: cannot reach the database to look at the lease");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+}
+
+/// Renew the lease every third of its time; return (which stops the hub) once it is lost or
+/// could not be renewed before it would expire.
+pub(crate) async fn keep(store: Arc<Store>, lease: Lease, ttl: Duration) {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let (s, l) = (store.clone(), lease.clone());
+        let r = tokio::task::spawn_blocking(move || s.renew_lease(&l, ttl)).await;
+        match r {
+            Ok(Ok(true)) => renewed = Instant::now(),
+            Ok(Ok(false)) => {
+                tracing::error!(
+                    epoch = lease.epoch,
+                    "lost the serving lease to another hub; stopping"
+                );
+                return;
+            }
+            Ok(Err(e)) if renewed.elapsed() < ttl => {
+                tracing::warn!(error = %e, "could not renew the serving lease; retrying");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not renew the serving lease before it expired; stopping so that agents move to a hub that can");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the lease renewal task failed; stopping");
+                return;
+            }
+        }
+    }
+}
