@@ -17,7 +17,7 @@ mod table;
 #[cfg(feature = "postgres")]
 pub use pg::{redact, Change, Doorbell, Lease, SCHEMA_VERSION};
 
-pub use table::{ReadTx, SeqTable, StrTable, WriteTx};
+pub use table::{OpenStrTable, ReadTx, SeqTable, StrTable, WriteTx};
 
 use redb::{Database, Durability, ReadableDatabase};
 use std::path::{Path, PathBuf};
@@ -728,6 +728,43 @@ mod tests {
         );
         s.write(|tx| tx.put(&T, "after", &"ok".to_string()))
             .unwrap();
+    }
+
+    /// An open table reads its own writes, its writes commit with the transaction (or not at
+    /// all), and the table is free again once it is dropped.
+    #[test]
+    fn an_open_table_is_part_of_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("x.redb")).unwrap();
+        s.write(|tx| {
+            {
+                let mut t = tx.open(&T)?;
+                for k in ["a/01", "a/02", "a/03", "b/01"] {
+                    t.put(k, &k.to_string())?;
+                }
+                assert_eq!(t.get("a/02")?.as_deref(), Some("a/02"));
+                assert_eq!(t.remove_range("a/", "a/02")?, 2);
+                assert_eq!(t.get("a/01")?, None);
+            }
+            assert_eq!(tx.count(&T)?, 2);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        let failed: Result<(), StoreError> = s.write(|tx| {
+            tx.open(&T)?.put("c/01", &"lost".to_string())?;
+            Err(StoreError::Corrupt {
+                table: "t",
+                detail: "abort".into(),
+            })
+        });
+        assert!(failed.is_err());
+        let keys: Vec<String> = s
+            .read(|tx| tx.list(&T))
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["a/03", "b/01"]);
     }
 
     #[test]

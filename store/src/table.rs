@@ -127,6 +127,20 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Open `t` for several operations; see [`OpenStrTable`].
+    pub fn open<V>(&self, t: &StrTable<V>) -> Result<OpenStrTable<'_, V>, StoreError> {
+        let table = match &self.txn {
+            WriteEngine::Redb(txn) => OpenEngine::Redb(txn.open_table(t.def())?),
+            #[cfg(feature = "postgres")]
+            WriteEngine::Pg(pg) => OpenEngine::Pg(pg),
+        };
+        Ok(OpenStrTable {
+            name: t.name,
+            table,
+            _v: PhantomData,
+        })
+    }
+
     pub fn get<V: DeserializeOwned>(
         &self,
         t: &StrTable<V>,
@@ -337,6 +351,78 @@ impl WriteTx {
         };
         table.insert(next, bytes.as_slice())?;
         Ok(next)
+    }
+}
+
+/// A table of a write transaction kept open across several operations. Opening a redb table
+/// looks it up in the table tree and writes its root back on close; a status batch touches the
+/// same three tables a dozen times, and opening each once measured ~15 % more ingest throughput.
+/// While it is open, the same table cannot be opened again in this transaction (redb refuses
+/// with `TableAlreadyOpen`), so keep it to one function's scope.
+pub struct OpenStrTable<'tx, V> {
+    name: &'static str,
+    table: OpenEngine<'tx>,
+    _v: PhantomData<fn() -> V>,
+}
+
+enum OpenEngine<'tx> {
+    Redb(redb::Table<'tx, &'static str, &'static [u8]>),
+    /// Nothing to open: statements name their table.
+    #[cfg(feature = "postgres")]
+    Pg(&'tx crate::pg::WriteTx),
+}
+
+impl<V> OpenStrTable<'_, V> {
+    pub fn get(&self, key: &str) -> Result<Option<V>, StoreError>
+    where
+        V: DeserializeOwned,
+    {
+        let table = match &self.table {
+            OpenEngine::Redb(t) => t,
+            #[cfg(feature = "postgres")]
+            OpenEngine::Pg(pg) => {
+                use crate::pg::Ops as _;
+                return pg
+                    .get(self.name, key)?
+                    .map(|v| dec(self.name, &v))
+                    .transpose();
+            }
+        };
+        let value = table.get(key)?;
+        value.map(|v| dec(self.name, v.value())).transpose()
+    }
+
+    pub fn put(&mut self, key: &str, value: &V) -> Result<(), StoreError>
+    where
+        V: Serialize,
+    {
+        let bytes = enc(self.name, value)?;
+        match &mut self.table {
+            OpenEngine::Redb(t) => {
+                t.insert(key, bytes.as_slice())?;
+            }
+            #[cfg(feature = "postgres")]
+            OpenEngine::Pg(pg) => pg.put(self.name, key, &bytes)?,
+        }
+        Ok(())
+    }
+
+    /// Remove the rows with keys in `from..=through`; returns how many (see
+    /// [`WriteTx::remove_range`]).
+    pub fn remove_range(&mut self, from: &str, through: &str) -> Result<u64, StoreError> {
+        let table = match &mut self.table {
+            OpenEngine::Redb(t) => t,
+            #[cfg(feature = "postgres")]
+            OpenEngine::Pg(pg) => return pg.remove_range(self.name, from, through),
+        };
+        let doomed: Vec<String> = table
+            .range::<&str>(from..=through)?
+            .map(|row| row.map(|(k, _)| k.value().to_string()))
+            .collect::<Result<_, _>>()?;
+        for k in &doomed {
+            table.remove(k.as_str())?;
+        }
+        Ok(doomed.len() as u64)
     }
 }
 

@@ -38,7 +38,12 @@ pub fn ingest(
     scope: &Scope,
     now_ms: u64,
 ) -> Result<Ingested, StoreError> {
-    let cursor = tx.get(&STATUS_CURSORS, cluster)?.unwrap_or(0);
+    // Each table opened once for the whole batch (see `OpenStrTable`); nothing else may open
+    // them while these are in scope.
+    let mut cursors = tx.open(&STATUS_CURSORS)?;
+    let mut works = tx.open(&CLUSTER_WORKS)?;
+    let mut history = tx.open(&STATUS_HISTORY)?;
+    let cursor = cursors.get(cluster)?.unwrap_or(0);
     let mut out = Ingested {
         through: cursor.max(batch.to_seq),
         ..Ingested::default()
@@ -57,7 +62,7 @@ pub fn ingest(
             continue;
         }
         let key = cluster_work_key(cluster, &entry.status.work);
-        let row = tx.get(&CLUSTER_WORKS, &key)?;
+        let row = works.get(&key)?;
         let withdrawn = matches!(entry.status.phase, WorkPhase::Removed | WorkPhase::Orphaned);
         let work = &entry.status.work;
         // A late withdrawal of a known work (its row went with the removal's ack) still
@@ -71,14 +76,13 @@ pub fn ingest(
             Some(mut r) if r.status_seq < entry.seq => {
                 r.status = Some(entry.status.clone());
                 r.status_seq = entry.seq;
-                tx.put(&CLUSTER_WORKS, &key, &r)?;
+                works.put(&key, &r)?;
             }
             Some(_) => {}
             // The row goes away when the removal is acknowledged; a late status must not
             // bring it back.
             None if withdrawn => {}
-            None => tx.put(
-                &CLUSTER_WORKS,
+            None => works.put(
                 &key,
                 &ClusterWorkRecord {
                     delivered: None,
@@ -88,8 +92,7 @@ pub fn ingest(
                 },
             )?,
         }
-        tx.put(
-            &STATUS_HISTORY,
+        history.put(
             &status_history_key(cluster, entry.seq),
             &StatusLogEntry {
                 cluster: cluster.to_string(),
@@ -101,7 +104,7 @@ pub fn ingest(
         out.stored += 1;
     }
     if out.through > cursor {
-        tx.put(&STATUS_CURSORS, cluster, &out.through)?;
+        cursors.put(cluster, &out.through)?;
     }
     // Keep the newest STATUS_HISTORY_PER_CLUSTER sequence numbers: a range delete below the
     // horizon costs what it removes (a few rows a batch), where counting the kept rows cost a
@@ -110,8 +113,7 @@ pub fn ingest(
         .through
         .saturating_sub(STATUS_HISTORY_PER_CLUSTER as u64);
     if out.stored > 0 && horizon > 0 {
-        tx.remove_range(
-            &STATUS_HISTORY,
+        history.remove_range(
             &cluster_prefix(cluster),
             &status_history_key(cluster, horizon),
         )?;
@@ -128,4 +130,155 @@ pub fn retire_legacy_log(store: &Store) -> Result<Option<u64>, StoreError> {
     // `seq_len` reads a missing table as empty; dropping tells whether it was there.
     let existed = store.write(|tx| tx.drop_seq_table(&LEGACY_STATUS_LOG))?;
     Ok(existed.then_some(held))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_protocol::{StatusEntry, WorkStatus};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db.redb")).unwrap();
+        (dir, store)
+    }
+
+    fn entry(seq: u64, work: &str, phase: WorkPhase) -> StatusEntry {
+        StatusEntry {
+            seq,
+            status: WorkStatus {
+                work: work.into(),
+                generation: 1,
+                hash: String::new(),
+                phase,
+                conditions: vec![],
+                resources: vec![],
+                message: String::new(),
+                observed_at_ms: 0,
+            },
+        }
+    }
+
+    fn batch(from: u64, to: u64, works: &[&str]) -> StatusBatch {
+        StatusBatch {
+            from_seq: from,
+            to_seq: to,
+            entries: (from..=to)
+                .zip(works.iter().cycle())
+                .map(|(s, w)| entry(s, w, WorkPhase::Applied))
+                .collect(),
+        }
+    }
+
+    fn scope(known: &[&str], selected: &[&str]) -> Scope {
+        Scope {
+            known: known.iter().map(|s| s.to_string()).collect(),
+            selected: selected.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn run(store: &Store, b: &StatusBatch, s: &Scope) -> Ingested {
+        store.write(|tx| ingest(tx, "c1", b, s, 7)).unwrap()
+    }
+
+    fn history(store: &Store) -> Vec<u64> {
+        store
+            .read(|tx| tx.list_prefix(&STATUS_HISTORY, &cluster_prefix("c1")))
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.seq)
+            .collect()
+    }
+
+    #[test]
+    fn resends_are_dropped_and_gaps_reported() {
+        let (_d, store) = store();
+        let s = scope(&["w"], &["w"]);
+        let first = run(&store, &batch(1, 3, &["w"]), &s);
+        assert_eq!((first.through, first.stored, first.gap), (3, 3, None));
+        let again = run(&store, &batch(1, 3, &["w"]), &s);
+        assert_eq!((again.through, again.stored, again.duplicates), (3, 0, 3));
+        let overlap = run(&store, &batch(2, 5, &["w"]), &s);
+        assert_eq!((overlap.stored, overlap.duplicates), (2, 2));
+        let gap = run(&store, &batch(9, 9, &["w"]), &s);
+        assert_eq!((gap.gap, gap.through, gap.stored), (Some((6, 9)), 9, 1));
+        assert_eq!(history(&store), vec![1, 2, 3, 4, 5, 9]);
+        let row = store
+            .read(|tx| tx.get(&CLUSTER_WORKS, &cluster_work_key("c1", "w")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status_seq, 9);
+        assert_eq!(
+            store.read(|tx| tx.get(&STATUS_CURSORS, "c1")).unwrap(),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn foreign_works_are_acknowledged_not_stored() {
+        let (_d, store) = store();
+        let out = run(
+            &store,
+            &batch(1, 2, &["theirs", "invented"]),
+            &scope(&["theirs"], &[]),
+        );
+        assert_eq!((out.through, out.stored, out.foreign), (2, 0, 2));
+        assert!(history(&store).is_empty());
+        let rows = store
+            .read(|tx| tx.list_prefix(&CLUSTER_WORKS, &cluster_prefix("c1")))
+            .unwrap();
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn a_late_withdrawal_is_history_but_does_not_recreate_the_row() {
+        let (_d, store) = store();
+        let b = StatusBatch {
+            from_seq: 1,
+            to_seq: 1,
+            entries: vec![entry(1, "gone", WorkPhase::Removed)],
+        };
+        let out = run(&store, &b, &scope(&["gone"], &[]));
+        assert_eq!(out.stored, 1);
+        assert_eq!(history(&store), vec![1]);
+        let row = store
+            .read(|tx| tx.get(&CLUSTER_WORKS, &cluster_work_key("c1", "gone")))
+            .unwrap();
+        assert_eq!(row, None);
+    }
+
+    #[test]
+    fn history_keeps_the_newest_sequence_numbers() {
+        let (_d, store) = store();
+        let s = scope(&["w"], &["w"]);
+        let per = STATUS_HISTORY_PER_CLUSTER as u64;
+        let mut from = 1;
+        for _ in 0..5 {
+            run(&store, &batch(from, from + per / 2 - 1, &["w"]), &s);
+            from += per / 2;
+        }
+        let kept = history(&store);
+        assert_eq!(kept.len(), STATUS_HISTORY_PER_CLUSTER);
+        assert_eq!(kept.first(), Some(&(from - per)));
+        assert_eq!(kept.last(), Some(&(from - 1)));
+    }
+
+    /// The cursor lives in the transaction: when the group commit fails, a resend of the same
+    /// batch is stored, not dropped as a duplicate.
+    #[test]
+    fn a_failed_commit_does_not_advance_the_cursor() {
+        let (_d, store) = store();
+        let s = scope(&["w"], &["w"]);
+        let failed: Result<(), StoreError> = store.write(|tx| {
+            ingest(tx, "c1", &batch(1, 2, &["w"]), &s, 7)?;
+            Err(StoreError::Corrupt {
+                table: "other",
+                detail: "another write of the group failed".into(),
+            })
+        });
+        assert!(failed.is_err());
+        let out = run(&store, &batch(1, 2, &["w"]), &s);
+        assert_eq!((out.stored, out.duplicates), (2, 0));
+        assert_eq!(history(&store), vec![1, 2]);
+    }
 }
