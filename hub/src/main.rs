@@ -111,6 +111,8 @@ enum Cmd {
         /// The backup file to create (never overwritten).
         #[arg(long)]
         to: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Replace the hub database with a backup. The hub must be stopped; the database it
     /// replaces is kept beside it as hub.redb.replaced-<ms>. See docs/recovery.md for what a
@@ -120,6 +122,8 @@ enum Cmd {
         data_dir: PathBuf,
         #[arg(long)]
         from: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
     },
 }
 
@@ -194,8 +198,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Backup { data_dir, to } => backup(&DataDir::new(&data_dir), &to).await,
-        Cmd::Restore { data_dir, from } => {
+        Cmd::Backup { store, .. } | Cmd::Restore { store, .. }
+            if store.store != StoreLocation::Embedded =>
+        {
+            anyhow::bail!("this hub's tables are in PostgreSQL: back them up and restore them with PostgreSQL's tools (pg_basebackup or continuous archiving, pg_dump/pg_restore, or your provider's snapshots), and the data directory's keys with your secrets (docs/ha.md)")
+        }
+        Cmd::Backup { data_dir, to, .. } => backup(&DataDir::new(&data_dir), &to).await,
+        Cmd::Restore { data_dir, from, .. } => {
             let data = DataDir::new(&data_dir);
             let r = tether_hub::backup::restore(&data.database(), &from, now_ms())?;
             println!(
