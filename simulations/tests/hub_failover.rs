@@ -285,8 +285,10 @@ fn a_standby_hub_takes_over_when_the_serving_one_dies() {
         stats(&mut serving_times),
         stats(&mut ready_times)
     );
-    // What a acknowledged is b's to serve: the work is there at its generation.
-    let described = ctl.at(&b.admin, &["describe", "work", "web"]).unwrap();
+    // What a acknowledged is b's to serve: the work is there at its generation. Given both
+    // admin addresses, tetherctl finds the one that serves.
+    let both = format!("{},{}", a.admin, b.admin);
+    let described = ctl.at(&both, &["describe", "work", "web"]).unwrap();
     assert!(described.contains("edge-1"), "{described}");
     write_work("after");
     ctl.at(&b.admin, &["apply", "-f", work.to_str().unwrap()])

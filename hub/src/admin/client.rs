@@ -13,9 +13,17 @@ use tether_transport::tls;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Per address: a hub machine that is down should not hold up trying the next one.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct AdminClient {
+    /// Every hub's admin address, tried in turn: a standby listens on nothing, so the first
+    /// that takes the connection is the serving hub (docs/ha.md).
+    addresses: Vec<String>,
+    /// The one that answered last, tried first.
+    last_good: Arc<std::sync::atomic::AtomicUsize>,
+    /// For messages: every address.
     address: String,
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
@@ -31,7 +39,18 @@ impl AdminClient {
             .context("CA in the config file")?;
         let server_name = ServerName::try_from(cfg.server_name.clone())
             .map_err(|_| anyhow!("invalid server_name {:?} in config", cfg.server_name))?;
+        let addresses: Vec<String> = cfg
+            .admin_address
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addresses.is_empty() {
+            bail!("no admin address in the config (admin_address) or --server");
+        }
         Ok(Self {
+            addresses,
+            last_good: Arc::default(),
             address: cfg.admin_address.clone(),
             server_name,
             tls: Arc::new(tls),
@@ -54,6 +73,32 @@ impl AdminClient {
             })?
     }
 
+    /// A connection to the first address that takes one, starting with the last that did.
+    async fn connect(&self) -> anyhow::Result<(tokio::net::TcpStream, String)> {
+        let n = self.addresses.len();
+        let first = self.last_good.load(std::sync::atomic::Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in (0..n).map(|k| (first + k) % n) {
+            let address = &self.addresses[i];
+            let tried =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+                    .await;
+            match tried {
+                Ok(Ok(tcp)) => {
+                    self.last_good
+                        .store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((tcp, address.clone()));
+                }
+                Ok(Err(e)) => failures.push(format!("{address}: {e}")),
+                Err(_) => failures.push(format!("{address}: no answer within {CONNECT_TIMEOUT:?}")),
+            }
+        }
+        bail!(
+            "connecting to the admin API ({}) (is `tether-hub serve` running? a standby hub does not listen)",
+            failures.join("; ")
+        )
+    }
+
     /// Whether `e` is the admin API's answer that the resource does not exist.
     pub fn is_not_found(e: &anyhow::Error) -> bool {
         e.downcast_ref::<ApiStatus>()
@@ -66,14 +111,7 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<Bytes> {
-        let tcp = tokio::net::TcpStream::connect(&self.address)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to the admin API at {} (is `tether-hub serve` running?)",
-                    self.address
-                )
-            })?;
+        let (tcp, address) = self.connect().await?;
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let stream = connector
             .connect(self.server_name.clone(), tcp)
@@ -89,7 +127,7 @@ impl AdminClient {
         let req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.address.as_str())
+            .header("host", address.as_str())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload)))?;
         let resp = sender.send_request(req).await?;

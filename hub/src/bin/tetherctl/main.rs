@@ -34,9 +34,10 @@ struct Cli {
     /// tetherctl.yaml written by `tether-hub init` (admin API address, CA and admin credential).
     #[arg(long, env = "TETHER_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Admin API address (host:port) to use instead of the one in the config, e.g. another
-    /// hub replica or a forwarded port. The hub's certificate is still checked against the
-    /// CA and server name in the config.
+    /// Admin API address (host:port) to use instead of the one in the config, e.g. a
+    /// forwarded port, or several separated by commas (hubs on one PostgreSQL database: the
+    /// serving one is the one that answers). The hub's certificate is still checked against
+    /// the CA and server name in the config.
     #[arg(long, env = "TETHER_SERVER", global = true)]
     server: Option<String>,
     /// Output format (`wide`: tables with more columns).
