@@ -87,7 +87,17 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let lease = if store.is_embedded() {
         None
     } else {
-        Some(crate::lease::acquire(&store, &crate::lease::holder(&dir), cfg.lease_ttl).await?)
+        let lease =
+            crate::lease::acquire(&store, &crate::lease::holder(&dir), cfg.lease_ttl).await?;
+        // Renewed from now on, not once start-up is done: reading a large fleet's state may
+        // take longer than the lease.
+        let keeper = tokio::spawn(crate::lease::keep(
+            store.clone(),
+            lease.clone(),
+            cfg.lease_ttl,
+            std::time::Instant::now(),
+        ));
+        Some((lease, keeper))
     };
     if let Some(n) =
         crate::ingest::status::retire_legacy_log(&store).context("retiring the status log")?
@@ -248,16 +258,20 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         tasks.spawn(persist_health(state.clone())),
         "health persister",
     );
-    if let Some(lease) = &lease {
-        name(
-            tasks.spawn(crate::lease::keep(
-                state.store.clone(),
-                lease.clone(),
-                state.cfg.lease_ttl,
-            )),
-            "database lease",
-        );
-    }
+    let lease = match lease {
+        Some((lease, keeper)) => {
+            name(
+                tasks.spawn(async move {
+                    if let Err(e) = keeper.await {
+                        tracing::error!(error = %e, "the lease keeper failed");
+                    }
+                }),
+                "database lease",
+            );
+            Some(lease)
+        }
+        None => None,
+    };
     tracing::info!(%quic_addr, %admin_addr, clusters = clusters.len(), "hub started");
     Ok(RunningHub {
         quic_addr,

@@ -63,33 +63,59 @@ pub(crate) async fn acquire(
     }
 }
 
-/// Renew the lease every third of its time; return (which stops the hub) once it is lost or
-/// could not be renewed before it would expire.
-pub(crate) async fn keep(store: Arc<Store>, lease: Lease, ttl: Duration) {
-    let mut renewed = Instant::now();
+/// Change-feed entries older than this are pruned by the serving hub (a reader further
+/// behind re-reads everything), and how often.
+const FEED_RETENTION: Duration = Duration::from_secs(600);
+const FEED_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Renew the lease every third of its time, counting from `acquired`; return (which stops the
+/// hub) once it is lost, or could not be renewed before it would expire: a renewal that hangs
+/// (a dead path to the database) counts as failed when the lease would run out.
+pub(crate) async fn keep(store: Arc<Store>, lease: Lease, ttl: Duration, acquired: Instant) {
+    let mut renewed = acquired;
+    let mut pruned = Instant::now();
     loop {
-        tokio::time::sleep(ttl / 3).await;
+        tokio::time::sleep_until((renewed + ttl / 3).into()).await;
+        let left = ttl.saturating_sub(renewed.elapsed());
         let (s, l) = (store.clone(), lease.clone());
-        let r = tokio::task::spawn_blocking(move || s.renew_lease(&l, ttl)).await;
-        match r {
-            Ok(Ok(true)) => renewed = Instant::now(),
-            Ok(Ok(false)) => {
+        let attempt = tokio::task::spawn_blocking(move || s.renew_lease(&l, ttl));
+        match tokio::time::timeout(left, attempt).await {
+            Ok(Ok(Ok(true))) => renewed = Instant::now(),
+            Ok(Ok(Ok(false))) => {
                 tracing::error!(
                     epoch = lease.epoch,
                     "lost the serving lease to another hub; stopping"
                 );
                 return;
             }
-            Ok(Err(e)) if renewed.elapsed() < ttl => {
+            Ok(Ok(Err(e))) if renewed.elapsed() < ttl => {
                 tracing::warn!(error = %e, "could not renew the serving lease; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
-            Ok(Err(e)) => {
+            Ok(Ok(Err(e))) => {
                 tracing::error!(error = %e, "could not renew the serving lease before it expired; stopping so that agents move to a hub that can");
                 return;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "the lease renewal task failed; stopping");
                 return;
+            }
+            Err(_) => {
+                tracing::error!("renewing the serving lease took until it expired; stopping so that agents move to a hub that can");
+                return;
+            }
+        }
+        if pruned.elapsed() >= FEED_PRUNE_EVERY {
+            pruned = Instant::now();
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.prune_changes_older_than(FEED_RETENTION))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(entries = n, "pruned the change feed"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not prune the change feed"),
+                Err(e) => tracing::warn!(error = %e, "the change-feed pruning task failed"),
             }
         }
     }

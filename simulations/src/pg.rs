@@ -21,12 +21,16 @@ pub struct TestServer {
     run_as: Option<&'static str>,
 }
 
-/// The directory with `initdb` and `pg_ctl`: on PATH, or Debian's newest
-/// `/usr/lib/postgresql/<version>/bin`.
+/// Server programs the tests run, all from one installation.
+const PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "pg_basebackup"];
+
+/// The directory with the server programs: a directory on PATH that has them all, or
+/// Debian's newest `/usr/lib/postgresql/<version>/bin` (PATH often has only wrappers or some
+/// of them).
 pub fn binaries() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("PATH") {
         for d in std::env::split_paths(&path) {
-            if d.join("pg_ctl").is_file() && d.join("initdb").is_file() {
+            if PROGRAMS.iter().all(|p| d.join(p).is_file()) {
                 return Some(d);
             }
         }
@@ -37,7 +41,10 @@ pub fn binaries() -> Option<PathBuf> {
         .filter_map(|e| {
             let v = e.file_name().to_str()?.parse().ok()?;
             let bin = e.path().join("bin");
-            bin.join("pg_ctl").is_file().then_some((v, bin))
+            PROGRAMS
+                .iter()
+                .all(|p| bin.join(p).is_file())
+                .then_some((v, bin))
         })
         .collect();
     versions.sort();
@@ -55,26 +62,7 @@ fn is_root() -> bool {
 impl TestServer {
     /// Start a new server; an error says what is missing (`apt-get install postgresql`).
     pub fn start() -> anyhow::Result<Self> {
-        let bin = binaries()
-            .context("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")?;
-        let run_as = is_root().then_some("postgres");
-        let dir = tempfile::Builder::new().prefix("tether-pg-").tempdir()?;
-        if let Some(user) = run_as {
-            let status = Command::new("chown")
-                .args(["-R", user])
-                .arg(dir.path())
-                .status()?;
-            anyhow::ensure!(status.success(), "chown {user} {}", dir.path().display());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let server = Self {
-            dir,
-            bin,
-            port,
-            run_as,
-        };
+        let server = Self::empty()?;
         server
             .run(
                 "initdb",
@@ -92,6 +80,39 @@ impl TestServer {
             .context("initdb")?;
         server.pg_ctl_start()?;
         Ok(server)
+    }
+
+    /// From now on a commit is acknowledged only once a standby has it
+    /// (`synchronous_standby_names`); attach one first ([`TestServer::standby`]), or commits wait.
+    pub fn make_synchronous(&self) -> anyhow::Result<()> {
+        self.sql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        )?;
+        self.sql("postgres", "SELECT pg_reload_conf()")
+    }
+
+    fn empty() -> anyhow::Result<Self> {
+        let bin = binaries()
+            .context("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")?;
+        let run_as = is_root().then_some("postgres");
+        let dir = tempfile::Builder::new().prefix("tether-pg-").tempdir()?;
+        if let Some(user) = run_as {
+            let status = Command::new("chown")
+                .args(["-R", user])
+                .arg(dir.path())
+                .status()?;
+            anyhow::ensure!(status.success(), "chown {user} {}", dir.path().display());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Ok(Self {
+            dir,
+            bin,
+            port,
+            run_as,
+        })
     }
 
     fn data(&self) -> PathBuf {
@@ -122,6 +143,40 @@ impl TestServer {
             );
         }
         Ok(())
+    }
+
+    /// A streaming-replication standby of this server (a base backup, then following its
+    /// WAL), started; [`TestServer::promote`] makes it the primary.
+    pub fn standby(&self) -> anyhow::Result<TestServer> {
+        let standby = Self::empty()?;
+        standby
+            .run(
+                "pg_basebackup",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "tether",
+                    "-D",
+                    &standby.data().display().to_string(),
+                    "-R",
+                    "-X",
+                    "stream",
+                ],
+            )
+            .context("pg_basebackup")?;
+        standby.pg_ctl_start()?;
+        Ok(standby)
+    }
+
+    /// Make a standby the primary (after its primary died).
+    pub fn promote(&self) -> anyhow::Result<()> {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data().display().to_string(), "-w", "promote"],
+        )
     }
 
     /// Start (again, after [`TestServer::kill`]) on the same port and data.

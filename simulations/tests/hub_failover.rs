@@ -309,3 +309,77 @@ fn a_standby_hub_takes_over_when_the_serving_one_dies() {
     let _ = b.child.kill();
     let _ = b.child.wait();
 }
+
+/// The database's primary dies: its synchronous standby is promoted, the hub (given both
+/// PostgreSQL hosts, `target_session_attrs=read-write`) reconnects to it on its own, and
+/// nothing the hub acknowledged before the failure is missing: the work, its delivery, and
+/// every status entry the agent was told was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_postgres_standby_loses_nothing_acknowledged() {
+    use common::*;
+    use tether_sim::fleet::{all_in_state, wait_for};
+    if !available_or_skip("a_promoted_postgres_standby_loses_nothing_acknowledged") {
+        return;
+    }
+    init_logs();
+    let (primary, standby) = tokio::task::spawn_blocking(|| {
+        let primary = TestServer::start().unwrap();
+        // Created before the base backup, so the standby has it too.
+        primary.create_db("hub").unwrap();
+        let standby = primary.standby().unwrap();
+        primary.make_synchronous().unwrap();
+        (primary, standby)
+    })
+    .await
+    .unwrap();
+    let url = format!(
+        "postgres://tether@127.0.0.1:{},127.0.0.1:{}/hub?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hub = hub_with(d, |cfg| {
+        cfg.store = tether_hub::config::StoreLocation::Postgres(url.clone());
+        // Longer than a promotion takes here, so the serving hub keeps its lease across it.
+        cfg.lease_ttl = Duration::from_secs(30);
+    })
+    .await;
+    let admin = hub.admin().unwrap();
+    let token = hub.token(1, true, Default::default()).await.unwrap();
+    let a = agent(&hub, d, "a", &token);
+    wait_for(&admin, WAIT, "Ready", all_in_state(&names(&["a"]), "Ready"))
+        .await
+        .unwrap();
+    admin
+        .apply_work(&config_work("web", everywhere(), &["one", "two"], "v1"))
+        .await
+        .unwrap();
+    wait_applied(&admin, "web", 1, 1).await;
+
+    let _servers = tokio::task::spawn_blocking(move || {
+        primary.kill().unwrap();
+        standby.promote().unwrap();
+        (primary, standby)
+    })
+    .await
+    .unwrap();
+    // The hub answers admins again once it reaches the new primary; what it held is there.
+    let start = Instant::now();
+    let applied = loop {
+        match admin
+            .apply_work(&config_work("web", everywhere(), &["one", "two"], "v2"))
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(60), "{e:#}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(applied.generation, 2, "generation 1 survived the failover");
+    wait_applied(&admin, "web", 2, 1).await;
+    a.stop().await.unwrap();
+    assert_status_history_exact(&admin, "a", &d.join("agents").join("a")).await;
+}

@@ -300,6 +300,12 @@ impl Store {
         self.pg()?.changes_horizon()
     }
 
+    /// Forget change-feed entries older than `age`; returns how many.
+    #[cfg(feature = "postgres")]
+    pub fn prune_changes_older_than(&self, age: Duration) -> Result<u64, StoreError> {
+        self.pg()?.prune_changes_older_than(age)
+    }
+
     /// Forget change-feed entries through `through`; returns how many.
     #[cfg(feature = "postgres")]
     pub fn prune_changes(&self, through: i64) -> Result<u64, StoreError> {

@@ -315,6 +315,11 @@ impl PgStore {
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            // Unacknowledged data this long means the server or the path is gone: fail the
+            // call (retryable) instead of retransmitting for many minutes.
+            .tcp_user_timeout(Duration::from_secs(20))
             .options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
         if config.get_application_name().is_none() {
             config.application_name("tether-hub");
@@ -453,8 +458,8 @@ impl PgStore {
             match checked {
                 Ok(true) => {}
                 Ok(false) => {
-                    let _ = conn.batch("ROLLBACK");
-                    self.give_back(conn, true);
+                    let rolled_back = conn.batch("ROLLBACK").is_ok();
+                    self.give_back(conn, rolled_back);
                     return Err(StoreError::Fenced {
                         database: self.label.to_string(),
                         epoch: lease.epoch,
@@ -470,11 +475,38 @@ impl PgStore {
         let tx = crate::WriteTx::pg(WriteTx {
             conn: RefCell::new(conn),
             changed: RefCell::new(BTreeSet::new()),
+            failed: std::cell::Cell::new(false),
             label: self.label.clone(),
         });
-        let out = f(&tx);
-        let WriteTx { conn, changed, .. } = tx.into_pg();
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&tx)));
+        let WriteTx {
+            conn,
+            changed,
+            failed,
+            ..
+        } = tx.into_pg();
         let conn = conn.into_inner();
+        let out = match out {
+            Ok(out) => out,
+            Err(panic) => {
+                // Not this connection's fault, but its transaction is open: never reuse it.
+                self.give_back(conn, false);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        // A statement failed and the closure carried on: PostgreSQL aborted the transaction,
+        // and COMMIT would answer ROLLBACK without an error. Never report that as committed.
+        if out.is_ok() && failed.get() {
+            let rolled_back = conn.batch("ROLLBACK").is_ok();
+            self.give_back(conn, rolled_back);
+            return Err(StoreError::Postgres {
+                database: self.label.to_string(),
+                detail: "a statement of this transaction failed, so nothing of it was committed"
+                    .into(),
+                retryable: true,
+            }
+            .into());
+        }
         let end = match &out {
             Ok(_) => {
                 let changed = changed.into_inner();
@@ -531,8 +563,15 @@ impl PgStore {
             conn: RefCell::new(conn),
             label: self.label.clone(),
         });
-        let out = f(&tx);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&tx)));
         let conn = tx.into_pg().conn.into_inner();
+        let out = match out {
+            Ok(out) => out,
+            Err(panic) => {
+                self.give_back(conn, false);
+                std::panic::resume_unwind(panic);
+            }
+        };
         let ended = conn.batch("ROLLBACK").is_ok();
         self.give_back(conn, ended);
         out.map_err(crate::Outcome::Caller)
@@ -562,6 +601,18 @@ impl PgStore {
         self.with_conn(|s| {
             let st = s.prepared("SELECT min(id) FROM tether_changes")?;
             Ok(s.client.query_one(&st, &[])?.get(0))
+        })
+    }
+
+    /// Forget changes older than `age`; returns how many. Readers that fall further behind
+    /// find their position below the horizon and re-read everything.
+    pub(crate) fn prune_changes_older_than(&self, age: Duration) -> Result<u64, StoreError> {
+        let ms = age.as_millis() as f64;
+        self.with_conn(move |s| {
+            let st = s.prepared(
+                "DELETE FROM tether_changes WHERE at < clock_timestamp() - $1 * interval '1 millisecond'",
+            )?;
+            s.client.execute(&st, &[&ms])
         })
     }
 
@@ -627,8 +678,8 @@ impl PgStore {
 
     /// Give the lease up now (a clean stop), so a standby need not wait for it to expire.
     pub(crate) fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        // The fence stays: with the lease expired, any later write of this process is refused.
         let (h, epoch) = (lease.holder.clone(), lease.epoch);
-        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.with_conn(move |s| {
             let st = s.prepared(
                 "UPDATE tether_lease SET expires_at = clock_timestamp()
@@ -736,12 +787,17 @@ fn seq_rows(rs: Vec<postgres::Row>) -> SeqRows {
 pub(crate) trait Ops {
     fn conn(&self) -> std::cell::Ref<'_, Conn>;
     fn label(&self) -> &str;
+    /// A statement failed: the transaction is aborted.
+    fn failed(&self) {}
 
     fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Session) -> Result<R, postgres::Error> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.conn().call(f).map_err(|e| error(self.label(), e))
+        self.conn().call(f).map_err(|e| {
+            self.failed();
+            error(self.label(), e)
+        })
     }
 
     fn get(&self, tbl: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -828,6 +884,7 @@ pub(crate) trait Ops {
 pub struct WriteTx {
     conn: RefCell<Conn>,
     changed: RefCell<BTreeSet<(&'static str, String)>>,
+    failed: std::cell::Cell<bool>,
     label: Arc<str>,
 }
 
@@ -842,6 +899,9 @@ impl Ops for WriteTx {
     }
     fn label(&self) -> &str {
         &self.label
+    }
+    fn failed(&self) {
+        self.failed.set(true);
     }
 }
 

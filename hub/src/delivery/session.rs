@@ -262,9 +262,6 @@ async fn send(
             if *full {
                 state.patches.remember(packed);
             }
-            if base.is_some() {
-                state.metrics.deliveries_patched.inc();
-            }
             Message::WorkUpdate(WorkUpdate {
                 name: work.clone(),
                 generation: *generation,
@@ -286,6 +283,7 @@ async fn send(
         Message::WorkUpdate(u) => u.bundle.as_ref().map_or(0, Vec::len),
         _ => 0,
     };
+    let patched = matches!(&msg, Message::WorkUpdate(u) if u.base.is_some());
     let singleton = matches!(&msg, Message::WorkUpdate(u) if u.fence_after_ms.is_some());
     let singleton_removal = matches!(action, Action::Remove { work, .. }
         if works.get(work).and_then(|e| crate::decide::singleton::fence_after_ms(&e.record.document.spec)).is_some());
@@ -349,6 +347,9 @@ async fn send(
     };
     state.metrics.deliveries.inc();
     state.metrics.delivered_bytes.inc_by(bytes as u64);
+    if patched {
+        state.metrics.deliveries_patched.inc();
+    }
     let key = cluster_work_key(cluster, &ack.name);
     let held = ack.held.clone();
     let now = now_ms();

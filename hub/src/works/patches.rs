@@ -20,9 +20,22 @@ const PATCHES: usize = 4096;
 
 type Made = Arc<OnceCell<Option<Arc<Vec<u8>>>>>;
 
-#[derive(Default)]
+/// Patches made at once, at most: each holds two decompressed contents (up to 32 MiB each)
+/// and a zstd window over both.
+const MAKING: usize = 2;
+
 pub(crate) struct Patches {
     inner: Mutex<Inner>,
+    making: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Patches {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            making: Arc::new(tokio::sync::Semaphore::new(MAKING)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -64,16 +77,26 @@ impl Patches {
             (base_packed, cell)
         };
         let target_packed = target.clone();
-        let made = cell
-            .get_or_init(|| async move {
-                let made = tokio::task::spawn_blocking(move || make(&base_packed, &target_packed))
-                    .await
-                    .ok()
-                    .flatten();
-                made.map(Arc::new)
-            })
-            .await
-            .clone();
+        let making = self.making.clone();
+        // Made in a task of its own, which fills the cell even if every session that asked
+        // went away meanwhile: the next one finds it made, not half-made and started again.
+        let filled = cell.clone();
+        let made = tokio::spawn(async move {
+            filled
+                .get_or_init(|| async move {
+                    let _permit = making.acquire_owned().await.ok()?;
+                    tokio::task::spawn_blocking(move || make(&base_packed, &target_packed))
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(Arc::new)
+                })
+                .await
+                .clone()
+        })
+        .await
+        .ok()
+        .flatten();
         if let Some(p) = &made {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let key = (base.to_string(), target.hash.clone());
