@@ -259,16 +259,7 @@ impl WriteTx {
         from: &str,
         through: &str,
     ) -> Result<u64, StoreError> {
-        let txn = engine!(self, WriteEngine, pg => pg.remove_range(t.name, from, through));
-        let mut table = txn.open_table(t.def())?;
-        let doomed: Vec<String> = table
-            .range::<&str>(from..=through)?
-            .map(|row| row.map(|(k, _)| k.value().to_string()))
-            .collect::<Result<_, _>>()?;
-        for k in &doomed {
-            table.remove(k.as_str())?;
-        }
-        Ok(doomed.len() as u64)
+        self.open(t)?.remove_range(from, through)
     }
 
     /// Drop a whole table (a format that was replaced); returns whether it existed.
