@@ -276,7 +276,7 @@ impl WriteTx {
         limit: usize,
     ) -> Result<Vec<(u64, V)>, StoreError> {
         let txn =
-            engine!(self, WriteEngine, pg => decode_seq(t.name, pg.range(t.name, from, limit)?));
+            engine!(self, WriteEngine, pg => decode_rows(t.name, pg.range(t.name, from, limit)?));
         let table = txn.open_table(t.def())?;
         let mut out = Vec::new();
         for row in table.range(from..)?.take(limit) {
@@ -490,7 +490,7 @@ impl ReadTx {
         limit: usize,
     ) -> Result<Vec<(u64, V)>, StoreError> {
         let txn =
-            engine!(self, ReadEngine, pg => decode_seq(t.name, pg.range(t.name, from, limit)?));
+            engine!(self, ReadEngine, pg => decode_rows(t.name, pg.range(t.name, from, limit)?));
         let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -544,7 +544,7 @@ impl ReadTx {
         t: &SeqTable<V>,
         limit: usize,
     ) -> Result<Vec<(u64, V)>, StoreError> {
-        let txn = engine!(self, ReadEngine, pg => decode_seq(t.name, pg.tail(t.name, limit)?));
+        let txn = engine!(self, ReadEngine, pg => decode_rows(t.name, pg.tail(t.name, limit)?));
         let table = match txn.open_table(t.def()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -560,21 +560,12 @@ impl ReadTx {
     }
 }
 
+/// Rows as PostgreSQL returned them (keys of either kind), values decoded.
 #[cfg(feature = "postgres")]
-fn decode_rows<V: DeserializeOwned>(
+fn decode_rows<K, V: DeserializeOwned>(
     table: &'static str,
-    rows: Vec<(String, Vec<u8>)>,
-) -> Result<Vec<(String, V)>, StoreError> {
-    rows.into_iter()
-        .map(|(k, v)| Ok((k, dec(table, &v)?)))
-        .collect()
-}
-
-#[cfg(feature = "postgres")]
-fn decode_seq<V: DeserializeOwned>(
-    table: &'static str,
-    rows: Vec<(u64, Vec<u8>)>,
-) -> Result<Vec<(u64, V)>, StoreError> {
+    rows: Vec<(K, Vec<u8>)>,
+) -> Result<Vec<(K, V)>, StoreError> {
     rows.into_iter()
         .map(|(k, v)| Ok((k, dec(table, &v)?)))
         .collect()
