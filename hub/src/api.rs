@@ -358,3 +358,58 @@ pub struct BackupInfo {
     pub rows: u64,
     pub bytes: u64,
 }
+
+pub use tether_store::hub::{AdminRole, AdminScope};
+
+/// `POST /v1/admins`: a new admin credential for a key made on the admin's machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddAdminRequest {
+    pub name: String,
+    pub role: AdminRole,
+    #[serde(default)]
+    pub scope: AdminScope,
+    /// PEM certificate signing request (`tetherctl admins request`).
+    pub csr_pem: String,
+    /// Days the certificate is valid (default 90, at most 397).
+    #[serde(default)]
+    pub valid_days: Option<u64>,
+}
+
+/// `POST /v1/admins/{name}/renew`: a new certificate, same role and scope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewAdminRequest {
+    pub csr_pem: String,
+    #[serde(default)]
+    pub valid_days: Option<u64>,
+}
+
+/// A signed admin certificate, with the CA to put next to it in a tetherctl config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminIssued {
+    pub name: String,
+    pub role: AdminRole,
+    pub scope: AdminScope,
+    pub fingerprint: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub not_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminView {
+    pub name: String,
+    pub role: AdminRole,
+    pub scope: AdminScope,
+    pub fingerprint: String,
+    pub created_at_ms: u64,
+    /// `None` for the credential `init` made (its file is checked at start).
+    pub not_after_ms: Option<u64>,
+}
+
+/// `GET /v1/whoami`: the credential the hub sees on this connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: AdminRole,
+    pub scope: AdminScope,
+}

@@ -200,7 +200,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         health: Mutex::new(health),
         sessions: Sessions::new(),
         metrics,
-        admin_fingerprints: admins.into_iter().map(|(k, _)| k).collect(),
+        admins: crate::identity::admins::Admins::new(admins),
         join_slots: Arc::new(Semaphore::new(cfg.max_join_connections)),
         join_sources: Default::default(),
         works,
@@ -211,6 +211,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         git: crate::works::git::GitCache::new(dir.git_cache()),
         source_checks: Mutex::new(BTreeMap::new()),
         patches: Default::default(),
+        filer: Default::default(),
         started_ms: now,
         committer,
         status_budget: crate::limits::budget::Budgets::new(crate::limits::budget::STATUS_ENTRIES),
@@ -257,6 +258,13 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     name(
         tasks.spawn(persist_health(state.clone())),
         "health persister",
+    );
+    name(
+        tasks.spawn(crate::ingest::history::run(
+            state.committer.clone(),
+            state.filer.clone(),
+        )),
+        "status history filer",
     );
     let lease = match lease {
         Some((lease, keeper)) => {

@@ -40,7 +40,8 @@ pub mod parts {
     pub use crate::controller::cost::{measure as controller_cost, ControllerCost};
     pub use crate::identity::pki;
     pub use crate::identity::registry::{Registry, TokenSpec, RENEWALS_PER_DAY};
-    pub use crate::ingest::status::ingest;
+    pub use crate::ingest::history::{all_history, file as file_history, history_of, FILE_AT};
+    pub use crate::ingest::status::{ingest, Ingested};
     pub use crate::limits::admission::MAX_JOINS_PER_SOURCE;
     pub use crate::limits::scope::Scope;
     pub use crate::works::render::{matching_rules, render};

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub admin_connections: Gauge,
     pub admin_connections_refused: Family<ReasonLabel, Counter>,
     pub admin_unauthorized: Counter,
+    pub admin_forbidden: Counter,
     pub certificate_expiry: Family<CertLabel, Gauge>,
     /// 1 while the hub's own store fails (disk full, damaged file); refreshed on each scrape.
     pub store_failing: Gauge,
@@ -189,6 +190,12 @@ impl Metrics {
             "Admin API requests refused with 401 (no admin certificate)",
             admin_unauthorized.clone(),
         );
+        let admin_forbidden = Counter::default();
+        registry.register(
+            "admin_forbidden",
+            "Admin API requests refused with 403 (the credential's role or scope does not allow it)",
+            admin_forbidden.clone(),
+        );
         let certificate_expiry = Family::<CertLabel, Gauge>::default();
         registry.register(
             "certificate_expiry_seconds",
@@ -200,6 +207,7 @@ impl Metrics {
             admin_connections,
             admin_connections_refused,
             admin_unauthorized,
+            admin_forbidden,
             certificate_expiry,
             store_failing,
             store_failures,

@@ -7,7 +7,7 @@ use crate::fleet::sessions::Sessions;
 use crate::identity::registry::{Registry, Revocation};
 use crate::metrics::{Metrics, StateLabel};
 use crate::util::now_ms;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,7 +68,8 @@ pub struct HubState {
     pub health: Mutex<HealthTracker>,
     pub sessions: Sessions,
     pub metrics: Arc<Metrics>,
-    pub admin_fingerprints: HashSet<String>,
+    /// Admin credentials with their roles and scopes (see `identity::admins`).
+    pub admins: crate::identity::admins::Admins,
     pub join_slots: Arc<Semaphore>,
     /// Open join connections by source (see `admission`).
     pub(crate) join_sources: crate::limits::admission::JoinSources,
@@ -99,6 +100,8 @@ pub struct HubState {
     pub(crate) source_checks: Mutex<BTreeMap<String, crate::api::SourceCheck>>,
     /// Recent contents and patches between them, for agents that take patches.
     pub(crate) patches: crate::works::patches::Patches,
+    /// Status entries appended since the last filing (see `ingest::history`).
+    pub(crate) filer: Arc<crate::ingest::history::Filer>,
 }
 
 pub(crate) fn store_transitions(
@@ -141,6 +144,24 @@ pub(crate) async fn persist_health(state: Arc<HubState>) {
 }
 
 impl HubState {
+    /// Store one status batch of `cluster` through the group committer (exactly once, see
+    /// `ingest::status`); answers once it is durable.
+    pub async fn ingest_status(
+        &self,
+        cluster: &str,
+        batch: tether_protocol::StatusBatch,
+        scope: crate::limits::scope::Scope,
+    ) -> Result<crate::ingest::status::Ingested, crate::ingest::committer::CommitError> {
+        let name = cluster.to_string();
+        let now = crate::util::now_ms();
+        let ingested = self
+            .committer
+            .write(move |tx| crate::ingest::status::ingest(tx, &name, &batch, &scope, now))
+            .await?;
+        self.filer.appended(ingested.stored);
+        Ok(ingested)
+    }
+
     /// Log health transitions and queue them for persistence.
     ///
     /// Called from the session and tick paths on the async runtime, so nothing here touches

@@ -503,7 +503,7 @@ async fn rollout_pause_resume_and_undo_are_audited() {
             .iter()
             .find(|e| e.kind == kind)
             .unwrap_or_else(|| panic!("{kind} not audited: {rows:#?}"));
-        assert_eq!(row.actor, "admin");
+        assert_eq!(row.actor, "admin:tether-admin");
         assert!(row.detail.contains("web"), "{row:?}");
     }
     let undo = rows.iter().find(|e| e.kind == "rollout_undone").unwrap();

@@ -30,6 +30,12 @@ pub const STATUS_CURSORS: StrTable<u64> = StrTable::new("status_cursors");
 /// most `STATUS_HISTORY_PER_CLUSTER` each: keyed by cluster, so one cluster's history is read
 /// and pruned without touching another's, and detach removes it.
 pub const STATUS_HISTORY: StrTable<StatusLogEntry> = StrTable::new("status_history");
+/// Status entries accepted but not yet filed into `STATUS_HISTORY`, in commit order. Ingest
+/// appends here because a hub-wide append dirties about one page per twenty-odd entries, where
+/// keyed `cluster/<seq>` rows dirty a page per cluster per commit; the hub's filer moves them in
+/// large batches (hub `ingest/history.rs`), so each cluster's page is written once for many
+/// entries. Readers of a cluster's history read both tables.
+pub const STATUS_UNFILED: SeqTable<StatusLogEntry> = SeqTable::new("status_unfiled");
 /// Status entries kept per cluster in `STATUS_HISTORY`.
 pub const STATUS_HISTORY_PER_CLUSTER: usize = 1000;
 /// The former global status log (every entry of every cluster, unbounded). Moved into
@@ -170,10 +176,106 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+/// An admin credential (keyed by its certificate's SHA-256 fingerprint).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminRecord {
     pub name: String,
     pub created_at_ms: u64,
+    /// Credentials made before roles existed (only `init`'s) are full admins.
+    #[serde(default = "AdminRole::full")]
+    pub role: AdminRole,
+    #[serde(default)]
+    pub scope: AdminScope,
+    /// When the certificate expires; `None` for `init`'s, whose file the hub checks at start.
+    #[serde(default)]
+    pub not_after_ms: Option<u64>,
+}
+
+/// What an admin credential may do. Ordered: each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    /// Read everything the admin API shows; change nothing.
+    Viewer,
+    /// Works and rollouts, cluster labels, join approvals: within the credential's scope.
+    Operator,
+    /// Everything, including admin credentials, bootstrap tokens, detach and backups.
+    Admin,
+}
+
+impl AdminRole {
+    pub fn full() -> Self {
+        AdminRole::Admin
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Viewer => "viewer",
+            AdminRole::Operator => "operator",
+            AdminRole::Admin => "admin",
+        }
+    }
+}
+
+/// The part of the fleet an operator may act on. Empty fields do not restrict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminScope {
+    /// A cluster set, by label: an operator may act only on clusters with all these labels,
+    /// and a work it applies is delivered only to such clusters (checked at every decision,
+    /// so a label change that moves a cluster out of the set also moves the work off it).
+    #[serde(default)]
+    pub clusters: Labels,
+    /// Kubernetes namespaces the operator's manifests may target. When set, cluster-scoped
+    /// objects (other than these namespaces themselves) are refused.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+impl AdminScope {
+    pub fn is_unrestricted(&self) -> bool {
+        self.clusters.is_empty() && self.namespaces.is_empty()
+    }
+
+    /// Whether everything `inner` allows, `self` allows too.
+    pub fn contains(&self, inner: &AdminScope) -> bool {
+        self.clusters
+            .iter()
+            .all(|(k, v)| inner.clusters.get(k) == Some(v))
+            && (self.namespaces.is_empty()
+                || (!inner.namespaces.is_empty()
+                    && inner.namespaces.iter().all(|n| self.namespaces.contains(n))))
+    }
+
+    /// Whether a cluster with these labels is in the cluster set.
+    pub fn admits_cluster(&self, labels: &Labels) -> bool {
+        self.clusters.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+impl std::fmt::Display for AdminScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_unrestricted() {
+            return f.write_str("unrestricted");
+        }
+        let clusters: Vec<String> = self
+            .clusters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let all = |v: &[String]| {
+            if v.is_empty() {
+                "any".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        write!(
+            f,
+            "clusters {} namespaces {}",
+            all(&clusters),
+            all(&self.namespaces)
+        )
+    }
 }
 
 /// Key of a `CLUSTER_WORKS` row. Both names are DNS-1123 labels, so '/' cannot be ambiguous.
@@ -189,6 +291,10 @@ pub struct WorkRecord {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub deleted: Option<Deletion>,
+    /// The scope of the operator who applied this generation: the work reaches only clusters
+    /// in its cluster set, and only operators whose scope contains it may change it.
+    #[serde(default)]
+    pub scope: AdminScope,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ mod table;
 #[cfg(feature = "postgres")]
 pub use pg::{redact, Change, Doorbell, Lease, SCHEMA_VERSION};
 
-pub use table::{OpenStrTable, ReadTx, SeqTable, StrTable, WriteTx};
+pub use table::{OpenSeqTable, OpenStrTable, ReadTx, SeqTable, StrTable, WriteTx};
 
 use redb::{Database, Durability, ReadableDatabase};
 use std::path::{Path, PathBuf};

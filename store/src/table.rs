@@ -141,6 +141,23 @@ impl WriteTx {
         })
     }
 
+    /// Open the log `t` to append several entries; see [`OpenSeqTable`].
+    pub fn open_log<V>(&self, t: &SeqTable<V>) -> Result<OpenSeqTable<'_, V>, StoreError> {
+        let table = match &self.txn {
+            WriteEngine::Redb(txn) => OpenLogEngine::Redb {
+                table: txn.open_table(t.def())?,
+                next: None,
+            },
+            #[cfg(feature = "postgres")]
+            WriteEngine::Pg(pg) => OpenLogEngine::Pg(pg),
+        };
+        Ok(OpenSeqTable {
+            name: t.name,
+            table,
+            _v: PhantomData,
+        })
+    }
+
     pub fn get<V: DeserializeOwned>(
         &self,
         t: &StrTable<V>,
@@ -414,6 +431,43 @@ impl<V> OpenStrTable<'_, V> {
             table.remove(k.as_str())?;
         }
         Ok(doomed.len() as u64)
+    }
+}
+
+/// A log of a write transaction kept open for several appends (as [`OpenStrTable`], and with
+/// the next sequence number looked up once instead of per append).
+pub struct OpenSeqTable<'tx, V> {
+    name: &'static str,
+    table: OpenLogEngine<'tx>,
+    _v: PhantomData<fn() -> V>,
+}
+
+enum OpenLogEngine<'tx> {
+    Redb {
+        table: redb::Table<'tx, u64, &'static [u8]>,
+        next: Option<u64>,
+    },
+    #[cfg(feature = "postgres")]
+    Pg(&'tx crate::pg::WriteTx),
+}
+
+impl<V: Serialize> OpenSeqTable<'_, V> {
+    /// Append at the next sequence number (1-based) and return it.
+    pub fn append(&mut self, value: &V) -> Result<u64, StoreError> {
+        let bytes = enc(self.name, value)?;
+        match &mut self.table {
+            OpenLogEngine::Redb { table, next } => {
+                let seq = match *next {
+                    Some(n) => n,
+                    None => table.last()?.map_or(1, |(k, _)| k.value() + 1),
+                };
+                table.insert(seq, bytes.as_slice())?;
+                *next = Some(seq + 1);
+                Ok(seq)
+            }
+            #[cfg(feature = "postgres")]
+            OpenLogEngine::Pg(pg) => pg.append(self.name, &bytes),
+        }
     }
 }
 

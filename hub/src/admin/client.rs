@@ -233,6 +233,35 @@ impl AdminClient {
         .await
     }
 
+    pub async fn add_admin(&self, req: &AddAdminRequest) -> anyhow::Result<AdminIssued> {
+        self.post("/v1/admins", serde_json::to_value(req)?).await
+    }
+
+    pub async fn renew_admin(
+        &self,
+        name: &str,
+        req: &RenewAdminRequest,
+    ) -> anyhow::Result<AdminIssued> {
+        self.post(
+            &format!("/v1/admins/{name}/renew"),
+            serde_json::to_value(req)?,
+        )
+        .await
+    }
+
+    pub async fn admins(&self) -> anyhow::Result<Vec<AdminView>> {
+        self.get("/v1/admins").await
+    }
+
+    pub async fn revoke_admin(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        self.post(&format!("/v1/admins/{name}/revoke"), serde_json::json!({}))
+            .await
+    }
+
+    pub async fn whoami(&self) -> anyhow::Result<WhoAmI> {
+        self.get("/v1/whoami").await
+    }
+
     pub async fn create_token(&self, req: &CreateTokenRequest) -> anyhow::Result<CreatedToken> {
         self.post("/v1/tokens", serde_json::to_value(req)?).await
     }

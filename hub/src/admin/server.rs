@@ -1,9 +1,14 @@
 //! The admin API: HTTPS on a separate (by default loopback) listener.
 //!
 //! Authentication: every `/v1/` route requires a client certificate whose SHA-256 fingerprint is
-//! a registered admin credential (created by `init`). Cluster certificates chain to the same CA
-//! but are never admin credentials. `/metrics` and `/healthz` are readable without a
-//! certificate so that Prometheus can scrape; they reveal counts, not cluster data.
+//! a live admin credential (`init`'s, or one added with `tetherctl admins add`). Cluster
+//! certificates chain to the same CA but are never admin credentials. `/metrics` and `/healthz`
+//! are readable without a certificate so that Prometheus can scrape; they reveal counts, not
+//! cluster data.
+//!
+//! Authorization: each route needs a role (`routes::required_role`, deny by default), checked
+//! on every request against the credential as it is now; revoking a credential also closes its
+//! live connections.
 
 use crate::api::*;
 use crate::identity::registry::RegistryError;
@@ -112,7 +117,6 @@ fn admit(
 #[derive(Clone)]
 struct Peer {
     addr: SocketAddr,
-    is_admin: bool,
     /// SHA-256 of the client certificate, if one was presented.
     fingerprint: Option<String>,
 }
@@ -193,7 +197,7 @@ async fn serve_connection(
         .map(|c| certs::fingerprint(c));
     let is_admin = fingerprint
         .as_ref()
-        .is_some_and(|fp| state.admin_fingerprints.contains(fp));
+        .is_some_and(|fp| state.admins.lookup(fp, now_ms()).is_some());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -224,9 +228,9 @@ async fn serve_connection(
     let _held = (slot, permit);
     let peer = Peer {
         addr,
-        is_admin,
-        fingerprint,
+        fingerprint: fingerprint.clone(),
     };
+    let watch_state = state.clone();
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
         let peer = peer.clone();
@@ -241,8 +245,37 @@ async fn serve_connection(
         }
     });
     let io = hyper_util::rt::TokioIo::new(tls);
-    if let Err(e) = builder.serve_connection(io, svc).await {
-        tracing::debug!(peer = %addr, error = %e, "admin connection ended with error");
+    let served = builder.serve_connection(io, svc);
+    match (is_admin, fingerprint) {
+        (true, Some(fp)) => {
+            tokio::select! {
+                r = served => if let Err(e) = r {
+                    tracing::debug!(peer = %addr, error = %e, "admin connection ended with error");
+                },
+                () = revoked(&watch_state, &fp) => {
+                    tracing::info!(peer = %addr, "admin connection closed: its credential was revoked");
+                }
+            }
+        }
+        _ => {
+            if let Err(e) = served.await {
+                tracing::debug!(peer = %addr, error = %e, "admin connection ended with error");
+            }
+        }
+    }
+}
+
+/// Resolves once the credential with this fingerprint is no longer live.
+async fn revoked(state: &HubState, fingerprint: &str) {
+    let mut changes = state.admins.watch();
+    loop {
+        if state.admins.lookup(fingerprint, now_ms()).is_none() {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            // The hub is shutting down; the connection ends with it.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -356,9 +389,11 @@ pub(crate) async fn read_json_limited<T: serde::de::DeserializeOwned>(
 /// by the controller): the admin is answered only once it is durable.
 pub(crate) async fn audit_now(
     state: &Arc<HubState>,
+    actor: &str,
     kind: &'static str,
     detail: String,
 ) -> Result<(), Response<Body>> {
+    let actor = actor.to_string();
     in_blocking(state, move |s| {
         s.store.write(|tx| {
             tx.append(
@@ -367,7 +402,7 @@ pub(crate) async fn audit_now(
                     at_ms: now_ms(),
                     kind: kind.to_string(),
                     cluster: None,
-                    actor: "admin".into(),
+                    actor,
                     detail,
                 },
             )?;
@@ -472,7 +507,11 @@ async fn handle(state: Arc<HubState>, req: Request<Incoming>, peer: &Peer) -> Re
         }
         _ => {}
     }
-    if !peer.is_admin {
+    let caller = peer
+        .fingerprint
+        .as_deref()
+        .and_then(|fp| state.admins.lookup(fp, now_ms()));
+    let Some(caller) = caller else {
         state.metrics.admin_unauthorized.inc();
         let who = match &peer.fingerprint {
             None => "no client certificate".to_string(),
@@ -491,11 +530,36 @@ async fn handle(state: Arc<HubState>, req: Request<Incoming>, peer: &Peer) -> Re
         }
         return error(
             StatusCode::UNAUTHORIZED,
-            "an admin client certificate is required (use the tetherctl.yaml written by `tether-hub init`)",
+            "a live admin client certificate is required (the tetherctl.yaml written by `tether-hub init`, or one from `tetherctl admins add`)",
+        );
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let Some(needed) = super::routes::required_role(&method, &segments) else {
+        return no_route(&method, &segments);
+    };
+    if caller.role < needed {
+        state.metrics.admin_forbidden.inc();
+        let first = state.registry.coalesced.record(
+            "admin_forbidden",
+            &caller.actor(),
+            format!("{method} {path} needs role {}", needed.as_str()),
+            &peer.addr.to_string(),
+            now_ms(),
+        );
+        if first {
+            tracing::warn!(actor = %caller.actor(), %method, %path, "admin request refused: needs role {}", needed.as_str());
+        }
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{method} {path} needs the {} role; {} has the {} role",
+                needed.as_str(),
+                caller.name,
+                caller.role.as_str()
+            ),
         );
     }
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let result = super::routes::route(&state, &method, &segments, req).await;
+    let result = super::routes::route(&state, &caller, &method, &segments, req).await;
     let response = result.unwrap_or_else(|r| r);
     tracing::debug!(%method, %path, status = %response.status(), "admin request");
     response

@@ -50,6 +50,7 @@ fn entry(name: &str, region: usize, generation: u64) -> Result<Arc<WorkEntry>, S
             created_at_ms: 0,
             updated_at_ms: 0,
             deleted: None,
+            scope: Default::default(),
         },
         None,
     )))

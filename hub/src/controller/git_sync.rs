@@ -80,12 +80,20 @@ pub(crate) async fn sync(
         )]));
     }
     let doc = crate::works::unpinned(entry.record.document.clone());
+    // A new commit keeps the scope of whoever applied the work.
+    let scope = entry.record.scope.clone();
     let st = state.clone();
     let (name, actor) = (name.to_string(), actor.to_string());
     tokio::task::spawn_blocking(move || {
         let (doc, commit) = fetch(&st, &name, doc)?;
-        let (outcome, generation) =
-            crate::works::apply(&st.store, &st.works, doc, st.cfg.limits.max_frame, &actor)?;
+        let (outcome, generation) = crate::works::apply(
+            &st.store,
+            &st.works,
+            doc,
+            st.cfg.limits.max_frame,
+            &actor,
+            &scope,
+        )?;
         if outcome != ApplyOutcome::Unchanged {
             tracing::info!(work = %name, %commit, generation, "new commit in the work's git source");
         }

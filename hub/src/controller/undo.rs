@@ -46,12 +46,20 @@ pub fn undo(
             },
         )
     })?;
+    // The rollback keeps the scope the work has: undo is no way to widen it.
+    let scope = state
+        .works
+        .snapshot()
+        .get(name)
+        .map(|e| e.record.scope.clone())
+        .unwrap_or_default();
     let (_, generation) = crate::works::apply(
         &state.store,
         &state.works,
         doc,
         state.cfg.limits.max_frame,
         actor,
+        &scope,
     )?;
     tracing::warn!(work = %name, from = current, to, new_generation = generation, %actor, "rolled back");
     Ok(generation)

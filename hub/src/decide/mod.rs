@@ -257,6 +257,19 @@ fn decide_work(
             }
         }
     }
+    // A work applied by a scoped operator reaches only that operator's cluster set, decided
+    // anew at every pass: a cluster relabelled out of the set loses the work.
+    let scope = &entry.record.scope;
+    if !scope.clusters.is_empty() {
+        for c in fleet.iter().filter(|c| !scope.admits_cluster(&c.labels)) {
+            excluded.entry(c.name.clone()).or_insert_with(|| {
+                format!(
+                    "outside the cluster set of the operator who applied the work ({})",
+                    scope
+                )
+            });
+        }
+    }
     let choices = placement::select(name, spec, fleet, &sticky, &excluded);
     let labels_of = |c: &str| -> Labels {
         inputs

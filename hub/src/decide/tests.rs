@@ -41,6 +41,7 @@ fn work(name: &str, generation: u64, spec: serde_json::Value) -> Arc<WorkEntry> 
             created_at_ms: 0,
             updated_at_ms: 0,
             deleted: None,
+            scope: Default::default(),
         },
         None,
     ))

@@ -182,6 +182,7 @@ mod tests {
                 created_at_ms: 0,
                 updated_at_ms: 0,
                 deleted: deleted.map(|orphan| Deletion { at_ms: 0, orphan }),
+                scope: Default::default(),
             },
             if deleted.is_some() {
                 None

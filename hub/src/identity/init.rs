@@ -102,6 +102,10 @@ pub fn init(opts: &InitOptions, now_ms: u64) -> anyhow::Result<InitReport> {
             &AdminRecord {
                 name: "tether-admin".into(),
                 created_at_ms: now_ms,
+                role: tether_store::hub::AdminRole::Admin,
+                scope: Default::default(),
+                // The hub checks this certificate's file at start (`check_certificates`).
+                not_after_ms: None,
             },
         )?;
         Ok::<_, anyhow::Error>(())

@@ -182,13 +182,35 @@ impl CertificateAuthority {
         validity: Duration,
         now_ms: u64,
     ) -> Result<Issued, PkiError> {
+        self.sign_client(csr_pem, cluster, "tether:clusters", validity, now_ms)
+    }
+
+    /// Sign an admin's CSR (made on the admin's machine). The organization tells the two kinds
+    /// apart to a reader; the hub itself trusts only the fingerprints in its `admins` table.
+    pub fn sign_admin(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        validity: Duration,
+        now_ms: u64,
+    ) -> Result<Issued, PkiError> {
+        self.sign_client(csr_pem, name, "tether:admins", validity, now_ms)
+    }
+
+    fn sign_client(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        org: &str,
+        validity: Duration,
+        now_ms: u64,
+    ) -> Result<Issued, PkiError> {
         let csr = Self::check_csr(csr_pem)?;
-        let mut p = leaf_params(cluster, "tether:clusters", now_ms, validity);
+        let mut p = leaf_params(name, org, now_ms, validity);
         p.subject_alt_names = vec![SanType::DnsName(
-            cluster
-                .to_string()
+            name.to_string()
                 .try_into()
-                .map_err(|_| PkiError::BadName(cluster.to_string()))?,
+                .map_err(|_| PkiError::BadName(name.to_string()))?,
         )];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let serial_hex = p

@@ -15,7 +15,7 @@ use tether_protocol::{ErrorCode, JoinPoll, JoinRequest, JoinStatus, Labels};
 use tether_store::hub::{
     cluster_prefix, AuditEvent, ClusterRecord, ClusterState, JoinDecision, JoinRequestRecord,
     RevokedRecord, TokenRecord, AUDIT, CLUSTERS, CLUSTER_WORKS, JOIN_REQUESTS, REVOKED,
-    STATUS_CURSORS, STATUS_HISTORY, TOKENS, WORKS,
+    STATUS_CURSORS, TOKENS, WORKS,
 };
 use tether_store::{Store, StoreError, WriteTx};
 use tether_transport::tls::RevocationList;
@@ -352,7 +352,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 /// sequence, so an agent that re-joins under the name is heard from its first status.
 fn forget_cluster_state(tx: &WriteTx, cluster: &str) -> Result<(), StoreError> {
     let prefix = cluster_prefix(cluster);
-    tx.remove_prefix(&STATUS_HISTORY, &prefix)?;
+    crate::ingest::history::forget(tx, cluster)?;
     tx.remove(&STATUS_CURSORS, cluster)?;
     for (key, mut row) in tx.list_prefix(&CLUSTER_WORKS, &prefix)? {
         let work = &key[prefix.len()..];
@@ -390,6 +390,10 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub(crate) fn ca(&self) -> &CertificateAuthority {
+        &self.ca
     }
 
     pub fn ca_pem(&self) -> &str {

@@ -1,4 +1,6 @@
-//! Durable writes at fleet rate: the group committer and exactly-once status ingest.
+//! Durable writes at fleet rate: the group committer, exactly-once status ingest and the
+//! filing of each cluster's status history.
 
 pub mod committer;
+pub mod history;
 pub mod status;

@@ -6,15 +6,14 @@
 //! the agent side: impossible by design, so it is logged and counted, never hidden.
 //!
 //! Entries about works that are not the cluster's (see `scope`) are dropped but still
-//! acknowledged, so a confused agent does not resend them forever. The per-cluster history
-//! keeps the entries of the newest `STATUS_HISTORY_PER_CLUSTER` sequence numbers (fewer rows
-//! when some were duplicates or foreign).
+//! acknowledged, so a confused agent does not resend them forever. Stored entries also go to
+//! the cluster's history, by way of the hub-wide unfiled log (see `history`).
 
 use crate::limits::scope::Scope;
 use tether_protocol::{StatusBatch, WorkPhase};
 use tether_store::hub::{
-    cluster_prefix, cluster_work_key, status_history_key, ClusterWorkRecord, StatusLogEntry,
-    CLUSTER_WORKS, LEGACY_STATUS_LOG, STATUS_CURSORS, STATUS_HISTORY, STATUS_HISTORY_PER_CLUSTER,
+    cluster_work_key, ClusterWorkRecord, StatusLogEntry, CLUSTER_WORKS, LEGACY_STATUS_LOG,
+    STATUS_CURSORS, STATUS_UNFILED,
 };
 use tether_store::{Store, StoreError, WriteTx};
 
@@ -42,7 +41,7 @@ pub fn ingest(
     // them while these are in scope.
     let mut cursors = tx.open(&STATUS_CURSORS)?;
     let mut works = tx.open(&CLUSTER_WORKS)?;
-    let mut history = tx.open(&STATUS_HISTORY)?;
+    let mut unfiled = tx.open_log(&STATUS_UNFILED)?;
     let cursor = cursors.get(cluster)?.unwrap_or(0);
     let mut out = Ingested {
         through: cursor.max(batch.to_seq),
@@ -92,31 +91,16 @@ pub fn ingest(
                 },
             )?,
         }
-        history.put(
-            &status_history_key(cluster, entry.seq),
-            &StatusLogEntry {
-                cluster: cluster.to_string(),
-                seq: entry.seq,
-                received_at_ms: now_ms,
-                status: entry.status.clone(),
-            },
-        )?;
+        unfiled.append(&StatusLogEntry {
+            cluster: cluster.to_string(),
+            seq: entry.seq,
+            received_at_ms: now_ms,
+            status: entry.status.clone(),
+        })?;
         out.stored += 1;
     }
     if out.through > cursor {
         cursors.put(cluster, &out.through)?;
-    }
-    // Keep the newest STATUS_HISTORY_PER_CLUSTER sequence numbers: a range delete below the
-    // horizon costs what it removes (a few rows a batch), where counting the kept rows cost a
-    // walk over all of them on every batch.
-    let horizon = out
-        .through
-        .saturating_sub(STATUS_HISTORY_PER_CLUSTER as u64);
-    if out.stored > 0 && horizon > 0 {
-        history.remove_range(
-            &cluster_prefix(cluster),
-            &status_history_key(cluster, horizon),
-        )?;
     }
     Ok(out)
 }
@@ -136,6 +120,7 @@ pub fn retire_legacy_log(store: &Store) -> Result<Option<u64>, StoreError> {
 mod tests {
     use super::*;
     use tether_protocol::{StatusEntry, WorkStatus};
+    use tether_store::hub::{cluster_prefix, STATUS_HISTORY_PER_CLUSTER};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -183,10 +168,10 @@ mod tests {
 
     fn history(store: &Store) -> Vec<u64> {
         store
-            .read(|tx| tx.list_prefix(&STATUS_HISTORY, &cluster_prefix("c1")))
+            .read(|tx| crate::ingest::history::history_of(tx, "c1"))
             .unwrap()
             .into_iter()
-            .map(|(_, e)| e.seq)
+            .map(|e| e.seq)
             .collect()
     }
 
@@ -255,6 +240,9 @@ mod tests {
         let mut from = 1;
         for _ in 0..5 {
             run(&store, &batch(from, from + per / 2 - 1, &["w"]), &s);
+            store
+                .write(|tx| crate::ingest::history::file(tx, usize::MAX))
+                .unwrap();
             from += per / 2;
         }
         let kept = history(&store);

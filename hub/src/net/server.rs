@@ -725,16 +725,12 @@ async fn ingest_status(state: &Arc<HubState>, cluster: &str, batch: StatusBatch)
         cluster,
         batch.entries.iter().map(|e| e.status.work.as_str()),
     );
-    let name = cluster.to_string();
     let touched: BTreeSet<String> = batch
         .entries
         .iter()
         .map(|e| e.status.work.clone())
         .collect();
-    let ingested = state
-        .committer
-        .write(move |tx| crate::ingest::status::ingest(tx, &name, &batch, &scope, now_ms()))
-        .await;
+    let ingested = state.ingest_status(cluster, batch, scope).await;
     match ingested {
         Ok(i) => {
             if i.stored > 0 {

@@ -128,6 +128,7 @@ pub fn apply(
     doc: WorkDocument,
     max_frame: usize,
     actor: &str,
+    scope: &tether_store::hub::AdminScope,
 ) -> Result<(ApplyOutcome, u64), WorkError> {
     validate(&doc).map_err(WorkError::Invalid)?;
     // Each override rule must apply cleanly on its own (a JSON patch to a missing path...).
@@ -160,7 +161,9 @@ pub fn apply(
     let (outcome, record) = store.write(|tx| {
         let existing = tx.get(&WORKS, &name)?;
         let (outcome, record) = match existing {
-            Some(r) if r.deleted.is_none() && r.document == doc => (ApplyOutcome::Unchanged, r),
+            Some(r) if r.deleted.is_none() && r.document == doc && &r.scope == scope => {
+                (ApplyOutcome::Unchanged, r)
+            }
             Some(r) => (
                 if r.deleted.is_some() {
                     ApplyOutcome::Created
@@ -177,6 +180,7 @@ pub fn apply(
                     },
                     updated_at_ms: now,
                     deleted: None,
+                    scope: scope.clone(),
                 },
             ),
             None => (
@@ -187,6 +191,7 @@ pub fn apply(
                     created_at_ms: now,
                     updated_at_ms: now,
                     deleted: None,
+                    scope: scope.clone(),
                 },
             ),
         };
@@ -334,7 +339,7 @@ mod tests {
         let index = WorkIndex::load(&store).unwrap();
         let applies = HISTORY_KEEP + 5;
         for v in 0..applies {
-            apply(&store, &index, doc(v), 1 << 20, "test").unwrap();
+            apply(&store, &index, doc(v), 1 << 20, "test", &Default::default()).unwrap();
         }
         let kept: Vec<String> = store
             .read(|tx| tx.list_prefix(&WORK_HISTORY, &work_history_prefix("app")))
@@ -359,7 +364,8 @@ mod tests {
         let record = record.expect("the tombstone stays");
         assert_eq!(record.generation, applies as u64, "it keeps the counter");
         assert!(record.document.spec.manifests.is_empty() && history.is_empty());
-        let (_, again) = apply(&store, &index, doc(0), 1 << 20, "test").unwrap();
+        let (_, again) =
+            apply(&store, &index, doc(0), 1 << 20, "test", &Default::default()).unwrap();
         assert_eq!(again, applies as u64 + 1, "generations are never reused");
     }
 }

@@ -135,6 +135,7 @@ mod tests {
                         at_ms: 0,
                         orphan: false,
                     }),
+                    scope: Default::default(),
                 };
                 (name, Arc::new(WorkEntry::new(record, None)))
             })

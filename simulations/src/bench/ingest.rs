@@ -95,11 +95,11 @@ fn batch_from(seq: u64) -> StatusBatch {
 async fn hub_rate(dir: &Path, secs: u64) -> anyhow::Result<f64> {
     let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
     let selected = selected();
-    let committer = hub.running().state.committer.clone();
+    let state = hub.running().state.clone();
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let committer = committer.clone();
+        let state = state.clone();
         let selected = selected.clone();
         tasks.push(tokio::spawn(async move {
             let cluster = format!("c{w:03}");
@@ -108,12 +108,7 @@ async fn hub_rate(dir: &Path, secs: u64) -> anyhow::Result<f64> {
             while Instant::now() < until {
                 let batch = batch_from(seq);
                 seq += BATCH as u64;
-                let name = cluster.clone();
-                let selected = selected.clone();
-                match committer
-                    .write(move |tx| tether_hub::parts::ingest(tx, &name, &batch, &selected, 0))
-                    .await
-                {
+                match state.ingest_status(&cluster, batch, selected.clone()).await {
                     Ok(i) => stored += i.stored,
                     Err(_) => break,
                 }
@@ -158,10 +153,11 @@ async fn raw_rate(dir: &Path, secs: u64, per_commit: usize) -> anyhow::Result<f6
     .await?
 }
 
-/// The hub's own data model (`status::ingest`: cursor, per-work row, log append) on its own
-/// store, WRITERS batches per fsynced commit, one thread, no committer and no async hand-off.
-/// What separates the hub from this is the group-commit path; what separates this from raw
-/// redb is the data model.
+/// The hub's own data model (`status::ingest`: cursor, per-work row, unfiled log append, and
+/// the filing into each cluster's history as often as the hub files) on its own store, WRITERS
+/// batches per fsynced commit, one thread, no committer and no async hand-off. What separates
+/// the hub from this is the group-commit path; what separates this from raw redb is the data
+/// model.
 async fn model_rate(dir: &Path, secs: u64) -> anyhow::Result<f64> {
     let store = tether_store::Store::open(dir.join("model.redb"))?;
     let selected = selected();
@@ -169,12 +165,19 @@ async fn model_rate(dir: &Path, secs: u64) -> anyhow::Result<f64> {
         let t = Instant::now();
         let mut seq = 0u64;
         let mut stored = 0usize;
+        let mut unfiled = 0usize;
         while t.elapsed() < Duration::from_secs(secs) {
+            if unfiled >= tether_hub::parts::FILE_AT {
+                store.write(|tx| tether_hub::parts::file_history(tx, usize::MAX))?;
+                unfiled = 0;
+            }
             store.write(|tx| {
                 for w in 0..WRITERS {
                     let batch = batch_from(seq);
                     let cluster = format!("c{w:03}");
-                    stored += tether_hub::parts::ingest(tx, &cluster, &batch, &selected, 0)?.stored;
+                    let n = tether_hub::parts::ingest(tx, &cluster, &batch, &selected, 0)?.stored;
+                    stored += n;
+                    unfiled += n;
                 }
                 Ok::<_, tether_store::StoreError>(())
             })?;

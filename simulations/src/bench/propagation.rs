@@ -299,9 +299,9 @@ fn lite_timings(
         })
         .collect();
     // One pass over every cluster's status history, oldest first within each cluster.
-    let log = store.read(|tx| tx.list(&tether_store::hub::STATUS_HISTORY))?;
+    let log = store.read(tether_hub::parts::all_history)?;
     let mut first = std::collections::HashMap::new();
-    for (_, e) in log {
+    for e in log {
         if e.status.work == "bench" && e.status.generation == g {
             first.entry(e.cluster).or_insert(e.received_at_ms);
         }

@@ -3,6 +3,7 @@
 use crate::admin::server::bytes_body::Body;
 use crate::admin::server::*;
 use crate::api::*;
+use crate::identity::admins::Caller;
 use crate::state::HubState;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -12,6 +13,7 @@ use tether_store::{ReadTx, StoreError};
 
 pub(super) async fn route(
     state: &Arc<HubState>,
+    _who: &Caller,
     method: &Method,
     seg: &[&str],
     req: Request<Incoming>,

@@ -2,6 +2,7 @@
 
 use crate::admin::server::bytes_body::Body;
 use crate::admin::server::*;
+use crate::identity::admins::Caller;
 use crate::state::HubState;
 use crate::util::now_ms;
 use hyper::body::Incoming;
@@ -10,10 +11,12 @@ use std::sync::Arc;
 
 pub(super) async fn route(
     state: &Arc<HubState>,
+    who: &Caller,
     method: &Method,
     seg: &[&str],
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Response<Body>> {
+    let actor = who.actor();
     match (method, seg) {
         (&Method::POST, ["v1", "backup"]) => {
             let body: crate::api::BackupRequest = read_json(req).await?;
@@ -44,7 +47,7 @@ pub(super) async fn route(
                 s.audit_async(
                     "backup_written",
                     None,
-                    "admin",
+                    &actor,
                     format!("{} ({} rows, {} bytes)", info.path, info.rows, info.bytes),
                 );
                 Ok(info)

@@ -3,6 +3,7 @@
 use crate::admin::server::bytes_body::Body;
 use crate::admin::server::*;
 use crate::api::*;
+use crate::identity::admins::Caller;
 use crate::state::HubState;
 use crate::util::now_ms;
 use hyper::body::Incoming;
@@ -13,10 +14,12 @@ use tether_store::hub::{ClusterRecord, CLUSTERS};
 
 pub(super) async fn route(
     state: &Arc<HubState>,
+    who: &Caller,
     method: &Method,
     seg: &[&str],
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Response<Body>> {
+    let actor = who.actor();
     match (method, seg) {
         (&Method::GET, ["v1", "clusters"]) => {
             let rows = in_blocking(state, |s| Ok(s.store.read(|tx| tx.list(&CLUSTERS))?)).await?;
@@ -41,9 +44,9 @@ pub(super) async fn route(
             }
         }
         (&Method::POST, ["v1", "clusters", name, "approve"]) => {
+            in_scope(state, who, name).await?;
             let n = name.to_string();
-            let rec =
-                in_blocking(state, move |s| s.registry.approve(&n, "admin", now_ms())).await?;
+            let rec = in_blocking(state, move |s| s.registry.approve(&n, &actor, now_ms())).await?;
             state.health_event(|h| {
                 h.track(&rec.name, rec.state, None, now_ms());
                 None
@@ -60,6 +63,7 @@ pub(super) async fn route(
             ))
         }
         (&Method::POST, ["v1", "clusters", name, action @ ("deny" | "detach")]) => {
+            in_scope(state, who, name).await?;
             let body: DenyRequest = read_json(req).await?;
             let n = name.to_string();
             let detach = *action == "detach";
@@ -71,9 +75,9 @@ pub(super) async fn route(
             let why = reason.clone();
             let revocation = in_blocking(state, move |s| {
                 if detach {
-                    s.registry.detach(&n, "admin", now_ms())
+                    s.registry.detach(&n, &actor, now_ms())
                 } else {
-                    s.registry.deny(&n, &why, "admin", now_ms())
+                    s.registry.deny(&n, &why, &actor, now_ms())
                 }
             })
             .await?;
@@ -97,10 +101,11 @@ pub(super) async fn route(
             ))
         }
         (&Method::POST, ["v1", "clusters", name, "facts"]) => {
+            in_scope(state, who, name).await?;
             let body: crate::api::PinFactsRequest = read_json(req).await?;
             let n = name.to_string();
             let rec = in_blocking(state, move |s| {
-                s.registry.pin_facts(&n, &body, "admin", now_ms())
+                s.registry.pin_facts(&n, &body, &actor, now_ms())
             })
             .await?;
             state.changes.cluster(name);
@@ -108,10 +113,17 @@ pub(super) async fn route(
             Ok(json(StatusCode::OK, &cluster_view(state, rec)))
         }
         (&Method::POST, ["v1", "clusters", name, "labels"]) => {
+            let labels = in_scope(state, who, name).await?;
             let body: LabelsRequest = read_json(req).await?;
+            if let Some(mut after) = labels {
+                // An operator may not move a cluster out of its own cluster set either.
+                after.extend(body.set.clone());
+                after.retain(|k, _| !body.remove.contains(k));
+                super::cluster_in_scope(who, name, &after)?;
+            }
             let n = name.to_string();
             let rec = in_blocking(state, move |s| {
-                s.registry.set_labels(&n, &body, "admin", now_ms())
+                s.registry.set_labels(&n, &body, &actor, now_ms())
             })
             .await?;
             state.changes.cluster(name);
@@ -122,16 +134,12 @@ pub(super) async fn route(
             let limit = query_usize(&req, "limit").unwrap_or(1000).min(100_000);
             let n = name.to_string();
             let rows = in_blocking(state, move |s| {
-                Ok(s.store.read(|tx| {
-                    tx.list_prefix(
-                        &tether_store::hub::STATUS_HISTORY,
-                        &tether_store::hub::cluster_prefix(&n),
-                    )
-                })?)
+                Ok(s.store
+                    .read(|tx| crate::ingest::history::history_of(tx, &n))?)
                 .map(|rows| {
                     let mut mine: Vec<StatusLogView> = rows
                         .into_iter()
-                        .map(|(_, e)| StatusLogView {
+                        .map(|e| StatusLogView {
                             log_seq: e.seq,
                             cluster: e.cluster,
                             seq: e.seq,
@@ -151,6 +159,35 @@ pub(super) async fn route(
         }
         _ => Err(no_route(method, seg)),
     }
+}
+
+/// 403 unless the cluster (or its join request) is in the caller's cluster set. Returns the
+/// labels it was judged by (`None` when the caller's scope does not restrict clusters, or no
+/// such cluster exists: the action then answers for itself).
+async fn in_scope(
+    state: &Arc<HubState>,
+    who: &Caller,
+    name: &str,
+) -> Result<Option<tether_protocol::Labels>, Response<Body>> {
+    if who.scope.clusters.is_empty() {
+        return Ok(None);
+    }
+    let n = name.to_string();
+    let labels = in_blocking(state, move |s| {
+        Ok(s.store.read(|tx| {
+            Ok::<_, tether_store::StoreError>(match tx.get(&CLUSTERS, &n)? {
+                Some(r) => Some(r.labels),
+                None => tx
+                    .get(&tether_store::hub::JOIN_REQUESTS, &n)?
+                    .map(|r| r.labels),
+            })
+        })?)
+    })
+    .await?;
+    if let Some(l) = &labels {
+        super::cluster_in_scope(who, name, l)?;
+    }
+    Ok(labels)
 }
 
 pub(crate) fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView {

@@ -3,6 +3,7 @@
 use crate::admin::server::bytes_body::Body;
 use crate::admin::server::*;
 use crate::api::*;
+use crate::identity::admins::Caller;
 use crate::identity::registry::TokenSpec;
 use crate::state::HubState;
 use crate::util::now_ms;
@@ -14,10 +15,12 @@ use tether_store::hub::{JoinDecision, JOIN_REQUESTS, TOKENS};
 
 pub(super) async fn route(
     state: &Arc<HubState>,
+    who: &Caller,
     method: &Method,
     seg: &[&str],
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Response<Body>> {
+    let actor = who.actor();
     match (method, seg) {
         (&Method::GET, ["v1", "join-requests"]) => {
             let rows =
@@ -56,7 +59,7 @@ pub(super) async fn route(
                 allowed_labels: body.allowed_labels,
             };
             let created = in_blocking(state, move |s| {
-                s.registry.create_token(&spec, "admin", now_ms())
+                s.registry.create_token(&spec, &actor, now_ms())
             })
             .await?;
             tracing::info!(token = %created.id, "bootstrap token created");
@@ -82,7 +85,7 @@ pub(super) async fn route(
         (&Method::POST, ["v1", "tokens", id, "revoke"]) => {
             let id = id.to_string();
             let t = in_blocking(state, move |s| {
-                s.registry.revoke_token(&id, "admin", now_ms())
+                s.registry.revoke_token(&id, &actor, now_ms())
             })
             .await?;
             tracing::warn!(token = %t.id, "bootstrap token revoked by admin");

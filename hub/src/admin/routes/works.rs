@@ -4,24 +4,34 @@
 use crate::admin::server::bytes_body::Body;
 use crate::admin::server::*;
 use crate::api::*;
+use crate::identity::admins::Caller;
 use crate::state::HubState;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
+use tether_store::StoreError;
 
 pub(super) async fn route(
     state: &Arc<HubState>,
+    who: &Caller,
     method: &Method,
     seg: &[&str],
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Response<Body>> {
+    let actor = who.actor();
     match (method, seg) {
         (&Method::PUT, ["v1", "works"]) => {
             let force = query_param(&req, "force").is_some_and(|v| v == "true");
             let doc: tether_protocol::work::WorkDocument =
                 read_json_limited(req, MAX_WORK_BODY).await?;
             let name = doc.metadata.name.clone();
+            work_in_scope(state, who, &name)?;
+            let refused = crate::works::tenancy::manifest_violations(&doc.spec, &who.scope);
+            if !refused.is_empty() {
+                return Err(error(StatusCode::FORBIDDEN, refused.join("; ")));
+            }
             let st = state.clone();
+            let scope = who.scope.clone();
             let applied = tokio::task::spawn_blocking(move || {
                 let (doc, commit) = if doc.spec.source.is_some() {
                     let name = doc.metadata.name.clone();
@@ -30,26 +40,17 @@ pub(super) async fn route(
                 } else {
                     (doc, None)
                 };
+                let outside = outside_scope(&st, &doc, &scope)?;
+                if !outside.is_empty() {
+                    return Ok(Err((StatusCode::FORBIDDEN, format!(
+                        "the work's placement selects clusters outside the scope of this operator ({scope}): {}",
+                        outside.join(", ")
+                    ))));
+                }
                 let mut warnings = unknown_clusters(&st, named_clusters(&doc));
                 let fights = contested(&st, &doc)?;
                 if !fights.is_empty() && !force {
-                    return Ok(Err(fights));
-                }
-                warnings.extend(fights);
-                let applied = crate::works::apply(
-                    &st.store,
-                    &st.works,
-                    doc,
-                    st.cfg.limits.max_frame,
-                    "admin",
-                )?;
-                Ok::<_, crate::works::WorkError>(Ok((applied, warnings, commit)))
-            })
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let ((outcome, generation), warnings, commit) =
-                applied.map_err(|e| work_error(&e))?.map_err(|fights| {
-                    error(
+                    return Ok(Err((
                         StatusCode::CONFLICT,
                         format!(
                             "{}. Two works delivering one object to one cluster overwrite each \
@@ -57,8 +58,24 @@ pub(super) async fn route(
                              or apply with --force (?force=true) to accept it",
                             fights.join("; ")
                         ),
-                    )
-                })?;
+                    )));
+                }
+                warnings.extend(fights);
+                let applied = crate::works::apply(
+                    &st.store,
+                    &st.works,
+                    doc,
+                    st.cfg.limits.max_frame,
+                    &actor,
+                    &scope,
+                )?;
+                Ok::<_, crate::works::WorkError>(Ok((applied, warnings, commit)))
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let ((outcome, generation), warnings, commit) = applied
+                .map_err(|e| work_error(&e))?
+                .map_err(|(code, why)| error(code, why))?;
             let status = if outcome == crate::works::ApplyOutcome::Created {
                 StatusCode::CREATED
             } else {
@@ -76,7 +93,8 @@ pub(super) async fn route(
             ))
         }
         (&Method::POST, ["v1", "works", name, "sync"]) => {
-            let synced = crate::controller::git_sync::sync(state, name, "admin")
+            work_in_scope(state, who, name)?;
+            let synced = crate::controller::git_sync::sync(state, name, &actor)
                 .await
                 .map_err(|e| work_error(&e))?;
             Ok(json(
@@ -124,11 +142,12 @@ pub(super) async fn route(
             }
         }
         (&Method::DELETE, ["v1", "works", name]) => {
+            work_in_scope(state, who, name)?;
             let orphan = query_flag(&req, "orphan");
             let n = name.to_string();
             let st = state.clone();
             tokio::task::spawn_blocking(move || {
-                crate::works::delete(&st.store, &st.works, &n, orphan, "admin")
+                crate::works::delete(&st.store, &st.works, &n, orphan, &actor)
             })
             .await
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -168,6 +187,7 @@ pub(super) async fn route(
             Ok(json(StatusCode::OK, &view))
         }
         (&Method::POST, ["v1", "works", name, action @ ("pause" | "resume")]) => {
+            work_in_scope(state, who, name)?;
             let paused = *action == "pause";
             let st = state.clone();
             let n = name.to_string();
@@ -194,7 +214,13 @@ pub(super) async fn route(
             } else {
                 ("rollout_resumed", "resumed")
             };
-            audit_now(state, kind, format!("rollout of work {name} {verb}")).await?;
+            audit_now(
+                state,
+                &actor,
+                kind,
+                format!("rollout of work {name} {verb}"),
+            )
+            .await?;
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"work": name, "paused": paused}),
@@ -210,16 +236,18 @@ pub(super) async fn route(
             Ok(json(StatusCode::OK, &rows))
         }
         (&Method::POST, ["v1", "works", name, "undo"]) => {
+            work_in_scope(state, who, name)?;
             let to = query_usize(&req, "to_generation").map(|g| g as u64);
             let st = state.clone();
             let n = name.to_string();
+            let by = actor.clone();
             let (from, generation) = tokio::task::spawn_blocking(move || {
                 let from = st
                     .works
                     .snapshot()
                     .get(n.as_str())
                     .map(|e| e.record.generation);
-                crate::controller::undo(&st, &n, to, "admin").map(|g| (from, g))
+                crate::controller::undo(&st, &n, to, &by).map(|g| (from, g))
             })
             .await
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -229,6 +257,7 @@ pub(super) async fn route(
             let to = to.unwrap_or(from.saturating_sub(1));
             audit_now(
                 state,
+                &actor,
                 "rollout_undone",
                 format!("work {name} rolled back from generation {from} to generation {to} (as new generation {generation})"),
             )
@@ -360,22 +389,34 @@ fn unknown_clusters(state: &HubState, named: Vec<String>) -> Vec<String> {
     }
 }
 
-/// Conflicts with other works over objects on clusters both would hold: the applied work's
-/// placement evaluated over the registered fleet (without taints), against the other works'
-/// current decisions. Costs a read of the clusters only when an object is shared at all.
-fn contested(
-    state: &HubState,
-    doc: &tether_protocol::work::WorkDocument,
-) -> Result<Vec<String>, crate::works::WorkError> {
-    use crate::decide::placement::{select, selectable_labels, Candidate};
-    let shared = crate::works::overlap::shared_objects(doc, &state.works.snapshot());
-    if shared.is_empty() {
-        return Ok(Vec::new());
+/// 403 unless the caller's scope contains the scope the work was applied with: a scoped
+/// operator may not change (or take over) a work of a wider scope.
+// The error is the HTTP answer itself, made once per refused request, as in the async helpers.
+#[allow(clippy::result_large_err)]
+fn work_in_scope(state: &HubState, who: &Caller, name: &str) -> Result<(), Response<Body>> {
+    let works = state.works.snapshot();
+    let Some(entry) = works.get(name).filter(|e| e.record.deleted.is_none()) else {
+        return Ok(());
+    };
+    if who.scope.contains(&entry.record.scope) {
+        return Ok(());
     }
+    Err(error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "work {name} was applied with scope {}, which the scope of {} ({}) does not contain",
+            entry.record.scope, who.name, who.scope
+        ),
+    ))
+}
+
+/// The registered, not denied clusters as placement sees them.
+fn fleet(state: &HubState) -> Result<Vec<crate::decide::placement::Candidate>, StoreError> {
+    use crate::decide::placement::{selectable_labels, Candidate};
     let records = state
         .store
         .read(|tx| tx.list(&tether_store::hub::CLUSTERS))?;
-    let candidates: Vec<Candidate> = records
+    Ok(records
         .into_iter()
         .filter(|(_, r)| r.state != tether_store::hub::ClusterState::Denied)
         .map(|(name, r)| Candidate {
@@ -385,7 +426,52 @@ fn contested(
                 &crate::fleet::facts::effective(&r.facts, &r.pins),
             ),
         })
-        .collect();
+        .collect())
+}
+
+/// Clusters the work's placement selects now that are outside the cluster set of `scope`
+/// (the decisions keep it off them later too; refusing now says so while the operator looks).
+fn outside_scope(
+    state: &HubState,
+    doc: &tether_protocol::work::WorkDocument,
+    scope: &tether_store::hub::AdminScope,
+) -> Result<Vec<String>, StoreError> {
+    if scope.clusters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let candidates = fleet(state)?;
+    let none = Default::default();
+    let selected: std::collections::BTreeSet<String> = crate::decide::placement::select(
+        &doc.metadata.name,
+        &doc.spec,
+        &candidates,
+        &none,
+        &Default::default(),
+    )
+    .into_iter()
+    .filter(|c| c.selected)
+    .map(|c| c.cluster)
+    .collect();
+    Ok(candidates
+        .into_iter()
+        .filter(|c| selected.contains(&c.name) && !scope.admits_cluster(&c.labels))
+        .map(|c| c.name)
+        .collect())
+}
+
+/// Conflicts with other works over objects on clusters both would hold: the applied work's
+/// placement evaluated over the registered fleet (without taints), against the other works'
+/// current decisions. Costs a read of the clusters only when an object is shared at all.
+fn contested(
+    state: &HubState,
+    doc: &tether_protocol::work::WorkDocument,
+) -> Result<Vec<String>, crate::works::WorkError> {
+    use crate::decide::placement::select;
+    let shared = crate::works::overlap::shared_objects(doc, &state.works.snapshot());
+    if shared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let candidates = fleet(state)?;
     let none = Default::default();
     let mine: std::collections::BTreeSet<String> = select(
         &doc.metadata.name,

@@ -7,6 +7,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod admins;
 mod clusters;
 mod diff;
 mod out;
@@ -55,6 +56,10 @@ enum Cmd {
     /// Registered clusters and join requests.
     #[command(subcommand)]
     Clusters(ClustersCmd),
+    /// Admin credentials: roles (viewer, operator, admin) and scopes (a cluster set by label,
+    /// namespaces).
+    #[command(subcommand)]
+    Admins(admins::AdminsCmd),
     /// Security audit events, newest last. Filters combine; any event, however old, is
     /// reachable: when older events may match, the `--before` value that pages further back
     /// is printed on stderr.
@@ -68,7 +73,7 @@ enum Cmd {
         /// Only events about this cluster.
         #[arg(long)]
         cluster: Option<String>,
-        /// Only this actor: admin, hub, anonymous, agent:NAME, token:ID.
+        /// Only this actor: admin:NAME, hub, anonymous, agent:NAME, token:ID.
         #[arg(long)]
         actor: Option<String>,
         /// Only events at or after this time: RFC 3339 (2026-01-31T12:00:00Z) or an age (90m, 2d).
@@ -407,6 +412,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Cmd::Admins(cmd) = &cli.cmd {
+        if let Some(done) = admins::offline(cmd) {
+            return done;
+        }
+    }
     if let Cmd::Completion { shell } = &cli.cmd {
         completion(*shell);
         return Ok(());
@@ -425,6 +435,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = AdminClient::new(&cfg).with_context(|| format!("using {}", path.display()))?;
     let out = cli.output;
     match cli.cmd {
+        Cmd::Admins(cmd) => admins::run(&client, &cfg, cmd, out).await?,
         Cmd::Token(TokenCmd::Create {
             ttl,
             uses,
