@@ -59,6 +59,7 @@ pub async fn hello(conn: &Connection, limits: Limits) -> Result<HelloAck, AgentE
         protocol_version: PROTOCOL_VERSION,
         agent_version: crate::AGENT_VERSION.to_string(),
         patches: true,
+        confirmations: true,
     });
     match request(conn, &msg, limits).await {
         Ok(Message::HelloAck(ack)) if ack.protocol_version == PROTOCOL_VERSION => Ok(ack),

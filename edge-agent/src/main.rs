@@ -101,6 +101,10 @@ enum Cmd {
         /// allowed; 100 turns the breaker off.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
         deletion_breaker: u8,
+        /// Take confirmations of held deletions on this cluster only (`confirm-removal`),
+        /// refusing those an operator sends through the hub (`tetherctl works confirm-removal`).
+        #[arg(long)]
+        local_confirmations_only: bool,
     },
     /// Let one held removal or prune of WORK through the deletion circuit breaker (works
     /// while the agent runs; used once).
@@ -250,6 +254,7 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             reconcile_interval,
             policy,
             deletion_breaker,
+            local_confirmations_only,
         } => {
             let shutdown = shutdown_on_signal();
             let policy = match &policy {
@@ -277,6 +282,7 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             opts.reconcile_interval = reconcile_interval;
             opts.deletion_breaker =
                 tether_agent::breaker::Breaker::new(f64::from(deletion_breaker) / 100.0);
+            opts.local_confirmations_only = local_confirmations_only;
             if joined {
                 opts.hubs_override = join.hubs.clone();
                 if !join.labels.is_empty() {

@@ -64,6 +64,8 @@ pub struct Signals {
     /// Deletions the circuit breaker holds, per work (reported in heartbeats: the hub may no
     /// longer track a work it removed, so the work's own status is not enough).
     pub held_deletions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+    /// The owner takes removal confirmations on the cluster only (not through the hub).
+    pub local_confirmations_only: bool,
 }
 
 impl Signals {

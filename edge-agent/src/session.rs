@@ -40,6 +40,8 @@ pub struct RunOptions {
     /// Share of managed objects the agent deletes within its window before it holds a
     /// removal or prune for confirmation (see `breaker`).
     pub deletion_breaker: crate::breaker::Breaker,
+    /// Refuse the hub's `ConfirmRemoval`: held deletions are let through on the cluster only.
+    pub local_confirmations_only: bool,
 }
 
 impl RunOptions {
@@ -51,6 +53,7 @@ impl RunOptions {
             backoff_cap: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(30),
             deletion_breaker: crate::breaker::Breaker::default(),
+            local_confirmations_only: false,
         }
     }
 }
@@ -203,7 +206,10 @@ pub async fn run<E: Executor>(
         .map_err(|e| AgentError::Config(e.to_string()))?;
     // Before the reconciler starts: an early return must not leave it running with the store.
     let current = Current::new(identity)?;
-    let signals = Signals::default();
+    let signals = Signals {
+        local_confirmations_only: opts.local_confirmations_only,
+        ..Signals::default()
+    };
     tracing::info!(executor = %executor.describe(), interval = ?opts.reconcile_interval, "reconciler starting");
     // Its own stop signal, not the caller's: `run` also ends on a fatal error, and must then
     // wait until the reconciler let go of the store (a caller may open it right away).
@@ -448,7 +454,17 @@ async fn session(
                         tracing::warn!("the hub offered datagram heartbeats but refuses datagrams; using stream heartbeats");
                         datagram_beats = false;
                     }
-                    Err(e) => return Ok(End::Lost(AgentError::Io(format!("heartbeat: {e}")))),
+                    Err(e) => {
+                        // A beat can be what notices a deny or detach first: the close says why,
+                        // and a denied agent must stop, not reconnect into a refused handshake.
+                        let why = conn
+                            .close_reason()
+                            .as_ref()
+                            .and_then(classify_connection_error);
+                        return Ok(End::Lost(
+                            why.unwrap_or_else(|| AgentError::Io(format!("heartbeat: {e}"))),
+                        ));
+                    }
                 }
             }
             _ = agent.signals.fenced.notified() => {
@@ -729,6 +745,11 @@ async fn serve_deliveries(
                 tracing::debug!(work = %r.name, orphan = r.orphan, "work removal");
                 blocking(move || desired::accept_removal(&store, r)).await
             }
+            Message::ConfirmRemoval(c) => {
+                let reply = confirm_removal(&store, &signals, c).await;
+                let _ = send_last(&mut send, &reply, limits).await;
+                continue;
+            }
             other => {
                 let reply = Message::error(
                     ErrorCode::UnexpectedMessage,
@@ -836,5 +857,56 @@ async fn pump_status(
         if let Some(delay) = resend.after_ack(to, through, acked, unit) {
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// The hub relays an operator's confirmation of a held deletion: recorded as the local
+/// `confirm-removal` would record it, unless this agent's owner keeps that decision local.
+async fn confirm_removal(
+    store: &Arc<Store>,
+    signals: &Signals,
+    c: tether_protocol::ConfirmRemoval,
+) -> Message {
+    if signals.local_confirmations_only {
+        tracing::warn!(work = %c.work, actor = %c.actor, "refused a removal confirmation from the hub: this agent takes them on the cluster only");
+        return Message::error(
+            ErrorCode::Unauthorized,
+            format!(
+                "this agent takes removal confirmations on the cluster only (--local-confirmations-only); run `tether-agent confirm-removal --data-dir DIR {}` there",
+                c.work
+            ),
+        );
+    }
+    if let Err(e) = tether_protocol::names::validate_work_name(&c.work) {
+        return Message::error(ErrorCode::BadRequest, format!("work name: {e}"));
+    }
+    let was_held = signals
+        .held_deletions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&c.work);
+    let dir = store
+        .path()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let work = c.work.clone();
+    match blocking(move || {
+        crate::breaker::confirm(&dir, &work).map_err(|e| AgentError::Io(e.to_string()))
+    })
+    .await
+    {
+        Ok(Ok(_)) => {
+            tracing::warn!(work = %c.work, actor = %c.actor, was_held, "removal confirmed through the hub; the breaker lets it through on the next pass");
+            signals.desired_changed.notify_one();
+            Message::RemovalConfirmed(tether_protocol::RemovalConfirmed {
+                work: c.work,
+                was_held,
+            })
+        }
+        Ok(Err(e)) | Err(e) => Message::error(
+            ErrorCode::Internal,
+            format!("recording the confirmation: {e}"),
+        ),
     }
 }

@@ -413,3 +413,19 @@ pub struct WhoAmI {
     pub role: AdminRole,
     pub scope: AdminScope,
 }
+
+/// `POST /v1/works/{name}/confirm-removal`: let one held deletion of the work through the
+/// deletion circuit breaker of `cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfirmRemovalRequest {
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfirmRemovalResult {
+    pub work: String,
+    pub cluster: String,
+    /// Whether the agent's breaker was holding a deletion of the work when it arrived (if not,
+    /// the confirmation waits for the next one).
+    pub was_held: bool,
+}

@@ -97,6 +97,7 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             agent_version: "0.1.0".into(),
             patches: false,
+            confirmations: false,
         })
     }
 

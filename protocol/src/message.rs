@@ -28,6 +28,8 @@ pub enum Message {
     StatusBatch(StatusBatch),
     StatusAck(StatusAck),
     Error(ErrorMsg),
+    ConfirmRemoval(ConfirmRemoval),
+    RemovalConfirmed(RemovalConfirmed),
 }
 
 /// Names of every message kind this build understands (the serde tags above).
@@ -49,6 +51,8 @@ pub const MESSAGE_KINDS: &[&str] = &[
     "StatusBatch",
     "StatusAck",
     "Error",
+    "ConfirmRemoval",
+    "RemovalConfirmed",
 ];
 
 impl Message {
@@ -72,6 +76,8 @@ impl Message {
             Message::StatusBatch(_) => "StatusBatch",
             Message::StatusAck(_) => "StatusAck",
             Message::Error(_) => "Error",
+            Message::ConfirmRemoval(_) => "ConfirmRemoval",
+            Message::RemovalConfirmed(_) => "RemovalConfirmed",
         }
     }
 
@@ -93,6 +99,10 @@ pub struct Hello {
     /// (`WorkUpdate.base`). Absent from older agents, which get whole bundles only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub patches: bool,
+    /// The agent takes `ConfirmRemoval` (an older one could not decode it and would drop the
+    /// session, so the hub sends it only to agents that say so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmations: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +298,25 @@ pub struct WorkUpdate {
 pub struct WorkRemove {
     pub name: String,
     pub orphan: bool,
+}
+
+/// Hub -> agent: an operator confirmed the removal or prune of `work` that the agent's deletion
+/// circuit breaker holds. The agent lets one through, as with `tether-agent confirm-removal`,
+/// unless its owner allows confirmations on the cluster only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmRemoval {
+    pub work: String,
+    /// Who confirmed (`admin:NAME`), for the agent's log.
+    pub actor: String,
+}
+
+/// Agent -> hub: the confirmation is recorded; the next reconcile pass lets the deletion
+/// through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalConfirmed {
+    pub work: String,
+    /// Whether the breaker held a deletion of the work when the confirmation arrived.
+    pub was_held: bool,
 }
 
 /// Agent -> hub reply, sent only after the agent committed the change to its store.

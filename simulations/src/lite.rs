@@ -366,6 +366,7 @@ async fn session(
         protocol_version: PROTOCOL_VERSION,
         agent_version: "lite".into(),
         patches: false,
+        confirmations: false,
     });
     let ack = match request(&conn, &hello, limits).await? {
         Message::HelloAck(a) => a,

@@ -52,6 +52,7 @@ async fn join_channel(hub: &LocalHub) -> (quinn::Endpoint, Connection) {
         protocol_version: tether_protocol::PROTOCOL_VERSION,
         agent_version: "test".into(),
         patches: false,
+        confirmations: false,
     });
     assert!(matches!(
         request(&conn, &hello, Limits::default()).await.unwrap(),

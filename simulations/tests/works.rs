@@ -434,6 +434,21 @@ async fn the_edge_policy_refuses_a_takeover_and_applies_the_rest() {
 /// objects the agent manages is held and reported; a confirmation on the cluster releases it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deletion_breaker_holds_a_mass_removal_until_confirmed() {
+    breaker_holds_until(Confirm::OnTheCluster).await;
+}
+
+/// The same, confirmed by an operator through the hub (`tetherctl works confirm-removal`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_removal_is_released_by_a_confirmation_through_the_hub() {
+    breaker_holds_until(Confirm::ThroughTheHub).await;
+}
+
+enum Confirm {
+    OnTheCluster,
+    ThroughTheHub,
+}
+
+async fn breaker_holds_until(confirm: Confirm) {
     init_logs();
     let bin = agent_binary();
     let dir = tempfile::tempdir().unwrap();
@@ -486,17 +501,40 @@ async fn the_deletion_breaker_holds_a_mass_removal_until_confirmed() {
     );
     assert!(file.exists(), "a held removal deleted the objects");
 
-    let out = std::process::Command::new(&bin)
-        .args(["confirm-removal", "--data-dir"])
-        .arg(d.join("agents").join("edge"))
-        .arg("big")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    match confirm {
+        Confirm::OnTheCluster => {
+            let out = std::process::Command::new(&bin)
+                .args(["confirm-removal", "--data-dir"])
+                .arg(d.join("agents").join("edge"))
+                .arg("big")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Confirm::ThroughTheHub => {
+            let ctl = Ctl::for_hub(d, &hub);
+            let out = ctl
+                .run(&["works", "confirm-removal", "big", "--cluster", "edge"])
+                .await;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("goes ahead"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let audit = admin.audit(50).await.unwrap();
+            assert!(
+                audit.iter().any(|e| e.kind == "removal_confirmed"
+                    && e.actor == "admin:tether-admin"
+                    && e.detail.contains("held there: true")),
+                "{audit:#?}"
+            );
+        }
+    }
     eventually("the confirmed removal", || !file.exists()).await;
     assert!(manifests_dir(d, "edge").join("tether-small.yaml").exists());
     eventually_async(|| async {

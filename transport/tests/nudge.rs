@@ -17,6 +17,7 @@ fn hello() -> Message {
         protocol_version: PROTOCOL_VERSION,
         agent_version: "test".into(),
         patches: false,
+        confirmations: false,
     })
 }
 

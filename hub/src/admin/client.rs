@@ -258,6 +258,18 @@ impl AdminClient {
             .await
     }
 
+    pub async fn confirm_removal(
+        &self,
+        work: &str,
+        cluster: &str,
+    ) -> anyhow::Result<ConfirmRemovalResult> {
+        self.post(
+            &format!("/v1/works/{work}/confirm-removal"),
+            serde_json::json!({ "cluster": cluster }),
+        )
+        .await
+    }
+
     pub async fn whoami(&self) -> anyhow::Result<WhoAmI> {
         self.get("/v1/whoami").await
     }

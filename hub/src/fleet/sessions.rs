@@ -16,6 +16,8 @@ struct Inner {
     tracked: HashMap<usize, Tracked>,
     /// The registered session of each cluster.
     live: HashMap<String, quinn::Connection>,
+    /// Stable ids of live sessions whose agent takes `ConfirmRemoval` (`Hello.confirmations`).
+    confirming: std::collections::HashSet<usize>,
 }
 
 struct Tracked {
@@ -69,8 +71,16 @@ impl Sessions {
     }
 
     /// Register a session; an older session of the same cluster is closed as superseded.
-    pub fn insert(&self, cluster: &str, conn: quinn::Connection) {
-        let old = lock(&self.inner).live.insert(cluster.to_string(), conn);
+    pub fn insert(&self, cluster: &str, conn: quinn::Connection, takes_confirmations: bool) {
+        let mut inner = lock(&self.inner);
+        if takes_confirmations {
+            inner.confirming.insert(conn.stable_id());
+        }
+        let old = inner.live.insert(cluster.to_string(), conn);
+        if let Some(old) = &old {
+            inner.confirming.remove(&old.stable_id());
+        }
+        drop(inner);
         if let Some(old) = old {
             old.close(
                 tether_protocol::close_code::SUPERSEDED.into(),
@@ -89,11 +99,31 @@ impl Sessions {
         {
             inner.live.remove(cluster);
         }
+        inner.confirming.remove(&stable_id);
+    }
+
+    /// The live session of `cluster` if its agent takes `ConfirmRemoval`: `Err(true)` when it
+    /// has a session that does not, `Err(false)` when it has none.
+    pub fn confirming(&self, cluster: &str) -> Result<quinn::Connection, bool> {
+        let inner = lock(&self.inner);
+        let conn = inner.live.get(cluster).ok_or(false)?;
+        if inner.confirming.contains(&conn.stable_id()) {
+            Ok(conn.clone())
+        } else {
+            Err(true)
+        }
     }
 
     /// Close a cluster's registered session (it will reconnect); returns whether one was open.
     pub fn close(&self, cluster: &str, code: u32, reason: &str) -> bool {
-        let conn = lock(&self.inner).live.remove(cluster);
+        let conn = {
+            let mut inner = lock(&self.inner);
+            let conn = inner.live.remove(cluster);
+            if let Some(c) = &conn {
+                inner.confirming.remove(&c.stable_id());
+            }
+            conn
+        };
         conn.map(|c| c.close(code.into(), reason.as_bytes()))
             .is_some()
     }

@@ -454,7 +454,9 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
             alpn: "tether/1".into(),
         })
         .inc();
-    state.sessions.insert(&cluster, conn.clone());
+    state
+        .sessions
+        .insert(&cluster, conn.clone(), hello.confirmations);
     state.changes.cluster(&cluster);
     state.metrics.live_sessions.inc();
     state.health_event(|h| h.session_opened(&cluster, now_ms()));

@@ -48,6 +48,7 @@ async fn honest_handshakes(
         protocol_version: tether_protocol::PROTOCOL_VERSION,
         agent_version: "bench".into(),
         patches: false,
+        confirmations: false,
     });
     let mut ok = 0;
     let mut took = Vec::with_capacity(attempts);

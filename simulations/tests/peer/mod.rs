@@ -44,6 +44,7 @@ pub fn hello_msg(version: u16) -> Message {
         protocol_version: version,
         agent_version: "test".into(),
         patches: false,
+        confirmations: false,
     })
 }
 

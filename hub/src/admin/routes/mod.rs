@@ -44,7 +44,7 @@ pub(crate) fn required_role(method: &Method, seg: &[&str]) -> Option<AdminRole> 
             | ["v1", "works", _, "placement" | "rollout" | "history"]
             | ["v1", "works", _, "rendered", _],
         ) => Viewer,
-        ("POST", ["v1", "works", _, "sync" | "pause" | "resume" | "undo"])
+        ("POST", ["v1", "works", _, "sync" | "pause" | "resume" | "undo" | "confirm-removal"])
         | ("DELETE", ["v1", "works", _]) => Operator,
         ("POST", ["v1", "backup"]) => Admin,
         ("GET" | "POST", ["v1", "admins"]) | ("POST", ["v1", "admins", _, "revoke"]) => Admin,
@@ -138,6 +138,7 @@ mod tests {
         ("POST", "/v1/works/x/pause", AdminRole::Operator),
         ("POST", "/v1/works/x/resume", AdminRole::Operator),
         ("POST", "/v1/works/x/undo", AdminRole::Operator),
+        ("POST", "/v1/works/x/confirm-removal", AdminRole::Operator),
         ("DELETE", "/v1/works/x", AdminRole::Operator),
         ("POST", "/v1/backup", AdminRole::Admin),
         ("GET", "/v1/admins", AdminRole::Admin),

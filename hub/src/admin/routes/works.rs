@@ -226,6 +226,10 @@ pub(super) async fn route(
                 &serde_json::json!({"work": name, "paused": paused}),
             ))
         }
+        (&Method::POST, ["v1", "works", name, "confirm-removal"]) => {
+            let body: ConfirmRemovalRequest = read_json(req).await?;
+            confirm_removal(state, who, name, &body.cluster).await
+        }
         (&Method::GET, ["v1", "works", name, "history"]) => {
             let st = state.clone();
             let n = name.to_string();
@@ -409,6 +413,116 @@ fn work_in_scope(state: &HubState, who: &Caller, name: &str) -> Result<(), Respo
         ),
     ))
 }
+
+/// Relay an operator's confirmation of a held deletion to the cluster's agent (which decides:
+/// its owner may take confirmations on the cluster only), and audit it once the agent has it.
+async fn confirm_removal(
+    state: &Arc<HubState>,
+    who: &Caller,
+    work: &str,
+    cluster: &str,
+) -> Result<Response<Body>, Response<Body>> {
+    let works = state.works.snapshot();
+    let Some(entry) = works.get(work) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("work {work} not found"),
+        ));
+    };
+    // Deleted works too: a held removal is what is confirmed.
+    if !who.scope.contains(&entry.record.scope) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "work {work} was applied with scope {}, which the scope of {} ({}) does not contain",
+                entry.record.scope, who.name, who.scope
+            ),
+        ));
+    }
+    let n = cluster.to_string();
+    let rec = in_blocking(state, move |s| {
+        Ok(s.store
+            .read(|tx| tx.get(&tether_store::hub::CLUSTERS, &n))?)
+    })
+    .await?
+    .ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("cluster {cluster} not found"),
+        )
+    })?;
+    super::cluster_in_scope(who, cluster, &rec.labels)?;
+    let conn = state.sessions.confirming(cluster).map_err(|has_session| {
+        error(
+            StatusCode::CONFLICT,
+            if has_session {
+                format!("the agent of {cluster} is too old to take confirmations from the hub; run `tether-agent confirm-removal --data-dir DIR {work}` on the cluster")
+            } else {
+                format!("{cluster} has no session with this hub; the confirmation needs the agent connected (or run `tether-agent confirm-removal` on the cluster)")
+            },
+        )
+    })?;
+    let msg = tether_protocol::Message::ConfirmRemoval(tether_protocol::ConfirmRemoval {
+        work: work.to_string(),
+        actor: who.actor(),
+    });
+    let answer = tokio::time::timeout(
+        CONFIRM_TIMEOUT,
+        tether_transport::framed::request(&conn, &msg, state.cfg.limits),
+    )
+    .await
+    .map_err(|_| {
+        error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the agent of {cluster} did not answer within {CONFIRM_TIMEOUT:?}"),
+        )
+    })?;
+    let was_held = match answer {
+        Ok(tether_protocol::Message::RemovalConfirmed(r)) if r.work == work => r.was_held,
+        Ok(tether_protocol::Message::Error(e)) | Err(tether_transport::TransportError::Peer(e))
+            if e.code == tether_protocol::ErrorCode::Unauthorized =>
+        {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                format!("the agent of {cluster} refused: {}", e.message),
+            ));
+        }
+        Ok(other) => {
+            return Err(error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the agent of {cluster} answered {} to ConfirmRemoval",
+                    other.kind()
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_GATEWAY,
+                format!("confirming on {cluster}: {e}"),
+            ))
+        }
+    };
+    audit_now(
+        state,
+        &who.actor(),
+        "removal_confirmed",
+        format!("work {work} on cluster {cluster} (held there: {was_held})"),
+    )
+    .await?;
+    tracing::warn!(%work, %cluster, actor = %who.actor(), was_held, "held deletion confirmed through the hub");
+    Ok(json(
+        StatusCode::OK,
+        &ConfirmRemovalResult {
+            work: work.to_string(),
+            cluster: cluster.to_string(),
+            was_held,
+        },
+    ))
+}
+
+/// How long the admin waits for the agent to record a confirmation.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The registered, not denied clusters as placement sees them.
 fn fleet(state: &HubState) -> Result<Vec<crate::decide::placement::Candidate>, StoreError> {

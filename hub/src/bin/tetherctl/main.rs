@@ -231,6 +231,14 @@ enum WorksCmd {
     /// Fetch a git-sourced work's repository now (instead of at its next interval) and apply
     /// the commit its revision names; prints the commit and whether it made a new generation.
     Sync { name: String },
+    /// Let one held removal or prune of work NAME through the deletion circuit breaker of
+    /// CLUSTER (shown as DeletionBreaker in `describe work`). The agent must be connected, and
+    /// its owner may accept confirmations on the cluster only (`--local-confirmations-only`).
+    ConfirmRemoval {
+        name: String,
+        #[arg(long)]
+        cluster: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -676,6 +684,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Works(WorksCmd::Sync { name }) => {
             let r = client.sync_work(&name).await?;
             print(out, &r, || outln!("{}", applied_line(&r)))?;
+        }
+        Cmd::Works(WorksCmd::ConfirmRemoval { name, cluster }) => {
+            let r = client.confirm_removal(&name, &cluster).await?;
+            print(out, &r, || {
+                if r.was_held {
+                    outln!("the held deletion of {name} on {cluster} goes ahead on the agent's next pass");
+                } else {
+                    outln!("{cluster} was not holding a deletion of {name}; the confirmation lets the next one through");
+                }
+            })?;
         }
         Cmd::Diff { input, cluster } => {
             let docs = input.documents()?;
