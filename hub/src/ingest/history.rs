@@ -79,31 +79,26 @@ pub fn file(tx: &WriteTx, max: usize) -> Result<usize, StoreError> {
 
 /// One cluster's history, oldest first: what was filed, then what was not yet.
 pub fn history_of(tx: &ReadTx, cluster: &str) -> Result<Vec<StatusLogEntry>, StoreError> {
-    let mut out: Vec<StatusLogEntry> = tx
-        .list_prefix(&STATUS_HISTORY, &cluster_prefix(cluster))?
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect();
-    out.extend(
-        tx.range(&STATUS_UNFILED, 0, usize::MAX)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .filter(|e| e.cluster == cluster),
-    );
-    Ok(out)
+    let filed = tx.list_prefix(&STATUS_HISTORY, &cluster_prefix(cluster))?;
+    with_unfiled(tx, filed, Some(cluster))
 }
 
 /// Every cluster's history, each cluster's entries oldest first.
 pub fn all_history(tx: &ReadTx) -> Result<Vec<StatusLogEntry>, StoreError> {
-    let mut out: Vec<StatusLogEntry> = tx
-        .list(&STATUS_HISTORY)?
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect();
+    with_unfiled(tx, tx.list(&STATUS_HISTORY)?, None)
+}
+
+fn with_unfiled(
+    tx: &ReadTx,
+    filed: Vec<(String, StatusLogEntry)>,
+    cluster: Option<&str>,
+) -> Result<Vec<StatusLogEntry>, StoreError> {
+    let mut out: Vec<StatusLogEntry> = filed.into_iter().map(|(_, e)| e).collect();
     out.extend(
         tx.range(&STATUS_UNFILED, 0, usize::MAX)?
             .into_iter()
-            .map(|(_, e)| e),
+            .map(|(_, e)| e)
+            .filter(|e| cluster.is_none_or(|c| e.cluster == c)),
     );
     Ok(out)
 }

@@ -543,6 +543,24 @@ fn fleet(state: &HubState) -> Result<Vec<crate::decide::placement::Candidate>, S
         .collect())
 }
 
+/// The clusters `doc`'s placement selects among `candidates` (no taints, no stickiness).
+fn selected_now(
+    doc: &tether_protocol::work::WorkDocument,
+    candidates: &[crate::decide::placement::Candidate],
+) -> std::collections::BTreeSet<String> {
+    crate::decide::placement::select(
+        &doc.metadata.name,
+        &doc.spec,
+        candidates,
+        &Default::default(),
+        &Default::default(),
+    )
+    .into_iter()
+    .filter(|c| c.selected)
+    .map(|c| c.cluster)
+    .collect()
+}
+
 /// Clusters the work's placement selects now that are outside the cluster set of `scope`
 /// (the decisions keep it off them later too; refusing now says so while the operator looks).
 fn outside_scope(
@@ -554,18 +572,7 @@ fn outside_scope(
         return Ok(Vec::new());
     }
     let candidates = fleet(state)?;
-    let none = Default::default();
-    let selected: std::collections::BTreeSet<String> = crate::decide::placement::select(
-        &doc.metadata.name,
-        &doc.spec,
-        &candidates,
-        &none,
-        &Default::default(),
-    )
-    .into_iter()
-    .filter(|c| c.selected)
-    .map(|c| c.cluster)
-    .collect();
+    let selected = selected_now(doc, &candidates);
     Ok(candidates
         .into_iter()
         .filter(|c| selected.contains(&c.name) && !scope.admits_cluster(&c.labels))
@@ -580,24 +587,11 @@ fn contested(
     state: &HubState,
     doc: &tether_protocol::work::WorkDocument,
 ) -> Result<Vec<String>, crate::works::WorkError> {
-    use crate::decide::placement::select;
     let shared = crate::works::overlap::shared_objects(doc, &state.works.snapshot());
     if shared.is_empty() {
         return Ok(Vec::new());
     }
-    let candidates = fleet(state)?;
-    let none = Default::default();
-    let mine: std::collections::BTreeSet<String> = select(
-        &doc.metadata.name,
-        &doc.spec,
-        &candidates,
-        &none,
-        &Default::default(),
-    )
-    .into_iter()
-    .filter(|c| c.selected)
-    .map(|c| c.cluster)
-    .collect();
+    let mine = selected_now(doc, &fleet(state)?);
     let decisions = state.decisions.snapshot();
     Ok(shared
         .into_iter()
