@@ -6,7 +6,7 @@ use tether_protocol::{Condition, Facts, Labels};
 pub use tether_store::hub::{ClusterState, FactPins};
 
 /// Where a join request stands.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub enum JoinState {
     Pending,
     Approved,
@@ -14,7 +14,7 @@ pub enum JoinState {
 }
 
 /// What `PUT /v1/works` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ApplyOutcome {
     Created,
     Updated,
@@ -22,7 +22,7 @@ pub enum ApplyOutcome {
 }
 
 /// Where a work's rollout stands; `RolloutView::reason` says why when it is not obvious.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RolloutPhase {
     /// No progressive rollout: every selected cluster at once.
     #[default]
@@ -35,7 +35,7 @@ pub enum RolloutPhase {
     RolledBack,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ClusterView {
     pub name: String,
     pub state: ClusterState,
@@ -53,7 +53,7 @@ pub struct ClusterView {
     pub cert_not_after_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct JoinRequestView {
     pub name: String,
     pub state: JoinState,
@@ -81,7 +81,7 @@ pub fn human_bytes(n: usize) -> String {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub expires_at_ms: u64,
@@ -96,7 +96,7 @@ pub struct TokenView {
     pub revoked_at_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateTokenRequest {
     pub ttl_secs: u64,
     pub uses: u32,
@@ -108,7 +108,7 @@ pub struct CreateTokenRequest {
     pub allowed_labels: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DenyRequest {
     #[serde(default)]
     pub reason: String,
@@ -116,7 +116,7 @@ pub struct DenyRequest {
 
 /// `POST /v1/clusters/{name}/facts`: pin facts so placement trusts these over the agent's
 /// reports. Fields left out keep their pin; `unpin` names facts to follow the reports again.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PinFactsRequest {
     #[serde(default)]
@@ -138,7 +138,7 @@ pub struct PinFactsRequest {
 /// `POST /v1/clusters/{name}/labels`: change a cluster's labels after its join. `set` adds or
 /// replaces, `remove` drops keys (absent keys are not an error, as with `kubectl label k-`).
 /// The same key in both is refused as ambiguous.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelsRequest {
     #[serde(default)]
@@ -148,7 +148,7 @@ pub struct LabelsRequest {
 }
 
 /// `GET /v1/version`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VersionView {
     /// The hub binary's version.
     pub version: String,
@@ -156,7 +156,7 @@ pub struct VersionView {
     pub protocol_version: u16,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionResult {
     pub cluster: String,
     pub action: String,
@@ -164,7 +164,7 @@ pub struct ActionResult {
     pub session_closed: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditView {
     pub seq: u64,
     pub at_ms: u64,
@@ -175,7 +175,7 @@ pub struct AuditView {
 }
 
 /// Filters of an audit query; every field that is set must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditFilter {
     pub kind: Option<String>,
     pub cluster: Option<String>,
@@ -187,7 +187,7 @@ pub struct AuditFilter {
 }
 
 /// One page of `GET /v1/audit/page`: the newest matching events below the cursor.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditPage {
     /// Oldest first.
     pub events: Vec<AuditView>,
@@ -199,14 +199,14 @@ pub struct AuditPage {
     pub scanned: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub error: String,
 }
 
 // ---------------------------------------------------------------- works
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ApplyResult {
     pub name: String,
     pub generation: u64,
@@ -221,7 +221,7 @@ pub struct ApplyResult {
 }
 
 /// The hub's last look at a git-sourced work's repository.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SourceCheck {
     pub checked_at_ms: u64,
     /// The commit the revision named at that look (absent when the look failed).
@@ -231,7 +231,7 @@ pub struct SourceCheck {
 }
 
 /// One generation of a work, as kept for `undo` (`GET /v1/works/{name}/history`, oldest first).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RevisionView {
     pub generation: u64,
     pub manifests: usize,
@@ -243,13 +243,13 @@ pub struct RevisionView {
     pub current: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DeleteResult {
     pub name: String,
     pub orphan: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WorkSummary {
     pub name: String,
     pub generation: u64,
@@ -265,7 +265,7 @@ pub struct WorkSummary {
     pub updated_at_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ClusterWorkView {
     pub cluster: String,
     /// The work currently targets this cluster (false while a removal is pending).
@@ -279,9 +279,12 @@ pub struct ClusterWorkView {
     pub observed_at_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WorkDetail {
     pub summary: WorkSummary,
+    /// The Work document as applied (docs/user-guide-placement-rollout.md); validated by the
+    /// hub, so described here as a free-form object.
+    #[schema(value_type = Object)]
     pub document: tether_protocol::work::WorkDocument,
     /// For a work with a git source: the hub's last look at the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,7 +292,7 @@ pub struct WorkDetail {
     pub clusters: Vec<ClusterWorkView>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StatusLogView {
     /// Position in the hub's log.
     pub log_seq: u64,
@@ -304,14 +307,14 @@ pub struct StatusLogView {
 
 /// `POST /v1/backup`: write a consistent snapshot of the hub database to `to`, a path on the
 /// hub's machine that must not exist yet.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupRequest {
     pub to: String,
 }
 
 /// Why one cluster was or was not chosen for a work (`GET /v1/works/{name}/placement`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Choice {
     pub cluster: String,
     pub selected: bool,
@@ -319,7 +322,9 @@ pub struct Choice {
 }
 
 /// A work's rollout (`GET /v1/works/{name}/rollout`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct RolloutView {
     pub generation: u64,
     pub phase: RolloutPhase,
@@ -341,7 +346,7 @@ pub struct RolloutView {
 }
 
 /// A join token, as created (`POST /v1/tokens`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     /// The secret. Shown once; the hub keeps only its hash.
     pub token: String,
@@ -350,7 +355,7 @@ pub struct CreatedToken {
 }
 
 /// A backup taken while the hub serves (`POST /v1/backup`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BackupInfo {
     pub path: String,
     pub taken_at_ms: u64,
@@ -362,7 +367,7 @@ pub struct BackupInfo {
 pub use tether_store::hub::{AdminRole, AdminScope};
 
 /// `POST /v1/admins`: a new admin credential for a key made on the admin's machine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddAdminRequest {
     pub name: String,
     pub role: AdminRole,
@@ -376,7 +381,7 @@ pub struct AddAdminRequest {
 }
 
 /// `POST /v1/admins/{name}/renew`: a new certificate, same role and scope.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenewAdminRequest {
     pub csr_pem: String,
     #[serde(default)]
@@ -384,7 +389,7 @@ pub struct RenewAdminRequest {
 }
 
 /// A signed admin certificate, with the CA to put next to it in a tetherctl config.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminIssued {
     pub name: String,
     pub role: AdminRole,
@@ -395,7 +400,7 @@ pub struct AdminIssued {
     pub not_after_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminView {
     pub name: String,
     pub role: AdminRole,
@@ -407,7 +412,7 @@ pub struct AdminView {
 }
 
 /// `GET /v1/whoami`: the credential the hub sees on this connection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     pub name: String,
     pub role: AdminRole,
@@ -416,16 +421,37 @@ pub struct WhoAmI {
 
 /// `POST /v1/works/{name}/confirm-removal`: let one held deletion of the work through the
 /// deletion circuit breaker of `cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfirmRemovalRequest {
     pub cluster: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfirmRemovalResult {
     pub work: String,
     pub cluster: String,
     /// Whether the agent's breaker was holding a deletion of the work when it arrived (if not,
     /// the confirmation waits for the next one).
     pub was_held: bool,
+}
+
+/// `POST /v1/works/{name}/pause` and `/resume`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct PauseResult {
+    pub work: String,
+    pub paused: bool,
+}
+
+/// `POST /v1/works/{name}/undo`: the new generation that restores the older one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct UndoResult {
+    pub work: String,
+    pub generation: u64,
+}
+
+/// `POST /v1/admins/{name}/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct RevokedAdmin {
+    pub name: String,
+    pub revoked_certificates: usize,
 }

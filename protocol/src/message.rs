@@ -123,6 +123,7 @@ pub struct HelloAck {
 
 /// What an agent knows about itself and its cluster. Reported at join and in every heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Facts {
     pub arch: String,
     pub os: String,
@@ -169,6 +170,7 @@ pub enum JoinStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Condition {
     #[serde(rename = "type")]
     pub kind: String,
@@ -354,6 +356,7 @@ pub struct StatusAck {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum WorkPhase {
     /// Applied and every tracked workload is ready.
     Available,
@@ -397,6 +400,7 @@ pub struct WorkStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceStatus {
     pub object: ObjectRef,
     /// `None` for kinds without a readiness notion (ConfigMap, Service, ...).

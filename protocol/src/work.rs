@@ -474,6 +474,7 @@ impl Targets {
 
 /// Identity of one Kubernetes object in a bundle; what pruning and status talk about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ObjectRef {
     pub api_version: String,
     pub kind: String,

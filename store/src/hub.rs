@@ -48,6 +48,7 @@ pub const ADMINS: StrTable<AdminRecord> = StrTable::new("admins");
 pub const BACKUP_META: StrTable<u64> = StrTable::new("backup_meta");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ClusterState {
     /// Session up and heartbeats arriving.
     Ready,
@@ -100,6 +101,7 @@ pub struct ClusterRecord {
 /// A pinned fact wins over whatever the agent reports later, so a compromised agent cannot
 /// steer works meant for other clusters to itself by claiming another arch or a huge capacity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FactPins {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
@@ -193,6 +195,7 @@ pub struct AdminRecord {
 
 /// What an admin credential may do. Ordered: each role may do what the ones before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AdminRole {
     /// Read everything the admin API shows; change nothing.
@@ -219,6 +222,7 @@ impl AdminRole {
 
 /// The part of the fleet an operator may act on. Empty fields do not restrict.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdminScope {
     /// A cluster set, by label: an operator may act only on clusters with all these labels,
     /// and a work it applies is delivered only to such clusters (checked at every decision,

@@ -288,6 +288,15 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<B
         .unwrap_or_else(|_| Response::new(full("")))
 }
 
+/// A JSON body already serialized (the OpenAPI document, made once).
+pub(crate) fn json_text(status: StatusCode, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     json(status, &ApiError { error: msg.into() })
 }
@@ -533,6 +542,9 @@ async fn handle(state: Arc<HubState>, req: Request<Incoming>, peer: &Peer) -> Re
             "a live admin client certificate is required (the tetherctl.yaml written by `tether-hub init`, or one from `tetherctl admins add`)",
         );
     };
+    if let Some(why) = cross_site(&req) {
+        return error(StatusCode::FORBIDDEN, why);
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let Some(needed) = super::routes::required_role(&method, &segments) else {
         return no_route(&method, &segments);
@@ -565,6 +577,39 @@ async fn handle(state: Arc<HubState>, req: Request<Incoming>, peer: &Peer) -> Re
     response
 }
 
+/// Why a request that changes something is refused as coming from another site, if it is.
+///
+/// A browser holding an admin certificate (the dashboard's) presents it to this hub whatever
+/// page makes the request, and a plain cross-site form POST needs no CORS permission: without
+/// this, any page the operator visits could approve or detach clusters. Browsers mark such
+/// requests (`Sec-Fetch-Site`, `Origin`); tetherctl and scripts send neither and pass. Reads
+/// need no check: the same-origin policy keeps their answers from the other site.
+pub(crate) fn cross_site<B>(req: &Request<B>) -> Option<String> {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return Some(format!(
+                "refused: a {site} request from a browser may not change anything (Sec-Fetch-Site)"
+            ));
+        }
+    }
+    if let Some(origin) = header("origin") {
+        let host = header("host").unwrap_or("");
+        let same = origin
+            .strip_prefix("https://")
+            .is_some_and(|o| !host.is_empty() && o == host);
+        if !same {
+            return Some(format!(
+                "refused: a request from origin {origin:?} may not change anything on {host:?}"
+            ));
+        }
+    }
+    None
+}
+
 pub(crate) fn no_route(method: &Method, seg: &[&str]) -> Response<Body> {
     error(
         StatusCode::NOT_FOUND,
@@ -584,6 +629,49 @@ mod tests {
         );
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
+    }
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri("/v1/clusters/a/approve");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn cross_site_changes_are_refused_and_reads_and_clients_are_not() {
+        let host = ("host", "127.0.0.1:7444");
+        // tetherctl: no browser headers.
+        assert_eq!(cross_site(&request(Method::POST, &[host])), None);
+        // The dashboard itself.
+        let own = [
+            host,
+            ("origin", "https://127.0.0.1:7444"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        assert_eq!(cross_site(&request(Method::POST, &own)), None);
+        // Another page's form or fetch.
+        for bad in [
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+            vec![host, ("origin", "https://evil.example")],
+            vec![host, ("origin", "http://127.0.0.1:7444")],
+            vec![host, ("origin", "null")],
+            vec![("origin", "https://127.0.0.1:7444")],
+        ] {
+            assert!(
+                cross_site(&request(Method::POST, &bad)).is_some(),
+                "{bad:?}"
+            );
+            assert!(
+                cross_site(&request(Method::DELETE, &bad)).is_some(),
+                "{bad:?}"
+            );
+            assert_eq!(cross_site(&request(Method::GET, &bad)), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub(super) async fn route(
             tracing::warn!(admin = %name, certificates = revoked, by = %who.name, "admin credential revoked");
             Ok(json(
                 StatusCode::OK,
-                &serde_json::json!({"name": name, "revoked_certificates": revoked}),
+                &RevokedAdmin {
+                    name: name.to_string(),
+                    revoked_certificates: revoked,
+                },
             ))
         }
         _ => Err(no_route(method, seg)),

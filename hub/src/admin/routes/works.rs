@@ -223,7 +223,10 @@ pub(super) async fn route(
             .await?;
             Ok(json(
                 StatusCode::OK,
-                &serde_json::json!({"work": name, "paused": paused}),
+                &PauseResult {
+                    work: name.to_string(),
+                    paused,
+                },
             ))
         }
         (&Method::POST, ["v1", "works", name, "confirm-removal"]) => {
@@ -268,7 +271,10 @@ pub(super) async fn route(
             .await?;
             Ok(json(
                 StatusCode::OK,
-                &serde_json::json!({"work": name, "generation": generation}),
+                &UndoResult {
+                    work: name.to_string(),
+                    generation,
+                },
             ))
         }
         (&Method::POST, ["v1", "works", "render"]) => {
