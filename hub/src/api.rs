@@ -40,6 +40,7 @@ pub struct ClusterView {
     pub name: String,
     pub state: ClusterState,
     pub connected: bool,
+    #[schema(inline)]
     pub labels: Labels,
     /// As the agent last reported them (clamped).
     pub facts: Facts,
@@ -59,6 +60,7 @@ pub struct JoinRequestView {
     pub state: JoinState,
     pub reason: Option<String>,
     pub token_id: String,
+    #[schema(inline)]
     pub labels: Labels,
     pub facts: Facts,
     pub peer_addr: String,
@@ -88,6 +90,7 @@ pub struct TokenView {
     pub max_uses: u32,
     pub used: u32,
     pub auto_approve: bool,
+    #[schema(inline)]
     pub labels: Labels,
     /// Label keys agents may request with the token; empty: any unreserved key.
     #[serde(default)]
@@ -98,9 +101,14 @@ pub struct TokenView {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateTokenRequest {
+    /// Lifetime, at most 30 days (`identity::registry::MAX_TOKEN_TTL`).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_secs: u64,
+    /// Joins it admits (`identity::registry::MAX_TOKEN_USES`).
+    #[schema(minimum = 1, maximum = 100_000)]
     pub uses: u32,
     pub auto_approve: bool,
+    #[schema(inline)]
     #[serde(default)]
     pub labels: Labels,
     /// When set, agents joining with the token may request only these label keys.
@@ -142,6 +150,7 @@ pub struct PinFactsRequest {
 #[serde(deny_unknown_fields)]
 pub struct LabelsRequest {
     #[serde(default)]
+    #[schema(inline)]
     pub set: Labels,
     #[serde(default)]
     pub remove: Vec<String>,

@@ -228,6 +228,7 @@ pub struct AdminScope {
     /// and a work it applies is delivered only to such clusters (checked at every decision,
     /// so a label change that moves a cluster out of the set also moves the work off it).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(inline))]
     pub clusters: Labels,
     /// Kubernetes namespaces the operator's manifests may target. When set, cluster-scoped
     /// objects (other than these namespaces themselves) are refused.

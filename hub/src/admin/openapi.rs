@@ -134,7 +134,7 @@ mod paths {
     fn list_clusters() {}
 
     #[utoipa::path(get, path = "/v1/clusters/{name}", tag = "clusters",
-        params(("name" = String, Path, description = "Cluster name")),
+        params(("name" = String, Path, description = "Cluster name", example = "edge-1")),
         responses(
             (status = 200, description = "The cluster", body = ClusterView),
             (status = 404, description = "No such cluster", body = ApiError),
@@ -143,7 +143,7 @@ mod paths {
 
     #[utoipa::path(get, path = "/v1/clusters/{name}/status-log", tag = "clusters",
         params(
-            ("name" = String, Path, description = "Cluster name"),
+            ("name" = String, Path, description = "Cluster name", example = "edge-1"),
             ("limit" = Option<u64>, Query, description = "Newest entries to return (default 1000, at most 100000)"),
         ),
         responses(
@@ -152,7 +152,7 @@ mod paths {
     fn status_log() {}
 
     #[utoipa::path(post, path = "/v1/clusters/{name}/approve", tag = "clusters",
-        params(("name" = String, Path, description = "Name of a pending join request")),
+        params(("name" = String, Path, description = "Name of a pending join request", example = "edge-2")),
         responses(
             (status = 200, description = "Approved; the agent gets its certificate at its next poll", body = ActionResult),
             (status = 400, description = "The request cannot be approved as it is", body = ApiError),
@@ -162,7 +162,7 @@ mod paths {
     fn approve() {}
 
     #[utoipa::path(post, path = "/v1/clusters/{name}/deny", tag = "clusters",
-        params(("name" = String, Path, description = "Cluster or join request name")),
+        params(("name" = String, Path, description = "Cluster or join request name", example = "edge-1")),
         request_body = Option<DenyRequest>,
         responses(
             (status = 200, description = "Denied; certificates revoked, a live session closed", body = ActionResult),
@@ -174,7 +174,7 @@ mod paths {
     fn deny() {}
 
     #[utoipa::path(post, path = "/v1/clusters/{name}/detach", tag = "clusters",
-        params(("name" = String, Path, description = "Cluster name")),
+        params(("name" = String, Path, description = "Cluster name", example = "edge-1")),
         request_body = Option<DenyRequest>,
         responses(
             (status = 200, description = "Detached: revoked and deleted, the name is free", body = ActionResult),
@@ -186,7 +186,7 @@ mod paths {
     fn detach() {}
 
     #[utoipa::path(post, path = "/v1/clusters/{name}/facts", tag = "clusters",
-        params(("name" = String, Path, description = "Cluster name")),
+        params(("name" = String, Path, description = "Cluster name", example = "edge-1")),
         request_body = PinFactsRequest,
         responses(
             (status = 200, description = "The cluster with its new pins", body = ClusterView),
@@ -198,7 +198,7 @@ mod paths {
     fn pin_facts() {}
 
     #[utoipa::path(post, path = "/v1/clusters/{name}/labels", tag = "clusters",
-        params(("name" = String, Path, description = "Cluster name")),
+        params(("name" = String, Path, description = "Cluster name", example = "edge-1")),
         request_body = LabelsRequest,
         responses(
             (status = 200, description = "The cluster with its new labels", body = ClusterView),
@@ -310,7 +310,7 @@ mod paths {
     fn list_works() {}
 
     #[utoipa::path(get, path = "/v1/works/{name}", tag = "works",
-        params(("name" = String, Path, description = "Work name")),
+        params(("name" = String, Path, description = "Work name", example = "web")),
         responses(
             (status = 200, description = "The work, its document and its row on each cluster", body = WorkDetail),
             (status = 404, description = "No such work", body = ApiError),
@@ -319,7 +319,7 @@ mod paths {
 
     #[utoipa::path(delete, path = "/v1/works/{name}", tag = "works",
         params(
-            ("name" = String, Path, description = "Work name"),
+            ("name" = String, Path, description = "Work name", example = "web"),
             ("orphan" = Option<bool>, Query, description = "Leave the objects in place on the clusters"),
         ),
         responses(
@@ -329,7 +329,7 @@ mod paths {
     fn delete_work() {}
 
     #[utoipa::path(get, path = "/v1/works/{name}/placement", tag = "works",
-        params(("name" = String, Path, description = "Work name")),
+        params(("name" = String, Path, description = "Work name", example = "web")),
         responses(
             (status = 200, description = "Every cluster, selected or not, and why", body = Vec<Choice>),
             (status = 404, description = "No such work", body = ApiError),
@@ -337,7 +337,7 @@ mod paths {
     fn placement() {}
 
     #[utoipa::path(get, path = "/v1/works/{name}/rollout", tag = "works",
-        params(("name" = String, Path, description = "Work name")),
+        params(("name" = String, Path, description = "Work name", example = "web")),
         responses(
             (status = 200, description = "Where the current generation's rollout stands", body = RolloutView),
             (status = 404, description = "No such work", body = ApiError),
@@ -345,7 +345,7 @@ mod paths {
     fn rollout() {}
 
     #[utoipa::path(get, path = "/v1/works/{name}/history", tag = "works",
-        params(("name" = String, Path, description = "Work name")),
+        params(("name" = String, Path, description = "Work name", example = "web")),
         responses(
             (status = 200, description = "The generations kept for undo, oldest first", body = Vec<RevisionView>),
             (status = 404, description = "No such work", body = ApiError),
@@ -354,8 +354,8 @@ mod paths {
 
     #[utoipa::path(get, path = "/v1/works/{name}/rendered/{cluster}", tag = "works",
         params(
-            ("name" = String, Path, description = "Work name"),
-            ("cluster" = String, Path, description = "Cluster name"),
+            ("name" = String, Path, description = "Work name", example = "web"),
+            ("cluster" = String, Path, description = "Cluster name", example = "edge-1"),
         ),
         responses(
             (status = 200, description = "The manifests this cluster receives", body = Vec<Object>),
@@ -365,7 +365,7 @@ mod paths {
     fn rendered() {}
 
     #[utoipa::path(post, path = "/v1/works/{name}/sync", tag = "works",
-        params(("name" = String, Path, description = "Work name")),
+        params(("name" = String, Path, description = "Work name", example = "web")),
         responses(
             (status = 200, description = "Fetched; a new generation if the commit changed what it delivers", body = ApplyResult),
             (status = 404, description = "No such work", body = ApiError),
@@ -375,7 +375,7 @@ mod paths {
     fn sync_work() {}
 
     #[utoipa::path(post, path = "/v1/works/{name}/pause", tag = "works",
-        params(("name" = String, Path, description = "Work name")),
+        params(("name" = String, Path, description = "Work name", example = "web")),
         responses(
             (status = 200, description = "Paused: no cluster is admitted until resumed", body = PauseResult),
             (status = 404, description = "No such work", body = ApiError),
@@ -384,7 +384,7 @@ mod paths {
     fn pause() {}
 
     #[utoipa::path(post, path = "/v1/works/{name}/resume", tag = "works",
-        params(("name" = String, Path, description = "Work name")),
+        params(("name" = String, Path, description = "Work name", example = "web")),
         responses(
             (status = 200, description = "Resumed", body = PauseResult),
             (status = 404, description = "No such work", body = ApiError),
@@ -394,7 +394,7 @@ mod paths {
 
     #[utoipa::path(post, path = "/v1/works/{name}/undo", tag = "works",
         params(
-            ("name" = String, Path, description = "Work name"),
+            ("name" = String, Path, description = "Work name", example = "web"),
             ("to_generation" = Option<u64>, Query, description = "Generation to restore (default: the one before the current)"),
         ),
         responses(
@@ -516,5 +516,12 @@ mod tests {
         ] {
             assert!(schemas.contains_key(name), "{name} missing");
         }
+        // A `Labels` field without `#[schema(inline)]` shows up as a type named after the map.
+        assert!(!schemas.contains_key("BTreeMap"));
+        // Bounds written as literals in api.rs: they must be the ones the registry enforces.
+        let token = &schemas["CreateTokenRequest"]["properties"];
+        use crate::identity::registry::{MAX_TOKEN_TTL, MAX_TOKEN_USES};
+        assert_eq!(token["ttl_secs"]["maximum"], MAX_TOKEN_TTL.as_secs());
+        assert_eq!(token["uses"]["maximum"], MAX_TOKEN_USES);
     }
 }
