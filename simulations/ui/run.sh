@@ -53,8 +53,14 @@ START=$SECONDS
 node "$ROOT/simulations/ui/dashboard.test.mjs" || die "the browser test failed (screenshots in $SHOTS)"
 echo "browser test passed in $((SECONDS - START))s; screenshots in $SHOTS"
 if [ "${UPDATE_DOCS_IMAGES:-0}" = 1 ]; then
-  for page in overview cluster work joins; do
+  for page in overview cluster joins; do
     cp "$SHOTS/$page.png" "$ROOT/docs/images/dashboard-$page.png"
   done
+  # The work page mid-rollout says more than the finished one (taken when the poll saw it).
+  if [ -f "$SHOTS/work-progressing.png" ]; then
+    cp "$SHOTS/work-progressing.png" "$ROOT/docs/images/dashboard-work.png"
+  else
+    cp "$SHOTS/work.png" "$ROOT/docs/images/dashboard-work.png"
+  fi
   echo "copied to docs/images/"
 fi

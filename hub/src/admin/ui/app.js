@@ -287,8 +287,13 @@ function route() {
   return { load: overviewData, show: overview };
 }
 
+let again = false; // a poll was asked for while one was under way (a click, a new page)
+
 async function poll() {
-  if (polling) return;
+  if (polling) {
+    again = true;
+    return;
+  }
   polling = true;
   const hash = location.hash;
   try {
@@ -314,6 +319,10 @@ async function poll() {
     notice(`${e.message}`, true);
   } finally {
     polling = false;
+    if (again) {
+      again = false;
+      poll();
+    }
   }
 }
 
