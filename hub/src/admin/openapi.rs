@@ -26,7 +26,8 @@ use utoipa::OpenApi;
         paths::create_token, paths::revoke_token, paths::audit, paths::audit_page,
         paths::apply_work, paths::render_work, paths::list_works, paths::get_work,
         paths::delete_work, paths::placement, paths::rollout, paths::history, paths::rendered,
-        paths::sync_work, paths::pause, paths::resume, paths::undo, paths::backup,
+        paths::sync_work, paths::pause, paths::resume, paths::undo, paths::confirm_removal,
+        paths::backup,
         paths::list_admins, paths::add_admin, paths::revoke_admin, paths::renew_admin,
     ),
     components(schemas(ApiError)),
@@ -403,6 +404,20 @@ mod paths {
             (status = 422, description = "Nothing to undo to", body = ApiError),
         ))]
     fn undo() {}
+
+    #[utoipa::path(post, path = "/v1/works/{name}/confirm-removal", tag = "works",
+        params(("name" = String, Path, description = "Work name", example = "web")),
+        request_body = ConfirmRemovalRequest,
+        responses(
+            (status = 200, description = "The cluster's agent recorded the confirmation", body = ConfirmRemovalResult),
+            (status = 400, description = "Invalid body", body = ApiError),
+            (status = 403, description = "Outside the caller's scope, or the agent takes confirmations on the cluster only", body = ApiError),
+            (status = 404, description = "No such work or cluster", body = ApiError),
+            (status = 409, description = "The cluster has no session, or its agent is too old", body = ApiError),
+            (status = 502, description = "The agent answered something else", body = ApiError),
+            (status = 504, description = "The agent did not answer in time", body = ApiError),
+        ))]
+    fn confirm_removal() {}
 
     // ---------------------------------------------------------------- backup
 
