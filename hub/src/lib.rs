@@ -45,4 +45,5 @@ pub mod parts {
     pub use crate::limits::admission::MAX_JOINS_PER_SOURCE;
     pub use crate::limits::scope::Scope;
     pub use crate::works::render::{matching_rules, render};
+    pub use crate::works::windows::{is_open as window_is_open, validate as window_validate};
 }
