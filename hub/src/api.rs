@@ -49,6 +49,9 @@ pub struct ClusterView {
     pub pins: FactPins,
     pub conditions: Vec<Condition>,
     pub last_seen_ms: Option<u64>,
+    /// When the hub last stored a change of this cluster's state (absent from older hubs).
+    #[serde(default)]
+    pub state_since_ms: u64,
     pub joined_at_ms: u64,
     pub cert_serial: String,
     pub cert_not_after_ms: u64,

@@ -90,6 +90,8 @@ try {
   const byZone = await page.locator("[data-testid=by-zone] li").count();
   assert.equal(byZone, 3);
   assert.equal(await page.locator("[data-testid=clusters] tbody tr").count(), 3);
+  // The three joined minutes ago: each changed state within the hour.
+  await until("recent changes", () => page.locator("[data-testid=recent-changes] tbody tr[data-row]").count(), (n) => n === 3);
   await page.screenshot({ path: `${SHOTS}/overview.png`, fullPage: true });
 
   step("overview: filter by label");
@@ -167,6 +169,8 @@ try {
   assert.ok((await page.locator("[data-testid=facts]").textContent()).includes("arch"));
   await until("work row on eu-1", () => page.locator("[data-testid=cluster-works] tbody tr").allTextContents(),
     (r) => r.length === 1 && r[0].startsWith(WORK) && /Applied|Available/.test(r[0]));
+  const audit = await page.locator("[data-testid=cluster-audit] tbody tr").allTextContents();
+  assert.ok(audit.some((r) => r.includes("join_requested")), audit.join(" | "));
   await page.screenshot({ path: `${SHOTS}/cluster.png`, fullPage: true });
 
   step("approve from the page: us-2 joins and the overview counts it");

@@ -224,6 +224,7 @@ pub(crate) fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView 
         facts: rec.facts,
         pins: rec.pins,
         conditions,
+        state_since_ms: rec.state_since_ms,
         joined_at_ms: rec.joined_at_ms,
         cert_serial: rec.cert_serial,
         cert_not_after_ms: rec.cert_not_after_ms,

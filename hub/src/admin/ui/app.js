@@ -163,6 +163,13 @@ function overview(d) {
       STATES.map((s) => h("div", { class: `card count state-${s}`, "data-testid": `count-${s}` },
         h("div", { class: "n" }, counts[s]), h("div", {}, s)))),
     h("div", { class: "cards" }, labelCounts("region"), labelCounts("zone")),
+    h("h3", {}, "Changed state in the last hour"),
+    table(["Name", "State", "Since"], shown
+      .filter((c) => c.state_since_ms && Date.now() - c.state_since_ms < 3600 * 1000)
+      .sort((a, b) => b.state_since_ms - a.state_since_ms)
+      .slice(0, 20)
+      .map((c) => ({ key: c.name, cells: [link(`#/cluster/${enc(c.name)}`, c.name), stateBadge(c.state), ago(c.state_since_ms)] })),
+    "recent-changes"),
     h("h3", {}, `Clusters (${shown.length} of ${d.clusters.length})`),
     table(["Name", "State", "Session", "Labels", "Arch", "Last heartbeat"], changed.concat(shown.filter((c) => !c.last_seen_ms)).map((c) => ({
       key: c.name,
@@ -179,8 +186,9 @@ function overview(d) {
 }
 
 async function clusterData(name) {
-  const [cluster, works] = await Promise.all([
+  const [cluster, works, audit] = await Promise.all([
     api(`/v1/clusters/${enc(name)}`), api("/v1/works"),
+    api(`/v1/audit?cluster=${enc(name)}&limit=20`),
   ]);
   // The works this cluster holds or is meant to: each work's detail has its per-cluster row.
   const details = await Promise.all(works.map((w) => api(`/v1/works/${enc(w.name)}`).catch(() => null)));
@@ -190,7 +198,7 @@ async function clusterData(name) {
     const row = d.clusters.find((r) => r.cluster === name);
     if (row) held.push({ work: d.summary.name, generation: d.summary.generation, row });
   }
-  return { cluster, held };
+  return { cluster, held, audit };
 }
 
 function clusterPage(d) {
@@ -212,6 +220,11 @@ function clusterPage(d) {
         w.row.delivered_generation ?? "—", w.row.applied_generation ?? "—",
         w.row.phase || "—", w.row.message, ago(w.row.observed_at_ms)],
     })), "cluster-works"),
+    h("h3", {}, "Audit events (newest 20)"),
+    table(["When", "Kind", "Actor", "Detail"], [...d.audit].reverse().map((e) => ({
+      key: String(e.seq),
+      cells: [ago(e.at_ms), e.kind, e.actor, e.detail],
+    })), "cluster-audit"),
   ];
 }
 
