@@ -155,6 +155,17 @@ try {
   await page.click("[data-testid=resume]");
   await until("resumed", () => page.locator("[data-testid=rollout-phase]").textContent(), (t) => t !== "Paused");
 
+  step("undo from the page (operator, after a confirmation): a new generation restores the old one");
+  work.spec.manifests[0].data.v = "2";
+  assert.equal(await page.evaluate(async (doc) => (await fetch("/v1/works", {
+    method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(doc) })).status, work), 200);
+  await page.waitForSelector("[data-testid=undo]");
+  page.once("dialog", (d) => d.accept());
+  await page.click("[data-testid=undo]");
+  await until("generation 3", () => page.locator("h2").textContent(), (t) => t.includes("generation 3"));
+  const restored = await page.evaluate(async (name) => (await (await fetch(`/v1/works/${name}`)).json()), WORK);
+  assert.equal(restored.document.spec.manifests[0].data.v, "1", "undo restores generation 1's manifests");
+
   step("a viewer cannot pause");
   await vpage.goto(`${HUB_URL}/ui/#/work/${WORK}`);
   await vpage.waitForSelector("[data-testid=pause]");

@@ -87,13 +87,15 @@ function canOperate() {
 }
 
 // An operator action: the button is disabled for a viewer (the server refuses it anyway).
-function action(label, path, body, testid) {
+// `confirmText`: asked first, for actions that change what clusters run.
+function action(label, path, body, testid, confirmText) {
   const allowed = canOperate();
   return h("button", {
     "data-testid": testid,
     disabled: !allowed,
     title: allowed ? undefined : "needs the operator role",
     onclick: async (ev) => {
+      if (confirmText && !window.confirm(confirmText)) return;
       ev.target.disabled = true;
       try {
         await api(path, {
@@ -250,7 +252,12 @@ function workPage(d) {
       h("p", {},
         paused
           ? action("Resume", `/v1/works/${enc(s.name)}/resume`, null, "resume")
-          : action("Pause", `/v1/works/${enc(s.name)}/pause`, null, "pause"))),
+          : action("Pause", `/v1/works/${enc(s.name)}/pause`, null, "pause"),
+        " ",
+        s.generation > 1 && !s.deleted
+          ? action(`Undo to generation ${s.generation - 1}`, `/v1/works/${enc(s.name)}/undo`, null, "undo",
+            `Roll ${s.name} back to the manifests of generation ${s.generation - 1}? It becomes generation ${s.generation + 1} and rolls out like any change.`)
+          : null)),
     h("h3", {}, "Placement"),
     table(["Cluster", "Selected", "Why"], d.placement.map((c) => ({
       key: c.cluster,
