@@ -52,6 +52,9 @@ pub struct ClusterView {
     /// When the hub last stored a change of this cluster's state (absent from older hubs).
     #[serde(default)]
     pub state_since_ms: u64,
+    /// The newest sessions with the hub process that answered, oldest first.
+    #[serde(default)]
+    pub recent_sessions: Vec<SessionSpan>,
     pub joined_at_ms: u64,
     pub cert_serial: String,
     pub cert_not_after_ms: u64,
@@ -466,4 +469,12 @@ pub struct UndoResult {
 pub struct RevokedAdmin {
     pub name: String,
     pub revoked_certificates: usize,
+}
+
+/// One session of a cluster with a hub process (`ClusterView.recent_sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionSpan {
+    pub opened_ms: u64,
+    /// `None` while it is open.
+    pub closed_ms: Option<u64>,
 }

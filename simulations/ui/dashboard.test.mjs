@@ -180,6 +180,8 @@ try {
   assert.ok((await page.locator("[data-testid=facts]").textContent()).includes("arch"));
   await until("work row on eu-1", () => page.locator("[data-testid=cluster-works] tbody tr").allTextContents(),
     (r) => r.length === 1 && r[0].startsWith(WORK) && /Applied|Available/.test(r[0]));
+  const sessions = await page.locator("[data-testid=sessions] tbody tr").allTextContents();
+  assert.ok(sessions.length >= 1 && sessions[sessions.length - 1].includes("open"), sessions.join(" | "));
   const audit = await page.locator("[data-testid=cluster-audit] tbody tr").allTextContents();
   assert.ok(audit.some((r) => r.includes("join_requested")), audit.join(" | "));
   await page.screenshot({ path: `${SHOTS}/cluster.png`, fullPage: true });

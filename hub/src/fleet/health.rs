@@ -64,7 +64,15 @@ struct Track {
     /// Last heartbeat, session opening or start of tracking.
     last_sign_ms: u64,
     state: ClusterState,
+    /// The newest sessions this process saw, oldest first (at most `SESSION_HISTORY`).
+    recent: std::collections::VecDeque<SessionSpan>,
 }
+
+/// Sessions kept per cluster for display: enough to see a flapping link, a few hundred bytes
+/// per cluster at most.
+pub const SESSION_HISTORY: usize = 5;
+
+pub use crate::api::SessionSpan;
 
 #[derive(Debug)]
 pub struct HealthTracker {
@@ -111,6 +119,7 @@ impl HealthTracker {
                 disconnected_since_ms,
                 last_sign_ms: disconnected_since_ms,
                 state,
+                recent: Default::default(),
             },
         );
     }
@@ -123,6 +132,13 @@ impl HealthTracker {
         let t = self.entry(cluster, now_ms);
         t.sessions += 1;
         t.last_sign_ms = now_ms;
+        if t.recent.len() == SESSION_HISTORY {
+            t.recent.pop_front();
+        }
+        t.recent.push_back(SessionSpan {
+            opened_ms: now_ms,
+            closed_ms: None,
+        });
         self.reevaluate(cluster, now_ms)
     }
 
@@ -134,6 +150,11 @@ impl HealthTracker {
         t.sessions -= 1;
         if t.sessions == 0 {
             t.disconnected_since_ms = now_ms;
+        }
+        // Sessions are not told apart here: the oldest open one is the one a newer session
+        // of the same cluster superseded, or the only one.
+        if let Some(open) = t.recent.iter_mut().find(|s| s.closed_ms.is_none()) {
+            open.closed_ms = Some(now_ms);
         }
         self.reevaluate(cluster, now_ms)
     }
@@ -167,6 +188,14 @@ impl HealthTracker {
             .and_then(|t| t.last_heartbeat_ms.or(t.last_seen_ms))
     }
 
+    /// The newest sessions of `cluster` with this hub process, oldest first.
+    pub fn sessions_of(&self, cluster: &str) -> Vec<SessionSpan> {
+        self.clusters
+            .get(cluster)
+            .map(|t| t.recent.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn is_connected(&self, cluster: &str) -> bool {
         self.clusters.get(cluster).is_some_and(|t| t.sessions > 0)
     }
@@ -187,6 +216,7 @@ impl HealthTracker {
             disconnected_since_ms: now_ms,
             last_sign_ms: now_ms,
             state: ClusterState::Unknown,
+            recent: Default::default(),
         })
     }
 
@@ -231,6 +261,39 @@ mod tests {
             missed_heartbeats: 3,
             offline_grace: Duration::from_secs(300),
         }
+    }
+
+    #[test]
+    fn the_newest_sessions_are_kept_with_when_they_closed() {
+        let mut h = HealthTracker::new(cfg());
+        h.session_opened("a", 1_000);
+        h.session_opened("a", 2_000); // a reconnect before the old session timed out
+        h.session_closed("a", 3_000);
+        let spans = h.sessions_of("a");
+        assert_eq!(
+            spans,
+            vec![
+                SessionSpan {
+                    opened_ms: 1_000,
+                    closed_ms: Some(3_000)
+                },
+                SessionSpan {
+                    opened_ms: 2_000,
+                    closed_ms: None
+                },
+            ]
+        );
+        for t in 0..10 {
+            h.session_closed("a", 4_000 + t);
+            h.session_opened("a", 4_000 + t);
+        }
+        let spans = h.sessions_of("a");
+        assert_eq!(spans.len(), SESSION_HISTORY);
+        assert_eq!(
+            spans.last().map(|s| (s.opened_ms, s.closed_ms)),
+            Some((4_009, None))
+        );
+        assert!(h.sessions_of("b").is_empty());
     }
 
     #[test]

@@ -215,6 +215,7 @@ pub(crate) fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView 
             })
             .collect()
     };
+    let recent_sessions = health.sessions_of(&rec.name);
     ClusterView {
         connected,
         state: live_state,
@@ -225,6 +226,7 @@ pub(crate) fn cluster_view(state: &HubState, rec: ClusterRecord) -> ClusterView 
         pins: rec.pins,
         conditions,
         state_since_ms: rec.state_since_ms,
+        recent_sessions,
         joined_at_ms: rec.joined_at_ms,
         cert_serial: rec.cert_serial,
         cert_not_after_ms: rec.cert_not_after_ms,

@@ -222,6 +222,12 @@ function clusterPage(d) {
         w.row.delivered_generation ?? "—", w.row.applied_generation ?? "—",
         w.row.phase || "—", w.row.message, ago(w.row.observed_at_ms)],
     })), "cluster-works"),
+    h("h3", {}, "Sessions with this hub (newest last)"),
+    table(["Opened", "Closed", "Lasted"], (c.recent_sessions || []).map((s) => ({
+      key: String(s.opened_ms),
+      cells: [new Date(s.opened_ms).toISOString(), s.closed_ms ? new Date(s.closed_ms).toISOString() : "open",
+        `${Math.round(((s.closed_ms || Date.now()) - s.opened_ms) / 1000)}s`],
+    })), "sessions"),
     h("h3", {}, "Audit events (newest 20)"),
     table(["When", "Kind", "Actor", "Detail"], [...d.audit].reverse().map((e) => ({
       key: String(e.seq),
