@@ -81,6 +81,7 @@ fn frames(dir: &Path) {
             protocol_version: PROTOCOL_VERSION,
             agent_version: "0.1.0".into(),
             patches: true,
+            confirmations: true,
         }),
         Message::HelloAck(HelloAck {
             protocol_version: PROTOCOL_VERSION,
