@@ -105,6 +105,11 @@ enum Cmd {
         /// refusing those an operator sends through the hub (`tetherctl works confirm-removal`).
         #[arg(long)]
         local_confirmations_only: bool,
+        /// How long a request or heartbeat may go unanswered before the session counts as
+        /// lost and the agent moves to the next hub address. Lower it to move off a dead hub
+        /// replica sooner; on a lossy link a lower value costs needless reconnects.
+        #[arg(long, default_value = "10s", value_parser = parse_secs)]
+        hub_timeout: Duration,
     },
     /// Let one held removal or prune of WORK through the deletion circuit breaker (works
     /// while the agent runs; used once).
@@ -255,7 +260,13 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             policy,
             deletion_breaker,
             local_confirmations_only,
+            hub_timeout,
         } => {
+            if hub_timeout < Duration::from_secs(1) {
+                return Err(AgentError::Config(format!(
+                    "--hub-timeout {hub_timeout:?} is too short: a heartbeat needs a round trip; use 1s or more"
+                )));
+            }
             let shutdown = shutdown_on_signal();
             let policy = match &policy {
                 Some(p) => Policy::load(p).map_err(|e| AgentError::Config(e.to_string()))?,
@@ -283,6 +294,7 @@ async fn real_main(cli: Cli) -> Result<(), AgentError> {
             opts.deletion_breaker =
                 tether_agent::breaker::Breaker::new(f64::from(deletion_breaker) / 100.0);
             opts.local_confirmations_only = local_confirmations_only;
+            opts.hub_timeout = hub_timeout;
             if joined {
                 opts.hubs_override = join.hubs.clone();
                 if !join.labels.is_empty() {

@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub deletion_breaker: crate::breaker::Breaker,
     /// Refuse the hub's `ConfirmRemoval`: held deletions are let through on the cluster only.
     pub local_confirmations_only: bool,
+    /// How long a request or heartbeat may go unanswered before the session counts as lost
+    /// (and the agent moves to the next hub address).
+    pub hub_timeout: Duration,
 }
 
 impl RunOptions {
@@ -54,6 +57,7 @@ impl RunOptions {
             reconcile_interval: Duration::from_secs(30),
             deletion_breaker: crate::breaker::Breaker::default(),
             local_confirmations_only: false,
+            hub_timeout: Limits::default().read_timeout,
         }
     }
 }
@@ -241,7 +245,10 @@ pub async fn run<E: Executor>(
         cert,
         quic,
         current,
-        limits: Limits::default(),
+        limits: Limits {
+            read_timeout: opts.hub_timeout,
+            ..Limits::default()
+        },
         renew_failures: 0,
         status: StatusReporter {
             data_dir: opts.data_dir.clone(),

@@ -30,8 +30,6 @@ pub struct RunningHub {
     tasks: JoinSet<()>,
     /// What each long-lived task is, to name the one that stopped.
     task_names: std::collections::HashMap<tokio::task::Id, &'static str>,
-    /// The serving lease, on a PostgreSQL store (`lease.rs`).
-    lease: Option<tether_store::Lease>,
 }
 
 fn read(path: std::path::PathBuf) -> anyhow::Result<String> {
@@ -81,23 +79,22 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     if store.is_embedded() {
         compact_at_start(&store);
     }
-    // A shared database is served by one hub process at a time: wait here, as a standby
-    // listening on nothing, until this one holds the lease. State is read after, so a hub
-    // that takes over starts from what the last one committed.
-    let lease = if store.is_embedded() {
+    // On a shared database this process is one replica among several: it serves at once,
+    // names the changes it writes (so that it can skip them in the feed), and says it is alive
+    // before anything else, so that no leader takes its clusters for orphans.
+    let replica = if store.is_embedded() {
         None
     } else {
-        let lease =
-            crate::lease::acquire(&store, &crate::lease::holder(&dir), cfg.lease_ttl).await?;
-        // Renewed from now on, not once start-up is done: reading a large fleet's state may
-        // take longer than the lease.
-        let keeper = tokio::spawn(crate::lease::keep(
-            store.clone(),
-            lease.clone(),
-            cfg.lease_ttl,
-            std::time::Instant::now(),
-        ));
-        Some((lease, keeper))
+        let replica = Arc::new(crate::fleet::replica::Replica::new(crate::lease::holder(
+            &dir,
+        )));
+        store.set_origin(&replica.name)?;
+        let (s, name, ttl) = (store.clone(), replica.name.clone(), cfg.lease_ttl);
+        tokio::task::spawn_blocking(move || s.beat_replica(&name, ttl))
+            .await?
+            .context("announcing this replica in the database")?;
+        tracing::info!(replica = %replica.name, "serving as one replica of a shared database");
+        Some(replica)
     };
     if let Some(n) =
         crate::ingest::status::retire_legacy_log(&store).context("retiring the status log")?
@@ -212,6 +209,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         source_checks: Mutex::new(BTreeMap::new()),
         patches: Default::default(),
         filer: Default::default(),
+        replica: replica.clone(),
         started_ms: now,
         committer,
         status_budget: crate::limits::budget::Budgets::new(crate::limits::budget::STATUS_ENTRIES),
@@ -243,14 +241,32 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     name(tasks.spawn(tick_loop(state.clone())), "health tick");
     // Sessions accepted before the controller's first pass plan nothing: a work without a
     // decision is left as the agent holds it.
-    name(
-        tasks.spawn(crate::controller::run(state.clone())),
-        "controller",
-    );
-    name(
-        tasks.spawn(crate::controller::git_sync::run(state.clone())),
-        "git source sync",
-    );
+    match &replica {
+        None => {
+            name(
+                tasks.spawn(crate::controller::run(state.clone())),
+                "controller",
+            );
+            name(
+                tasks.spawn(crate::controller::git_sync::run(state.clone())),
+                "git source sync",
+            );
+        }
+        Some(r) => {
+            name(
+                tasks.spawn(crate::replicas::leader::run(state.clone(), r.clone())),
+                "leadership (lease, controller, git sync)",
+            );
+            name(
+                tasks.spawn(crate::replicas::feed::run(state.clone(), r.clone())),
+                "change feed",
+            );
+            name(
+                tasks.spawn(crate::replicas::leader::liveness(state.clone(), r.clone())),
+                "replica liveness",
+            );
+        }
+    }
     name(
         tasks.spawn(audit_writer(state.store.clone(), audit_rx)),
         "audit writer",
@@ -266,20 +282,6 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         )),
         "status history filer",
     );
-    let lease = match lease {
-        Some((lease, keeper)) => {
-            name(
-                tasks.spawn(async move {
-                    if let Err(e) = keeper.await {
-                        tracing::error!(error = %e, "the lease keeper failed");
-                    }
-                }),
-                "database lease",
-            );
-            Some(lease)
-        }
-        None => None,
-    };
     tracing::info!(%quic_addr, %admin_addr, clusters = clusters.len(), "hub started");
     Ok(RunningHub {
         quic_addr,
@@ -288,7 +290,6 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         endpoint,
         tasks,
         task_names,
-        lease,
     })
 }
 
@@ -341,7 +342,12 @@ impl RunningHub {
         // What the persister had not stored yet (the sessions just closed, among others).
         let pending = self.state.take_pending_health();
         if !pending.is_empty() {
-            if let Err(e) = self.state.store.write(|tx| store_transitions(tx, &pending)) {
+            let replica = self.state.replica.clone();
+            if let Err(e) = self
+                .state
+                .store
+                .write(|tx| store_transitions(tx, &pending, replica.as_deref()))
+            {
                 tracing::error!(error = %e, "could not persist cluster health at shutdown");
             }
         }
@@ -358,12 +364,24 @@ impl RunningHub {
         if released.is_err() {
             tracing::warn!("hub state still referenced 5s after shutdown");
         }
-        // Hand over now rather than when the lease expires: a standby takes over at once.
-        if let Some(lease) = self.lease.take() {
+        // Hand over now rather than when the lease expires: another replica decides at once,
+        // and the leader adopts this one's clusters without waiting for its beat to expire.
+        if let Some(replica) = self.state.replica.clone() {
+            let lease = replica
+                .lease
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             let store = self.state.store.clone();
-            let released = tokio::task::spawn_blocking(move || store.release_lease(&lease)).await;
+            let released = tokio::task::spawn_blocking(move || {
+                if let Some(lease) = lease {
+                    store.release_lease(&lease)?;
+                }
+                store.drop_replica(&replica.name)
+            })
+            .await;
             if let Ok(Err(e)) = released {
-                tracing::warn!(error = %e, "could not release the serving lease; a standby takes over when it expires");
+                tracing::warn!(error = %e, "could not hand over the lease or this replica's liveness; other replicas notice when they expire");
             }
         }
         drop(self.state);

@@ -1,18 +1,18 @@
-//! Which hub process serves a PostgreSQL store: the one that holds its lease.
+//! Which hub replica decides on a PostgreSQL store: the one that holds its lease.
 //!
-//! Several hub processes may be started on one database (on several machines, each with a
-//! copy of the data directory's keys). One takes the lease and serves; the others wait as
-//! standbys, listening on nothing, and the first to find the lease expired takes over with a
-//! new epoch. Every write of the serving hub checks its epoch in the same transaction, so a
-//! hub that stalled or lost the database past its lease never writes again; and it stops
-//! itself (closing every session, so that agents move to the next `--hub` address) once it
-//! cannot renew within the lease's time.
+//! Several hub processes (replicas) serve one database (on several machines, each with a
+//! copy of the data directory's keys); all of them serve agents and admins. One holds the
+//! lease and runs the controller (`replicas::leader`); the first to find the lease expired
+//! takes over with a new epoch. Every write of the lease holder checks its epoch in the same
+//! transaction, so a replica that stalled or lost the database past its lease never writes
+//! again; and it stops itself (closing every session, so that agents move to the next
+//! `--hub` address) once it cannot renew within the lease's time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tether_store::{Lease, Store};
 
-/// How often a standby looks whether the lease is free.
+/// How often a replica without the lease looks whether it is free.
 const STANDBY_POLL: Duration = Duration::from_millis(500);
 
 /// This process's name in the lease: the host and the data directory, so that a hub
@@ -29,7 +29,7 @@ pub(crate) fn holder(dir: &crate::config::DataDir) -> String {
     format!("{host}:{}", path.display())
 }
 
-/// Wait until this process holds the lease (as a standby while another hub serves).
+/// Wait until this process holds the lease (following another replica's decisions meanwhile).
 pub(crate) async fn acquire(
     store: &Arc<Store>,
     holder: &str,
@@ -45,17 +45,17 @@ pub(crate) async fn acquire(
                 tracing::info!(
                     holder,
                     epoch = lease.epoch,
-                    "took the serving lease; this hub serves"
+                    "took the lease; this replica decides (controller, git sync)"
                 );
                 return Ok(lease);
             }
             Ok(None) if !said => {
-                tracing::info!(holder, lease_ttl = ?ttl, "standby: another hub serves this database; taking over when its lease expires");
+                tracing::info!(holder, lease_ttl = ?ttl, "another replica holds the lease and decides; this one serves and follows, and takes over when the lease expires");
                 said = true;
             }
             Ok(None) => {}
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "standby: cannot reach the database to look at the lease");
+                tracing::warn!(error = %e, "cannot reach the database to look at the lease");
             }
             Err(e) => return Err(e.into()),
         }
@@ -63,7 +63,7 @@ pub(crate) async fn acquire(
     }
 }
 
-/// Change-feed entries older than this are pruned by the serving hub (a reader further
+/// Change-feed entries older than this are pruned by the lease holder (a reader further
 /// behind re-reads everything), and how often.
 const FEED_RETENTION: Duration = Duration::from_secs(600);
 const FEED_PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -84,17 +84,17 @@ pub(crate) async fn keep(store: Arc<Store>, lease: Lease, ttl: Duration, acquire
             Ok(Ok(Ok(false))) => {
                 tracing::error!(
                     epoch = lease.epoch,
-                    "lost the serving lease to another hub; stopping"
+                    "lost the lease to another replica; stopping (restarted, this process serves and follows)"
                 );
                 return;
             }
             Ok(Ok(Err(e))) if renewed.elapsed() < ttl => {
-                tracing::warn!(error = %e, "could not renew the serving lease; retrying");
+                tracing::warn!(error = %e, "could not renew the lease; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             Ok(Ok(Err(e))) => {
-                tracing::error!(error = %e, "could not renew the serving lease before it expired; stopping so that agents move to a hub that can");
+                tracing::error!(error = %e, "could not renew the lease before it expired; stopping so that agents move to a hub that can");
                 return;
             }
             Ok(Err(e)) => {
@@ -102,7 +102,7 @@ pub(crate) async fn keep(store: Arc<Store>, lease: Lease, ttl: Duration, acquire
                 return;
             }
             Err(_) => {
-                tracing::error!("renewing the serving lease took until it expired; stopping so that agents move to a hub that can");
+                tracing::error!("renewing the lease took until it expired; stopping so that agents move to a hub that can");
                 return;
             }
         }

@@ -4,7 +4,8 @@
 //! Layers, bottom up (no module imports one above it): `api`, `config`, `util` (leaves);
 //! `decide` (pure decisions) over `works` (the catalog); `fleet`, `identity`, `limits`,
 //! `ingest`; `state` (what the shells share); the shells `controller`, `delivery`, `net`,
-//! `admin`; `app` wires them together.
+//! `admin`; `replicas` (several hub processes on one PostgreSQL database) and `app` wire them
+//! together.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub(crate) mod lease;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod net;
+pub(crate) mod replicas;
 pub(crate) mod state;
 pub mod util;
 pub(crate) mod works;

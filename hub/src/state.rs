@@ -102,13 +102,27 @@ pub struct HubState {
     pub(crate) patches: crate::works::patches::Patches,
     /// Status entries appended since the last filing (see `ingest::history`).
     pub(crate) filer: Arc<crate::ingest::history::Filer>,
+    /// On PostgreSQL: this process as one of the hub's replicas (see `replicas`).
+    pub(crate) replica: Option<Arc<crate::fleet::replica::Replica>>,
 }
 
+/// Store health transitions. With replicas, only those of clusters this replica decides, as
+/// the stored session holder says in this very transaction: a replica whose old session of a
+/// cluster ends after the agent moved must not store Unknown over the new holder's Ready.
 pub(crate) fn store_transitions(
     tx: &tether_store::WriteTx,
     transitions: &BTreeMap<String, Transition>,
+    replica: Option<&crate::fleet::replica::Replica>,
 ) -> Result<(), StoreError> {
     for t in transitions.values() {
+        if let Some(r) = replica {
+            let holder = tx
+                .get(&crate::fleet::replica::SESSION_HOLDERS, &t.cluster)?
+                .map(|h| h.replica);
+            if !r.responsible(holder.as_deref()) {
+                continue;
+            }
+        }
         if let Some(mut rec) = tx.get(&CLUSTERS, &t.cluster)? {
             if rec.state == ClusterState::Denied {
                 continue;
@@ -134,7 +148,10 @@ pub(crate) async fn persist_health(state: Arc<HubState>) {
         }
         if let Err(e) = state
             .committer
-            .write(move |tx| store_transitions(tx, &batch))
+            .write({
+                let replica = state.replica.clone();
+                move |tx| store_transitions(tx, &batch, replica.as_deref())
+            })
             .await
         {
             tracing::error!(error = %e, "could not persist cluster health");
@@ -144,6 +161,31 @@ pub(crate) async fn persist_health(state: Arc<HubState>) {
 }
 
 impl HubState {
+    /// Record that this replica holds `cluster`'s session, before the session counts: from the
+    /// commit on, this replica decides the cluster's health and every other one shows it.
+    pub(crate) async fn claim_session(
+        &self,
+        replica: &crate::fleet::replica::Replica,
+        cluster: &str,
+    ) -> Result<(), crate::ingest::committer::CommitError> {
+        let (c, holder) = (
+            cluster.to_string(),
+            crate::fleet::replica::Holder {
+                replica: replica.name.clone(),
+                since_ms: crate::util::now_ms(),
+            },
+        );
+        self.committer
+            .write(move |tx| tx.put(&crate::fleet::replica::SESSION_HOLDERS, &c, &holder))
+            .await?;
+        replica.set_holder(cluster, Some(replica.name.clone()));
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_local(cluster, crate::util::now_ms());
+        Ok(())
+    }
+
     /// Store one status batch of `cluster` through the group committer (exactly once, see
     /// `ingest::status`); answers once it is durable.
     pub async fn ingest_status(
@@ -334,6 +376,11 @@ pub struct Decisions {
     /// (version, clusters concerned; `None` = all), newest last, at most `LOG_LEN`.
     log: Mutex<std::collections::VecDeque<(u64, Option<BTreeSet<String>>)>>,
 }
+
+/// The decisions per work as stored for the other hub replicas on PostgreSQL, written by the
+/// lease holder only (see `replicas`).
+pub(crate) const DECISIONS: tether_store::StrTable<WorkDecision> =
+    tether_store::StrTable::new("decisions");
 
 /// Publications remembered for `concerns`; a task further behind re-plans.
 const LOG_LEN: usize = 256;

@@ -294,6 +294,12 @@ impl Store {
         self.pg()?.changes_since(after, limit)
     }
 
+    /// The newest change id (0 when the feed is empty).
+    #[cfg(feature = "postgres")]
+    pub fn changes_head(&self) -> Result<i64, StoreError> {
+        self.pg()?.changes_head()
+    }
+
     /// The oldest change id still held, if any.
     #[cfg(feature = "postgres")]
     pub fn changes_horizon(&self) -> Result<Option<i64>, StoreError> {
@@ -336,6 +342,32 @@ impl Store {
     pub fn fence_writes(&self, lease: &Lease) -> Result<(), StoreError> {
         self.pg()?.fence_writes(lease);
         Ok(())
+    }
+
+    /// Name the changes this process records, so that it can skip its own when it follows
+    /// the feed.
+    #[cfg(feature = "postgres")]
+    pub fn set_origin(&self, name: &str) -> Result<(), StoreError> {
+        self.pg()?.set_origin(name);
+        Ok(())
+    }
+
+    /// Say that replica `name` is alive for `ttl` more.
+    #[cfg(feature = "postgres")]
+    pub fn beat_replica(&self, name: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.pg()?.beat_replica(name, ttl)
+    }
+
+    /// The replicas alive now.
+    #[cfg(feature = "postgres")]
+    pub fn live_replicas(&self) -> Result<Vec<String>, StoreError> {
+        self.pg()?.live_replicas()
+    }
+
+    /// Forget replica `name` at once (a clean stop).
+    #[cfg(feature = "postgres")]
+    pub fn drop_replica(&self, name: &str) -> Result<(), StoreError> {
+        self.pg()?.drop_replica(name)
     }
 
     /// A connection that hears commits to the change feed.

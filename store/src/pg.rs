@@ -58,6 +58,15 @@ const MIGRATIONS: &[&str] = &[
         expires_at timestamptz NOT NULL
     );
     "#,
+    // 3: active/active replicas: which replica wrote each change (a replica skips its own), and
+    // which replicas are alive (each renews its row; the leader adopts the clusters of the dead).
+    r#"
+    ALTER TABLE tether_changes ADD COLUMN origin text NOT NULL DEFAULT '';
+    CREATE TABLE tether_replicas (
+        name text PRIMARY KEY,
+        expires_at timestamptz NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -69,6 +78,12 @@ const UNFED: &[&str] = &["status_history"];
 
 /// The channel the change feed's doorbell rings on.
 pub const CHANGES_CHANNEL: &str = "tether_changes";
+
+/// Every write transaction of every hub process on the database takes this transaction-level
+/// advisory lock first: writes are serialized across replicas as redb serializes them in one
+/// process, so a read-modify-write never loses a concurrent replica's update, and change ids
+/// are assigned in commit order (a feed reader never skips a change committed late).
+const WRITE_LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(7466650002)";
 
 /// Connections one store opens at most; callers beyond wait for one to come back.
 const MAX_CONNECTIONS: usize = 8;
@@ -86,6 +101,8 @@ pub(crate) struct PgStore {
     writer: Mutex<()>,
     /// Set once this process holds the lease: every write transaction checks it (fencing).
     fence: Mutex<Option<Lease>>,
+    /// This process's replica name, written with every change it records.
+    origin: Mutex<Arc<str>>,
 }
 
 /// The serving lease as held by one process (see [`crate::Store::acquire_lease`]).
@@ -331,6 +348,7 @@ impl PgStore {
             returned: Condvar::new(),
             writer: Mutex::new(()),
             fence: Mutex::new(None),
+            origin: Mutex::new(Arc::from("")),
         };
         store.migrate(create)?;
         Ok(store)
@@ -440,7 +458,7 @@ impl PgStore {
         f: impl FnOnce(&crate::WriteTx) -> Result<R, E>,
     ) -> Result<R, crate::Outcome<E>> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let conn = self.begin("BEGIN")?;
+        let conn = self.begin(WRITE_LOCK)?;
         let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(lease) = fence {
             // In the same transaction, and holding the lease row against a takeover until it
@@ -510,8 +528,13 @@ impl PgStore {
         let end = match &out {
             Ok(_) => {
                 let changed = changed.into_inner();
+                let origin = self
+                    .origin
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 conn.call(move |s| {
-                    record_changes(s, &changed)?;
+                    record_changes(s, &changed, &origin)?;
                     s.client.batch_execute("COMMIT")
                 })
             }
@@ -581,7 +604,7 @@ impl PgStore {
     pub(crate) fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         self.with_conn(move |s| {
             let st = s.prepared(
-                "SELECT id, tbl, key FROM tether_changes WHERE id > $1 ORDER BY id LIMIT $2",
+                "SELECT id, tbl, key, origin FROM tether_changes WHERE id > $1 ORDER BY id LIMIT $2",
             )?;
             Ok(s.client
                 .query(&st, &[&after, &limit])?
@@ -590,8 +613,18 @@ impl PgStore {
                     id: r.get(0),
                     table: r.get(1),
                     key: r.get(2),
+                    origin: r.get(3),
                 })
                 .collect())
+        })
+    }
+
+    /// The newest id in the feed (0 when it is empty): where a reader that has just read
+    /// everything starts.
+    pub(crate) fn changes_head(&self) -> Result<i64, StoreError> {
+        self.with_conn(|s| {
+            let st = s.prepared("SELECT coalesce(max(id), 0) FROM tether_changes")?;
+            Ok(s.client.query_one(&st, &[])?.get(0))
         })
     }
 
@@ -689,6 +722,48 @@ impl PgStore {
         })
     }
 
+    /// Name the changes this process records (see [`Change::origin`]).
+    pub(crate) fn set_origin(&self, name: &str) {
+        *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(name);
+    }
+
+    /// Say that replica `name` is alive for `ttl` more (the database's clock decides).
+    pub(crate) fn beat_replica(&self, name: &str, ttl: Duration) -> Result<(), StoreError> {
+        let n = name.to_string();
+        let ttl_ms = ttl.as_millis() as f64;
+        self.with_conn(move |s| {
+            let st = s.prepared(
+                "INSERT INTO tether_replicas (name, expires_at)
+                 VALUES ($1, clock_timestamp() + $2 * interval '1 millisecond')
+                 ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at",
+            )?;
+            s.client.execute(&st, &[&n, &ttl_ms]).map(|_| ())
+        })
+    }
+
+    /// The replicas whose last beat has not expired; forgets long-dead ones.
+    pub(crate) fn live_replicas(&self) -> Result<Vec<String>, StoreError> {
+        self.with_conn(|s| {
+            let st = s.prepared(
+                "DELETE FROM tether_replicas WHERE expires_at < clock_timestamp() - interval '1 day'",
+            )?;
+            s.client.execute(&st, &[])?;
+            let st = s.prepared(
+                "SELECT name FROM tether_replicas WHERE expires_at > clock_timestamp() ORDER BY name",
+            )?;
+            Ok(s.client.query(&st, &[])?.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// A replica stopping cleanly says so, so that others need not wait for its beat to expire.
+    pub(crate) fn drop_replica(&self, name: &str) -> Result<(), StoreError> {
+        let n = name.to_string();
+        self.with_conn(move |s| {
+            let st = s.prepared("DELETE FROM tether_replicas WHERE name = $1")?;
+            s.client.execute(&st, &[&n]).map(|_| ())
+        })
+    }
+
     /// From now on every write transaction checks `lease` first.
     pub(crate) fn fence_writes(&self, lease: &Lease) {
         *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease.clone());
@@ -713,6 +788,8 @@ pub struct Change {
     pub id: i64,
     pub table: String,
     pub key: String,
+    /// The replica whose transaction wrote it (`''` for writes before replicas were named).
+    pub origin: String,
 }
 
 /// Waits for commits that changed fed tables (see [`crate::Store::doorbell`]).
@@ -744,6 +821,7 @@ impl Doorbell {
 fn record_changes(
     s: &mut Session,
     changed: &BTreeSet<(&'static str, String)>,
+    origin: &str,
 ) -> Result<(), postgres::Error> {
     if changed.is_empty() {
         return Ok(());
@@ -751,9 +829,9 @@ fn record_changes(
     let (tables, keys): (Vec<&str>, Vec<&str>) =
         changed.iter().map(|(t, k)| (*t, k.as_str())).unzip();
     let st = s.prepared(
-        "INSERT INTO tether_changes (tbl, key) SELECT * FROM unnest($1::text[], $2::text[])",
+        "INSERT INTO tether_changes (tbl, key, origin) SELECT t, k, $3 FROM unnest($1::text[], $2::text[]) AS u(t, k)",
     )?;
-    s.client.execute(&st, &[&tables, &keys])?;
+    s.client.execute(&st, &[&tables, &keys, &origin])?;
     let st = s.prepared("SELECT pg_notify($1, '')")?;
     s.client.execute(&st, &[&CHANGES_CHANNEL])?;
     Ok(())

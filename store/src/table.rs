@@ -26,6 +26,12 @@ impl<V> StrTable<V> {
             _v: PhantomData,
         }
     }
+
+    /// The table's stored name (what the PostgreSQL change feed records).
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
     fn def(&self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         TableDefinition::new(self.name)
     }

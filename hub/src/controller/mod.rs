@@ -174,6 +174,33 @@ async fn carry_out(state: &Arc<HubState>, pass: Pass) {
             return;
         }
     }
+    // Other replicas publish what is stored, so it is stored before it is published here.
+    if state.replica.is_some() && !outcome.changed_works.is_empty() {
+        let writes: Vec<(String, Option<WorkDecision>)> = outcome
+            .changed_works
+            .iter()
+            .map(|w| (w.clone(), outcome.decisions.get(w).map(|d| (**d).clone())))
+            .collect();
+        let r = state
+            .committer
+            .write(move |tx| {
+                for (w, d) in &writes {
+                    match d {
+                        Some(d) => tx.put(&crate::state::DECISIONS, w, d)?,
+                        None => {
+                            tx.remove(&crate::state::DECISIONS, w)?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "could not store decisions for the other replicas; deciding again");
+            state.changes.resync();
+            return;
+        }
+    }
     // Sessions close before the decisions that count on them being closed are published.
     let mut rollbacks = Vec::new();
     for effect in outcome.effects {

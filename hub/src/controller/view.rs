@@ -135,11 +135,12 @@ impl FleetView {
             self.away_since.remove(name);
             return;
         };
-        let (ready, last_heartbeat) = {
+        let (ready, last_heartbeat, remote) = {
             let h = state.health.lock().unwrap_or_else(|p| p.into_inner());
             (
                 h.state(name) == Some(ClusterState::Ready),
                 h.last_heartbeat(name),
+                h.is_remote(name),
             )
         };
         // Unreachable since (hub time): this process cannot know of anything before it
@@ -162,7 +163,8 @@ impl FleetView {
             ready,
             // Set by `age` from `away_since`.
             away_ms: (!ready).then_some(0),
-            session_open: state.sessions.stable_id(name).is_some(),
+            // A session another replica holds is open while that replica says Ready.
+            session_open: state.sessions.stable_id(name).is_some() || (remote && ready),
         };
         self.clusters.insert(name.to_string(), view);
     }

@@ -21,8 +21,9 @@ use tether_protocol::work::{FailoverMode, RolloutStrategy};
 use tether_protocol::{Labels, WorkPhase};
 use tether_store::hub::{ClusterWorkRecord, RolloutRecord};
 
-/// What the hub decided for one work at one generation.
-#[derive(Debug, Clone, Default)]
+/// What the hub decided for one work at one generation (stored for the other hub replicas
+/// on PostgreSQL, see `replicas`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkDecision {
     pub generation: u64,
     /// Selected clusters and the override rules that apply to each.

@@ -66,6 +66,9 @@ struct Track {
     state: ClusterState,
     /// The newest sessions this process saw, oldest first (at most `SESSION_HISTORY`).
     recent: std::collections::VecDeque<SessionSpan>,
+    /// Another hub replica holds (or last held) this cluster's session and decides its state;
+    /// this process shows what that replica stored (see `replicas`) and decides nothing.
+    remote: bool,
 }
 
 /// Sessions kept per cluster for display: enough to see a flapping link, a few hundred bytes
@@ -120,8 +123,56 @@ impl HealthTracker {
                 last_sign_ms: disconnected_since_ms,
                 state,
                 recent: Default::default(),
+                remote: false,
             },
         );
+    }
+
+    /// Show the state another replica stored for `cluster`, whose session it holds: no
+    /// transition comes from this process for it until [`Self::set_local`] or [`Self::adopt`].
+    pub fn mirror(
+        &mut self,
+        cluster: &str,
+        stored: ClusterState,
+        last_seen_ms: Option<u64>,
+        now_ms: u64,
+    ) {
+        let t = self.entry(cluster, now_ms);
+        t.remote = true;
+        t.state = stored;
+        t.last_heartbeat_ms = None;
+        t.last_seen_ms = last_seen_ms;
+    }
+
+    /// This process holds the cluster's session now: it decides the cluster's state again.
+    pub fn set_local(&mut self, cluster: &str, now_ms: u64) {
+        self.entry(cluster, now_ms).remote = false;
+    }
+
+    /// The replica that held the cluster's session died: decide its state here, as for a
+    /// session that just ended (Unknown at the next tick, Offline after the grace).
+    pub fn adopt(&mut self, cluster: &str, now_ms: u64) {
+        if let Some(t) = self.clusters.get_mut(cluster) {
+            if t.remote {
+                t.remote = false;
+                t.disconnected_since_ms = now_ms;
+                t.last_sign_ms = now_ms;
+            }
+        }
+    }
+
+    /// Whether another replica decides this cluster's state (see [`Self::mirror`]).
+    pub fn is_remote(&self, cluster: &str) -> bool {
+        self.clusters.get(cluster).is_some_and(|t| t.remote)
+    }
+
+    /// Clusters whose state another replica decides.
+    pub fn remote_clusters(&self) -> Vec<String> {
+        self.clusters
+            .iter()
+            .filter(|(_, t)| t.remote)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     pub fn forget(&mut self, cluster: &str) {
@@ -217,12 +268,16 @@ impl HealthTracker {
             last_sign_ms: now_ms,
             state: ClusterState::Unknown,
             recent: Default::default(),
+            remote: false,
         })
     }
 
     fn reevaluate(&mut self, cluster: &str, now_ms: u64) -> Option<Transition> {
         let cfg = self.cfg;
         let t = self.clusters.get_mut(cluster)?;
+        if t.remote {
+            return None;
+        }
         let fresh = t
             .last_heartbeat_ms
             .is_some_and(|hb| now_ms.saturating_sub(hb) <= cfg.stale_after_ms());
@@ -261,6 +316,45 @@ mod tests {
             missed_heartbeats: 3,
             offline_grace: Duration::from_secs(300),
         }
+    }
+
+    #[test]
+    fn a_mirrored_cluster_changes_only_by_what_its_replica_stored() {
+        let mut h = HealthTracker::new(cfg());
+        h.mirror("a", Ready, Some(1_000), 1_000);
+        assert_eq!(h.state("a"), Some(Ready));
+        // No heartbeat here for ten minutes: another replica holds the session.
+        assert!(h.tick(600_000).is_empty());
+        assert_eq!(h.state("a"), Some(Ready));
+        assert!(h.session_closed("a", 600_000).is_none());
+        h.mirror("a", Unknown, Some(1_000), 600_001);
+        assert_eq!(h.state("a"), Some(Unknown));
+        assert!(
+            h.tick(900_000).is_empty(),
+            "the holder decides Offline, not us"
+        );
+    }
+
+    #[test]
+    fn an_adopted_cluster_goes_unknown_then_offline_from_the_adoption() {
+        let mut h = HealthTracker::new(cfg());
+        h.mirror("a", Ready, Some(1_000), 1_000);
+        h.adopt("a", 50_000);
+        assert!(!h.is_remote("a"));
+        let t = h.tick(50_001);
+        assert_eq!((t[0].from, t[0].to), (Ready, Unknown));
+        assert!(h.tick(349_999).is_empty(), "grace counts from the adoption");
+        assert_eq!(h.tick(350_000)[0].to, Offline);
+    }
+
+    #[test]
+    fn a_cluster_whose_session_comes_here_is_decided_here() {
+        let mut h = HealthTracker::new(cfg());
+        h.mirror("a", Unknown, None, 1_000);
+        h.set_local("a", 2_000);
+        h.session_opened("a", 2_000);
+        let t = h.heartbeat("a", 2_000).unwrap();
+        assert_eq!(t.to, Ready);
     }
 
     #[test]

@@ -153,6 +153,38 @@ impl Sessions {
         doomed.len()
     }
 
+    /// Close every connection of `cluster` whose certificate serial is not in `valid` (a
+    /// revocation or renewal committed by another hub replica). Returns how many were closed.
+    pub fn close_other_serials(
+        &self,
+        cluster: &str,
+        valid: &[String],
+        code: u32,
+        reason: &str,
+    ) -> usize {
+        let doomed: Vec<quinn::Connection> = {
+            let mut inner = lock(&self.inner);
+            let doomed: Vec<quinn::Connection> = inner
+                .tracked
+                .values()
+                .filter(|t| t.cluster == cluster && !valid.contains(&t.serial))
+                .map(|t| t.conn.clone())
+                .collect();
+            if inner
+                .live
+                .get(cluster)
+                .is_some_and(|c| doomed.iter().any(|d| d.stable_id() == c.stable_id()))
+            {
+                inner.live.remove(cluster);
+            }
+            doomed
+        };
+        for c in &doomed {
+            c.close(code.into(), reason.as_bytes());
+        }
+        doomed.len()
+    }
+
     pub fn stable_id(&self, cluster: &str) -> Option<usize> {
         lock(&self.inner).live.get(cluster).map(|c| c.stable_id())
     }

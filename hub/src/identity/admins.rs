@@ -234,6 +234,22 @@ impl Admins {
         self.generation.send_modify(|g| *g += 1);
         Ok(doomed.len())
     }
+
+    /// Take the credentials another hub replica committed: live connections re-check theirs,
+    /// so a revocation made there cuts this replica's connections too.
+    pub(crate) fn replace_all(&self, rows: Vec<(String, AdminRecord)>) {
+        let next: HashMap<String, AdminRecord> = rows.into_iter().collect();
+        let mut map = self
+            .by_fingerprint
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if *map == next {
+            return;
+        }
+        *map = next;
+        drop(map);
+        self.generation.send_modify(|g| *g += 1);
+    }
 }
 
 #[cfg(test)]

@@ -373,6 +373,11 @@ fn forget_cluster_state(tx: &WriteTx, cluster: &str) -> Result<(), StoreError> {
 }
 
 impl Registry {
+    /// The serials the TLS verifier refuses (another replica's revocations are added here).
+    pub(crate) fn revocations(&self) -> &RevocationList {
+        &self.revoked
+    }
+
     pub fn new(
         store: Arc<Store>,
         ca: CertificateAuthority,

@@ -447,6 +447,20 @@ async fn serve_session(conn: Connection, state: Arc<HubState>) {
     if conn.close_reason().is_some() {
         return;
     }
+    if let Some(replica) = state.replica.clone() {
+        // A replica that cannot record the session cannot serve it: the agent tries another.
+        if let Err(e) = state.claim_session(&replica, &cluster).await {
+            return refuse_session(
+                &conn,
+                &state,
+                (
+                    close_code::UNAVAILABLE,
+                    "internal",
+                    format!("this hub replica cannot record the session: {e}"),
+                ),
+            );
+        }
+    }
     state
         .metrics
         .handshakes_accepted

@@ -108,6 +108,46 @@ impl WorkIndex {
         self.changed.subscribe()
     }
 
+    /// Read one work again from the store (another hub replica changed it) and publish it.
+    pub(crate) fn reload(&self, store: &Store, name: &str) -> Result<(), WorkError> {
+        let Some(record) = store.read(|tx| tx.get(&WORKS, name))? else {
+            let mut guard = self.map.write().unwrap_or_else(|p| p.into_inner());
+            if guard.contains_key(name) {
+                let mut next = (**guard).clone();
+                next.remove(name);
+                *guard = Arc::new(next);
+                drop(guard);
+                self.changed.send_modify(|v| *v += 1);
+            }
+            return Ok(());
+        };
+        if let Some(old) = self.snapshot().get(name) {
+            if old.record == record {
+                return Ok(());
+            }
+        }
+        let packed = match record.deleted {
+            None => Some(bundle::pack(&record.document.spec.manifests)?),
+            Some(_) => None,
+        };
+        self.publish(name, WorkEntry::new(record, packed));
+        Ok(())
+    }
+
+    /// Read every work again (a replica that fell behind the change feed).
+    pub(crate) fn reload_all(&self, store: &Store) -> Result<(), WorkError> {
+        let names: std::collections::BTreeSet<String> = store
+            .read(|tx| tx.list(&WORKS))?
+            .into_iter()
+            .map(|(n, _)| n)
+            .chain(self.snapshot().keys().cloned())
+            .collect();
+        for n in names {
+            self.reload(store, &n)?;
+        }
+        Ok(())
+    }
+
     fn publish(&self, name: &str, entry: WorkEntry) {
         {
             let mut guard = self.map.write().unwrap_or_else(|p| p.into_inner());

@@ -7,7 +7,7 @@ use tether_protocol::work::{ImageOverride, OverrideRule, WorkSpec};
 use tether_protocol::Labels;
 
 /// Everything that makes one cluster's copy differ from the base bundle.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     /// Indices of the override rules that apply, in order.
     pub rules: Vec<usize>,
