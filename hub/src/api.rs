@@ -33,6 +33,9 @@ pub enum RolloutPhase {
     Paused,
     /// An undo or auto-rollback restoring an earlier generation everywhere at once.
     RolledBack,
+    /// Applied, and not decided yet (the decision loop runs within a moment of an apply; on
+    /// a hub replica that does not hold the lease, once the decision reaches it).
+    Pending,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

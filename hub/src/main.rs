@@ -96,9 +96,10 @@ enum Cmd {
         /// Largest frame accepted from an agent, in bytes.
         #[arg(long, default_value_t = tether_protocol::DEFAULT_MAX_FRAME)]
         max_frame: usize,
-        /// With a PostgreSQL store: one hub serves while others started on the same database
-        /// wait as standbys; this is how long the serving hub's lease lasts unrenewed, so how
-        /// soon a standby takes over from one that died.
+        /// With a PostgreSQL store: every hub started on the same database serves, and the
+        /// one holding the lease decides; this is how long the lease (and each replica's
+        /// liveness) lasts unrenewed, so how soon another replica decides after the holder
+        /// died, and how long a replica cut off from the database keeps its agents.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         lease_ttl: Duration,
     },

@@ -43,7 +43,12 @@ fn serve(bin: &Path, data: &Path, url: &str, log: &Path) -> Hub {
 
 fn serve_on(bin: &Path, data: &Path, url: &str, log: &Path, quic: u16, admin: &str) -> Hub {
     let admin = admin.to_string();
-    let log = std::fs::File::create(log).unwrap();
+    // Appended to: a replica restarted on its ports keeps one log.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let child = Command::new(bin)
         .args([
             "serve",
@@ -363,10 +368,10 @@ fn three_replicas_serve_every_agent_and_survive_kills() {
         Duration::from_secs(60),
         all_ready,
     );
+    let first_move = killed.elapsed();
     eprintln!(
-        "leader killed: {} agent(s) moved, all Ready and the new generation on every agent after {:?}",
+        "leader killed: {} agent(s) moved, all Ready and the new generation on every agent after {first_move:?}",
         moved.len(),
-        killed.elapsed()
     );
     let took_over =
         (1..3).any(|i| std::fs::read_to_string(log(i)).is_ok_and(|t| t.contains("took the lease")));
@@ -412,14 +417,118 @@ fn three_replicas_serve_every_agent_and_survive_kills() {
             && described.contains(&format!("{} applied", AGENTS - 1)),
         "{described}"
     );
+
+    // For the distribution in docs/benchmarks.md (REPLICA_KILLS=10): bring the dead replica
+    // back on its ports, kill whichever replica holds the lease now, and time until every
+    // agent it held has a session on a survivor and a generation applied through a survivor
+    // is on every agent.
+    let kills: usize = std::env::var("REPLICA_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let live_names: Vec<String> = names[1..].to_vec();
+    let mut dead = 0usize;
+    let mut started: Vec<usize> = vec![0; 3];
+    let mut times = vec![first_move.as_secs_f64()];
+    for round in 1..kills {
+        started[dead] = std::fs::read_to_string(log(dead)).map_or(0, |t| t.len());
+        let (quic, admin) = (hubs[dead].quic, hubs[dead].admin.clone());
+        hubs[dead] = serve_on(&hub_bin, &data[dead], &url, &log(dead), quic, &admin);
+        ctl.until(
+            &admin,
+            &["clusters", "list"],
+            Duration::from_secs(30),
+            |_| true,
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let since = |i: usize| {
+            let t = std::fs::read_to_string(log(i)).unwrap_or_default();
+            strip_ansi(&t[started[i].min(t.len())..])
+        };
+        let leader = (0..3)
+            .filter(|&i| i != dead)
+            .find(|&i| since(i).contains("took the lease"))
+            .expect("a survivor holds the lease");
+        let open = open_sessions(&since(leader));
+        let lens: Vec<usize> = (0..3)
+            .map(|i| std::fs::read_to_string(log(i)).map_or(0, |t| t.len()))
+            .collect();
+        hubs[leader].child.kill().unwrap();
+        hubs[leader].child.wait().unwrap();
+        let killed = Instant::now();
+        let value = format!("round-{round}");
+        write_work(&value);
+        let survivor = (0..3).find(|&i| i != leader).unwrap_or(0);
+        ctl.until(
+            &hubs[survivor].admin,
+            &["apply", "-f", work.to_str().unwrap()],
+            Duration::from_secs(10),
+            |_| true,
+        );
+        let start = Instant::now();
+        loop {
+            let applied = live_names.iter().all(|n| {
+                std::fs::read_to_string(d.join(n).join("applied").join("tether-web.yaml"))
+                    .is_ok_and(|t| t.contains(&format!("value: \"{value}\"")))
+            });
+            let moved = open
+                .iter()
+                .all(|n| holder_of(n, &lens).is_some_and(|h| h != leader));
+            if applied && moved {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "round {round}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        times.push(killed.elapsed().as_secs_f64());
+        eprintln!(
+            "round {round}: killed leader {leader} holding {} agent(s); moved and {value} everywhere after {:?}",
+            open.len(),
+            killed.elapsed()
+        );
+        dead = leader;
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "leader kills: {}; agents moved and the next generation everywhere after min {:.1} / median {:.1} / max {:.1} s",
+        times.len(),
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
     for a in agents.iter_mut() {
         let _ = a.kill();
         let _ = a.wait();
     }
-    for h in hubs.iter_mut().skip(1) {
-        let _ = h.child.kill();
-        let _ = h.child.wait();
+    for (i, h) in hubs.iter_mut().enumerate() {
+        if i != dead {
+            let _ = h.child.kill();
+            let _ = h.child.wait();
+        }
     }
+}
+
+/// Clusters with a session open at the end of `log`: opened and not closed since.
+fn open_sessions(log: &str) -> Vec<String> {
+    let mut open: std::collections::BTreeMap<String, i32> = Default::default();
+    for l in strip_ansi(log).lines() {
+        let delta = if l.contains("session opened") {
+            1
+        } else if l.contains("session closed") {
+            -1
+        } else {
+            continue;
+        };
+        if let Some(at) = l.find("cluster=") {
+            if let Some(c) = l[at + "cluster=".len()..].split_whitespace().next() {
+                *open.entry(c.to_string()).or_default() += delta;
+            }
+        }
+    }
+    open.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(c, _)| c)
+        .collect()
 }
 
 /// The database's primary dies: its synchronous standby is promoted, the hub (given both

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tether_protocol::{StatusBatch, StatusEntry, WorkPhase, WorkStatus};
 
-const WRITERS: usize = 64;
-const BATCH: usize = 4;
+pub(super) const WRITERS: usize = 64;
+pub(super) const BATCH: usize = 4;
 
 #[derive(Debug, Serialize)]
 pub struct Ingest {
@@ -40,7 +40,7 @@ pub(super) async fn run(args: &BenchArgs, r: &mut Results) -> anyhow::Result<()>
 async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let hub_rate = hub_rate(dir, secs).await?;
+    let hub_rate = hub_rate(dir, bench_hub_config(&dir.join("hub")), secs).await?;
     // One commit per WRITERS * BATCH entries: the most the group commit can merge with
     // WRITERS writers.
     let raw_commit = WRITERS * BATCH;
@@ -58,7 +58,7 @@ async fn ingest(secs: u64) -> anyhow::Result<Ingest> {
     })
 }
 
-fn status(seq: u64) -> StatusEntry {
+pub(super) fn status(seq: u64) -> StatusEntry {
     StatusEntry {
         seq,
         status: WorkStatus {
@@ -92,8 +92,12 @@ fn batch_from(seq: u64) -> StatusBatch {
 }
 
 /// WRITERS clusters, each sending BATCH entries at a time through the hub's group committer.
-async fn hub_rate(dir: &Path, secs: u64) -> anyhow::Result<f64> {
-    let mut hub = LocalHub::start(&dir.join("hub"), bench_hub_config(&dir.join("hub"))).await?;
+pub(super) async fn hub_rate(
+    dir: &Path,
+    cfg: tether_hub::HubConfig,
+    secs: u64,
+) -> anyhow::Result<f64> {
+    let mut hub = LocalHub::start(&dir.join("hub"), cfg).await?;
     let selected = selected();
     let state = hub.running().state.clone();
     let until = Instant::now() + Duration::from_secs(secs);

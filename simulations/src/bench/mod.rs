@@ -12,6 +12,7 @@ mod flood;
 mod harness;
 mod idle;
 mod ingest;
+mod ingest_pg;
 mod patch;
 mod procs;
 mod propagation;
@@ -22,6 +23,7 @@ pub use flood::FloodResult;
 pub use harness::Pct;
 pub use idle::Idle;
 pub use ingest::Ingest;
+pub use ingest_pg::IngestPg;
 pub use patch::Patch;
 pub use procs::{server_main, swarm_main};
 pub use propagation::Propagation;
@@ -34,7 +36,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Which benchmarks, comma-separated: controller, propagation, lite-propagation, ingest,
-    /// patch, idle, sessions, storm, flood, or all.
+    /// ingest-pg (needs Debian's postgresql), patch, idle, sessions, storm, flood, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Fleet sizes for the controller benchmark (decision work per change, 100 works).
@@ -95,6 +97,7 @@ pub struct Results {
     pub lite_propagation: Vec<Propagation>,
     pub controller: Vec<tether_hub::parts::ControllerCost>,
     pub ingest: Option<Ingest>,
+    pub ingest_pg: Option<IngestPg>,
     pub patch: Option<Patch>,
     pub idle: Option<Idle>,
     pub sessions: Vec<Sessions>,
@@ -115,6 +118,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if want("ingest") {
         ingest::run(&args, &mut r).await?;
+    }
+    if want("ingest-pg") {
+        ingest_pg::run(&args, &mut r).await?;
     }
     if want("patch") {
         patch::run(&args, &mut r).await?;

@@ -160,22 +160,25 @@ pub(super) async fn route(
                 },
             ))
         }
-        (&Method::GET, ["v1", "works", name, "placement"]) => {
-            let d = state
-                .decisions
-                .snapshot()
-                .get(*name)
-                .cloned()
-                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
-            Ok(json(StatusCode::OK, &d.choices))
-        }
+        (&Method::GET, ["v1", "works", name, "placement"]) => match decided(state, name)? {
+            Some(d) => Ok(json(StatusCode::OK, &d.choices)),
+            None => Ok(json(StatusCode::OK, &Vec::<crate::api::Choice>::new())),
+        },
         (&Method::GET, ["v1", "works", name, "rollout"]) => {
-            let d = state
-                .decisions
-                .snapshot()
-                .get(*name)
-                .cloned()
-                .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("work {name:?} not found")))?;
+            let Some(d) = decided(state, name)? else {
+                let generation = state
+                    .works
+                    .snapshot()
+                    .get(*name)
+                    .map_or(0, |e| e.record.generation);
+                let pending = crate::decide::RolloutView {
+                    generation,
+                    phase: crate::api::RolloutPhase::Pending,
+                    reason: "applied; the hub has not decided this generation yet".into(),
+                    ..Default::default()
+                };
+                return Ok(json(StatusCode::OK, &pending));
+            };
             let view = d.rollout.clone().unwrap_or(crate::decide::RolloutView {
                 generation: d.generation,
                 phase: crate::api::RolloutPhase::All,
@@ -463,6 +466,13 @@ async fn confirm_removal(
             StatusCode::CONFLICT,
             if has_session {
                 format!("the agent of {cluster} is too old to take confirmations from the hub; run `tether-agent confirm-removal --data-dir DIR {work}` on the cluster")
+            } else if let Some(h) = state
+                .replica
+                .as_ref()
+                .and_then(|r| r.holder(cluster))
+                .filter(|h| state.replica.as_ref().is_some_and(|r| &r.name != h))
+            {
+                format!("{cluster}'s session is with hub replica {h}; send the confirmation to that replica's admin address (or run `tether-agent confirm-removal` on the cluster)")
             } else {
                 format!("{cluster} has no session with this hub; the confirmation needs the agent connected (or run `tether-agent confirm-removal` on the cluster)")
             },
@@ -614,4 +624,25 @@ fn contested(
             })
         })
         .collect())
+}
+
+/// The work's published decision; `None` for a work applied but not decided yet (a moment
+/// after an apply, longer on a replica the decision reaches through the change feed); 404
+/// for a work that does not exist or was deleted. (The error is the response itself, as for
+/// every route helper here: built once per refused request, not worth a box.)
+#[allow(clippy::result_large_err)]
+fn decided(
+    state: &HubState,
+    name: &str,
+) -> Result<Option<Arc<crate::decide::WorkDecision>>, Response<Body>> {
+    if let Some(d) = state.decisions.snapshot().get(name) {
+        return Ok(Some(d.clone()));
+    }
+    match state.works.snapshot().get(name) {
+        Some(e) if e.record.deleted.is_none() => Ok(None),
+        _ => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("work {name:?} not found"),
+        )),
+    }
 }

@@ -36,8 +36,9 @@ struct Cli {
     #[arg(long, env = "TETHER_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Admin API address (host:port) to use instead of the one in the config, e.g. a
-    /// forwarded port, or several separated by commas (hubs on one PostgreSQL database: the
-    /// serving one is the one that answers). The hub's certificate is still checked against
+    /// forwarded port, or several separated by commas (hub replicas on one PostgreSQL
+    /// database: any answers; the next is tried when one does not). The hub's certificate is
+    /// still checked against
     /// the CA and server name in the config.
     #[arg(long, env = "TETHER_SERVER", global = true)]
     server: Option<String>,
