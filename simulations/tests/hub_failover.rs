@@ -95,6 +95,21 @@ impl Ctl {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Exit status, stdout and stderr of `tetherctl` against `server`.
+    fn run(&self, server: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("TETHER_CONFIG", &self.config)
+            .env("TETHER_SERVER", server)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     fn until(
         &self,
         server: &str,
@@ -327,6 +342,21 @@ fn three_replicas_serve_every_agent_and_survive_kills() {
         .expect("apply through a follower");
     let took = everywhere("one", Duration::from_secs(30));
     eprintln!("applied through a follower, on all {AGENTS} agents after {took:?}");
+
+    // A singleton is applied, with a warning: its break-before-make is one process's.
+    let singleton = d.join("singleton.yaml");
+    std::fs::write(
+        &singleton,
+        "apiVersion: tether.dev/v1alpha1\nkind: Work\nmetadata: {name: leader-job}\nspec:\n  targets: {clusters: [edge-1]}\n  failover: {mode: Singleton}\n  manifests:\n  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: leader-job, namespace: default}\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = ctl.run(
+        &hubs[1].admin,
+        &["apply", "-f", singleton.to_str().unwrap()],
+    );
+    assert!(ok && stderr.contains("3 replicas"), "{stderr}");
+    ctl.at(&hubs[1].admin, &["delete", "work", "leader-job"])
+        .expect("delete the singleton");
 
     // SIGKILL the leader: another replica takes the lease, the agents it held move.
     let lens: Vec<usize> = (0..3)

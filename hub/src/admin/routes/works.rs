@@ -61,6 +61,7 @@ pub(super) async fn route(
                     )));
                 }
                 warnings.extend(fights);
+                warnings.extend(singleton_across_replicas(&st, &doc));
                 let applied = crate::works::apply(
                     &st.store,
                     &st.works,
@@ -375,6 +376,25 @@ fn named_clusters(doc: &tether_protocol::work::WorkDocument) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// A warning for a singleton applied to a hub running as several replicas: its
+/// break-before-make counts on one process knowing every delivery in flight (docs/ha.md).
+fn singleton_across_replicas(
+    state: &HubState,
+    doc: &tether_protocol::work::WorkDocument,
+) -> Option<String> {
+    let singleton = doc
+        .spec
+        .failover
+        .as_ref()
+        .is_some_and(|f| f.mode == tether_protocol::work::FailoverMode::Singleton);
+    let replicas = state.replica.as_ref().map_or(1, |r| r.live().len());
+    (singleton && replicas > 1).then(|| {
+        format!(
+            "this hub runs as {replicas} replicas, and a singleton's break-before-make is not guaranteed across replicas: a copy may start before the old one stopped (docs/ha.md); run singleton works on a single hub"
+        )
+    })
 }
 
 /// A warning per named cluster that is not registered: a typo would otherwise look like a
