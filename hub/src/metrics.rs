@@ -51,6 +51,11 @@ pub struct Metrics {
     pub admin_connections_refused: Family<ReasonLabel, Counter>,
     pub admin_unauthorized: Counter,
     pub admin_forbidden: Counter,
+    /// Hub replicas on PostgreSQL (see `replicas`).
+    pub lease_holder: Gauge,
+    pub replicas_live: Gauge,
+    pub feed_changes: Counter,
+    pub feed_relists: Counter,
     pub certificate_expiry: Family<CertLabel, Gauge>,
     /// 1 while the hub's own store fails (disk full, damaged file); refreshed on each scrape.
     pub store_failing: Gauge,
@@ -196,6 +201,30 @@ impl Metrics {
             "Admin API requests refused with 403 (the credential's role or scope does not allow it)",
             admin_forbidden.clone(),
         );
+        let lease_holder = Gauge::default();
+        registry.register(
+            "lease_holder",
+            "1 while this hub replica holds the database lease and decides (PostgreSQL only)",
+            lease_holder.clone(),
+        );
+        let replicas_live = Gauge::default();
+        registry.register(
+            "replicas_live",
+            "Hub replicas whose liveness row has not expired, as this replica last read it",
+            replicas_live.clone(),
+        );
+        let feed_changes = Counter::default();
+        registry.register(
+            "change_feed_entries",
+            "Change-feed entries this replica read (its own writes included, then skipped)",
+            feed_changes.clone(),
+        );
+        let feed_relists = Counter::default();
+        registry.register(
+            "change_feed_relists",
+            "Times this replica read every cached table again (at start, or after falling behind the feed)",
+            feed_relists.clone(),
+        );
         let certificate_expiry = Family::<CertLabel, Gauge>::default();
         registry.register(
             "certificate_expiry_seconds",
@@ -208,6 +237,10 @@ impl Metrics {
             admin_connections_refused,
             admin_unauthorized,
             admin_forbidden,
+            lease_holder,
+            replicas_live,
+            feed_changes,
+            feed_relists,
             certificate_expiry,
             store_failing,
             store_failures,

@@ -287,6 +287,34 @@ fn three_replicas_serve_every_agent_and_survive_kills() {
         "{AGENTS} agents joined and Ready on every replica after {:?}",
         joining.elapsed()
     );
+    // One replica says it holds the lease; each sees three alive (`/metrics`).
+    let metrics = |admin: &str| -> String {
+        let mut cfg = tether_hub::config::CtlConfig::load(&ctl.config).unwrap();
+        cfg.admin_address = admin.to_string();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tether_hub::AdminClient::new(&cfg)
+                    .unwrap()
+                    .get_text("/metrics")
+                    .await
+                    .unwrap()
+            })
+    };
+    let scraped: Vec<String> = hubs.iter().map(|h| metrics(&h.admin)).collect();
+    let leaders = scraped
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "tether_hub_lease_holder 1"))
+        .count();
+    assert_eq!(leaders, 1, "exactly one lease holder");
+    assert!(
+        scraped
+            .iter()
+            .all(|m| m.lines().any(|l| l == "tether_hub_replicas_live 3")),
+        "every replica sees three"
+    );
     let holder_of = |name: &str, from: &[usize]| -> Option<usize> {
         (0..3).rev().find(|&i| {
             let text = std::fs::read_to_string(log(i)).unwrap_or_default();

@@ -125,6 +125,7 @@ fn catch_up(state: &HubState, replica: &Replica, after: i64) -> Result<(i64, usi
     let Some(last) = batch.last().map(|c| c.id) else {
         return Ok((after, 0));
     };
+    state.metrics.feed_changes.inc_by(batch.len() as u64);
     let mut refresh = Refresh::default();
     for c in batch.iter().filter(|c| c.origin != replica.name) {
         refresh.add(&c.table, &c.key);
@@ -272,6 +273,7 @@ fn publish_decisions(state: &HubState, updates: Vec<(String, Option<WorkDecision
 /// first, so that nothing committed meanwhile is missed: at worst it is read twice).
 fn relist(state: &HubState, replica: &Replica) -> Result<i64, StoreError> {
     let head = state.store.changes_head()?;
+    state.metrics.feed_relists.inc();
     if let Err(e) = state.works.reload_all(&state.store) {
         tracing::error!(error = %e, "could not load the works");
     }

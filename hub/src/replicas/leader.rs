@@ -21,6 +21,7 @@ pub(crate) async fn run(state: Arc<HubState>, replica: Arc<Replica>) {
     };
     let acquired = Instant::now();
     replica.set_leader(lease.clone());
+    state.metrics.lease_holder.set(1);
     // Speak for the clusters of replicas that died before this one took over, and decide
     // from everything stored: the previous leader's view is gone with it.
     adopt_orphans(&state, &replica);
@@ -54,6 +55,10 @@ pub(crate) async fn liveness(state: Arc<HubState>, replica: Arc<Replica>) {
         match tokio::time::timeout(left.max(Duration::from_millis(1)), attempt).await {
             Ok(Ok(Ok(live))) => {
                 beaten = Instant::now();
+                state
+                    .metrics
+                    .replicas_live
+                    .set(i64::try_from(live.len()).unwrap_or(i64::MAX));
                 replica.set_live(live.into_iter().collect());
                 if replica.is_leader() {
                     adopt_orphans(&state, &replica);
