@@ -12,7 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_sim::pg::{available_or_skip, TestServer};
 
-const LEASE_TTL: &str = "2s";
+/// The replicas' `--lease-ttl`: 4 s by default, so that a CI machine starved of CPU (this
+/// binary runs a PostgreSQL failover test beside it) does not make replicas miss their
+/// renewals and stop; docs/benchmarks.md measures with `REPLICA_LEASE_TTL=2s`.
+fn lease_ttl() -> String {
+    std::env::var("REPLICA_LEASE_TTL").unwrap_or_else(|_| "4s".into())
+}
 
 fn free_udp() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -53,7 +58,7 @@ fn serve_on(bin: &Path, data: &Path, url: &str, log: &Path, quic: u16, admin: &s
         .args([
             "serve",
             "--lease-ttl",
-            LEASE_TTL,
+            &lease_ttl(),
             "--heartbeat-interval",
             "500ms",
         ])
@@ -84,15 +89,8 @@ struct Ctl {
 impl Ctl {
     /// `tetherctl` against one hub's admin address; `None` while it does not answer.
     fn at(&self, server: &str, args: &[&str]) -> Option<String> {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("TETHER_CONFIG", &self.config)
-            .env("TETHER_SERVER", server)
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let (ok, stdout, _) = self.run(server, args);
+        ok.then_some(stdout)
     }
 
     /// Exit status, stdout and stderr of `tetherctl` against `server`.
@@ -356,10 +354,32 @@ fn three_replicas_serve_every_agent_and_survive_kills() {
             if done {
                 return start.elapsed();
             }
-            assert!(
-                start.elapsed() < limit,
-                "{value:?} not on every agent in {limit:?}"
-            );
+            if start.elapsed() >= limit {
+                let missing: Vec<&String> = names
+                    .iter()
+                    .filter(|n| {
+                        !std::fs::read_to_string(d.join(n).join("applied").join("tether-web.yaml"))
+                            .is_ok_and(|t| t.contains(&format!("value: \"{value}\"")))
+                    })
+                    .collect();
+                for i in 0..3 {
+                    let t = std::fs::read_to_string(log(i)).unwrap_or_default();
+                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                    eprintln!("--- hub-{i}.log (last 40 lines, newest first)");
+                    for l in tail {
+                        eprintln!("{}", strip_ansi(l));
+                    }
+                }
+                for n in &missing {
+                    let t = std::fs::read_to_string(d.join(format!("{n}.log"))).unwrap_or_default();
+                    let tail: Vec<&str> = t.lines().rev().take(20).collect();
+                    eprintln!("--- {n}.log (last 20 lines, newest first)");
+                    for l in tail {
+                        eprintln!("{}", strip_ansi(l));
+                    }
+                }
+                panic!("{value:?} not on every agent in {limit:?}: missing on {missing:?}");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -368,14 +388,15 @@ fn three_replicas_serve_every_agent_and_survive_kills() {
     write_work("one");
     ctl.at(&hubs[2].admin, &["apply", "-f", work.to_str().unwrap()])
         .expect("apply through a follower");
-    let took = everywhere("one", Duration::from_secs(30));
+    let took = everywhere("one", Duration::from_secs(60));
     eprintln!("applied through a follower, on all {AGENTS} agents after {took:?}");
 
-    // A singleton is applied, with a warning: its break-before-make is one process's.
+    // A singleton is applied, with a warning: its break-before-make is one process's. (For a
+    // cluster that is not registered: the warning is the point, not a delivery.)
     let singleton = d.join("singleton.yaml");
     std::fs::write(
         &singleton,
-        "apiVersion: tether.dev/v1alpha1\nkind: Work\nmetadata: {name: leader-job}\nspec:\n  targets: {clusters: [edge-1]}\n  failover: {mode: Singleton}\n  manifests:\n  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: leader-job, namespace: default}\n",
+        "apiVersion: tether.dev/v1alpha1\nkind: Work\nmetadata: {name: leader-job}\nspec:\n  targets: {clusters: [elsewhere]}\n  failover: {mode: Singleton}\n  manifests:\n  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: leader-job, namespace: default}\n",
     )
     .unwrap();
     let (ok, _, stderr) = ctl.run(
