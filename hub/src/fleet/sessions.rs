@@ -137,20 +137,9 @@ impl Sessions {
         code: u32,
         reason: &str,
     ) -> usize {
-        let doomed: Vec<quinn::Connection> = {
-            let mut inner = lock(&self.inner);
-            inner.live.remove(cluster);
-            inner
-                .tracked
-                .values()
-                .filter(|t| t.cluster == cluster || serials.contains(&t.serial))
-                .map(|t| t.conn.clone())
-                .collect()
-        };
-        for c in &doomed {
-            c.close(code.into(), reason.as_bytes());
-        }
-        doomed.len()
+        self.close_where(cluster, code, reason, |t| {
+            t.cluster == cluster || serials.contains(&t.serial)
+        })
     }
 
     /// Close every connection of `cluster` whose certificate serial is not in `valid` (a
@@ -162,12 +151,26 @@ impl Sessions {
         code: u32,
         reason: &str,
     ) -> usize {
+        self.close_where(cluster, code, reason, |t| {
+            t.cluster == cluster && !valid.contains(&t.serial)
+        })
+    }
+
+    /// Close the tracked connections `doomed` picks; `cluster`'s registered session stops
+    /// counting as live if it is one of them.
+    fn close_where(
+        &self,
+        cluster: &str,
+        code: u32,
+        reason: &str,
+        doomed: impl Fn(&Tracked) -> bool,
+    ) -> usize {
         let doomed: Vec<quinn::Connection> = {
             let mut inner = lock(&self.inner);
             let doomed: Vec<quinn::Connection> = inner
                 .tracked
                 .values()
-                .filter(|t| t.cluster == cluster && !valid.contains(&t.serial))
+                .filter(|t| doomed(t))
                 .map(|t| t.conn.clone())
                 .collect();
             if inner
