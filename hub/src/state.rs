@@ -196,9 +196,17 @@ impl HubState {
     ) -> Result<crate::ingest::status::Ingested, crate::ingest::committer::CommitError> {
         let name = cluster.to_string();
         let now = crate::util::now_ms();
+        // redb reads locally and would ignore the hint: do not build it.
+        let reads = if self.store.is_embedded() {
+            Vec::new()
+        } else {
+            crate::ingest::status::reads(cluster, &batch)
+        };
         let ingested = self
             .committer
-            .write(move |tx| crate::ingest::status::ingest(tx, &name, &batch, &scope, now))
+            .write_reading(reads, move |tx| {
+                crate::ingest::status::ingest(tx, &name, &batch, &scope, now)
+            })
             .await?;
         self.filer.appended(ingested.stored);
         Ok(ingested)

@@ -69,6 +69,46 @@ fn script(store: &Store) -> Vec<String> {
             Ok::<_, StoreError>(())
         })
         .unwrap();
+    // A transaction that reads what it wrote before any statement sent it (PostgreSQL keeps
+    // puts, deletes and appends until a scan or the commit), and reads it prefetched.
+    store
+        .write(|tx| {
+            tx.prefetch(&[(T.name(), "b/2"), (T.name(), "x/1"), (T.name(), "x/9")])?;
+            say(format!("prefetched b/2 {:?}", tx.get(&T, "b/2")?));
+            tx.put(&T, "x/1", &"one".to_string())?;
+            tx.put(&T, "x/2", &"two".to_string())?;
+            tx.put(&T, "x/1", &"uno".to_string())?;
+            say(format!("own put {:?}", tx.get(&T, "x/1")?));
+            say(format!("remove own put {}", tx.remove(&T, "x/2")?));
+            say(format!("get removed {:?}", tx.get(&T, "x/2")?));
+            say(format!("remove absent {}", tx.remove(&T, "x/9")?));
+            tx.put(&T, "x/2", &"back".to_string())?;
+            say(format!("scan sees own {:?}", tx.list_prefix(&T, "x/")?));
+            tx.put(&T, "x/3", &"three".to_string())?;
+            say(format!(
+                "range over own {}",
+                tx.remove_range(&T, "x/2", "x/3")?
+            ));
+            say(format!("after range {:?}", tx.get(&T, "x/3")?));
+            say(format!("append {}", tx.append(&LOG, &"p".to_string())?));
+            say(format!("range sees own {:?}", tx.range(&LOG, 11, 10)?));
+            say(format!(
+                "append again {}",
+                tx.append(&LOG, &"q".to_string())?
+            ));
+            tx.insert_at(&LOG, 40, &"forty".to_string())?;
+            say(format!(
+                "append after insert {}",
+                tx.append(&LOG, &"r".to_string())?
+            ));
+            say(format!("remove seq 40 {}", tx.remove_seq(&LOG, 40)?));
+            say(format!(
+                "append after remove {}",
+                tx.append(&LOG, &"s".to_string())?
+            ));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
     // A failed write leaves nothing behind.
     let failed: Result<(), StoreError> = store.write(|tx| {
         tx.put(&T, "ghost", &"x".to_string())?;

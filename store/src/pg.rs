@@ -18,7 +18,10 @@
 //! The schema is versioned ([`MIGRATIONS`]); `init` creates it, `serve` applies newer
 //! migrations at start and refuses a database written by a newer binary.
 
+mod pending;
+
 use crate::StoreError;
+use pending::Pending;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Config, NoTls, Statement};
 use std::cell::RefCell;
@@ -90,6 +93,14 @@ const MAX_CONNECTIONS: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// No statement may hold a connection (and the writers behind it) longer than this.
 const STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
+/// Planner settings of the hub's connections. Every statement reads by primary key or key
+/// prefix, and `tether_kv` holds every table: a status batch's lookups met it nearly empty
+/// when first planned, and the plan kept scanning the whole table as it grew (the prefetch
+/// was active in 28 of 30 samples of the server's activity). Without sequential scans the
+/// index is used at any size, so the generic plan is right too, and re-planning each
+/// execution (14 % of the server's CPU in a profile) buys nothing.
+const PLANNER: &str = "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan";
 
 pub(crate) struct PgStore {
     config: Config,
@@ -337,7 +348,10 @@ impl PgStore {
             // Unacknowledged data this long means the server or the path is gone: fail the
             // call (retryable) instead of retransmitting for many minutes.
             .tcp_user_timeout(Duration::from_secs(20))
-            .options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+            // Every statement reads by primary key or key prefix; see PLANNER.
+            .options(&format!(
+                "-c statement_timeout={STATEMENT_TIMEOUT_MS} {PLANNER}"
+            ));
         if config.get_application_name().is_none() {
             config.application_name("tether-hub");
         }
@@ -493,6 +507,7 @@ impl PgStore {
         let tx = crate::WriteTx::pg(WriteTx {
             conn: RefCell::new(conn),
             changed: RefCell::new(BTreeSet::new()),
+            pending: RefCell::new(Pending::default()),
             failed: std::cell::Cell::new(false),
             label: self.label.clone(),
         });
@@ -500,6 +515,7 @@ impl PgStore {
         let WriteTx {
             conn,
             changed,
+            pending,
             failed,
             ..
         } = tx.into_pg();
@@ -533,7 +549,9 @@ impl PgStore {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
+                let writes = pending.into_inner().take();
                 conn.call(move |s| {
+                    writes.send(s)?;
                     record_changes(s, &changed, &origin)?;
                     s.client.batch_execute("COMMIT")
                 })
@@ -867,6 +885,11 @@ pub(crate) trait Ops {
     fn label(&self) -> &str;
     /// A statement failed: the transaction is aborted.
     fn failed(&self) {}
+    /// Called before a statement that reads many rows: they must include this transaction's
+    /// own writes.
+    fn before_scan(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     fn run<R: Send + 'static>(
         &self,
@@ -878,15 +901,12 @@ pub(crate) trait Ops {
         })
     }
 
-    fn get(&self, tbl: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let (tbl, key) = (tbl.to_string(), key.to_string());
-        self.run(move |s| {
-            let st = s.prepared("SELECT val FROM tether_kv WHERE tbl = $1 AND key = $2")?;
-            Ok(s.client.query_opt(&st, &[&tbl, &key])?.map(|r| r.get(0)))
-        })
+    fn get(&self, tbl: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        select_row(self, tbl, key)
     }
 
     fn list(&self, tbl: &str) -> Result<Rows, StoreError> {
+        self.before_scan()?;
         let tbl = tbl.to_string();
         self.run(move |s| {
             let st = s.prepared("SELECT key, val FROM tether_kv WHERE tbl = $1 ORDER BY key")?;
@@ -895,6 +915,7 @@ pub(crate) trait Ops {
     }
 
     fn list_prefix(&self, tbl: &str, prefix: &str) -> Result<Rows, StoreError> {
+        self.before_scan()?;
         let (tbl, from) = (tbl.to_string(), prefix.to_string());
         let end = crate::table::prefix_end(prefix);
         let found = self.run(move |s| match end {
@@ -918,6 +939,7 @@ pub(crate) trait Ops {
     }
 
     fn count(&self, tbl: &str) -> Result<u64, StoreError> {
+        self.before_scan()?;
         let tbl = tbl.to_string();
         self.run(move |s| {
             let st = s.prepared("SELECT count(*) FROM tether_kv WHERE tbl = $1")?;
@@ -926,6 +948,7 @@ pub(crate) trait Ops {
     }
 
     fn range(&self, tbl: &str, from: u64, limit: usize) -> Result<SeqRows, StoreError> {
+        self.before_scan()?;
         let from = seq_i64(self.label(), from)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let tbl = tbl.to_string();
@@ -938,6 +961,7 @@ pub(crate) trait Ops {
     }
 
     fn tail(&self, tbl: &str, limit: usize) -> Result<SeqRows, StoreError> {
+        self.before_scan()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let tbl = tbl.to_string();
         let mut found = self.run(move |s| {
@@ -951,6 +975,7 @@ pub(crate) trait Ops {
     }
 
     fn seq_len(&self, tbl: &str) -> Result<u64, StoreError> {
+        self.before_scan()?;
         let tbl = tbl.to_string();
         self.run(move |s| {
             let st = s.prepared("SELECT count(*) FROM tether_log WHERE tbl = $1")?;
@@ -959,9 +984,24 @@ pub(crate) trait Ops {
     }
 }
 
+/// One row by key.
+fn select_row(
+    tx: &(impl Ops + ?Sized),
+    tbl: &'static str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let key = key.to_string();
+    tx.run(move |s| {
+        let st = s.prepared("SELECT val FROM tether_kv WHERE tbl = $1 AND key = $2")?;
+        Ok(s.client.query_opt(&st, &[&tbl, &key])?.map(|r| r.get(0)))
+    })
+}
+
 pub struct WriteTx {
     conn: RefCell<Conn>,
     changed: RefCell<BTreeSet<(&'static str, String)>>,
+    /// Writes not sent yet, and rows already read (see `pending`).
+    pending: RefCell<Pending>,
     failed: std::cell::Cell<bool>,
     label: Arc<str>,
 }
@@ -981,6 +1021,17 @@ impl Ops for WriteTx {
     fn failed(&self) {
         self.failed.set(true);
     }
+    fn before_scan(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+    fn get(&self, tbl: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(known) = self.pending.borrow().lookup(tbl, key) {
+            return Ok(known);
+        }
+        let found = select_row(self, tbl, key)?;
+        self.pending.borrow_mut().learn(tbl, key, found.clone());
+        Ok(found)
+    }
 }
 
 impl Ops for ReadTx {
@@ -999,29 +1050,49 @@ impl WriteTx {
         }
     }
 
+    /// Send the writes kept so far (see `pending`), before a statement that must see them.
+    fn flush(&self) -> Result<(), StoreError> {
+        let batch = self.pending.borrow_mut().take();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.run(move |s| batch.send(s))
+    }
+
+    /// Read these rows in one statement, so the transaction's later `get`s of them cost no
+    /// round trip. Rows already known are not asked for again.
+    pub(crate) fn prefetch(&self, rows: &[(&'static str, &str)]) -> Result<(), StoreError> {
+        let (tbls, keys) = self.pending.borrow().unknown(rows);
+        if tbls.is_empty() {
+            return Ok(());
+        }
+        let asked = (tbls.clone(), keys.clone());
+        let found = self.run(move |s| pending::select_rows(s, &tbls, &keys))?;
+        let mut pending = self.pending.borrow_mut();
+        for ((tbl, key), val) in asked.0.into_iter().zip(asked.1).zip(found) {
+            pending.learn(tbl, &key, val);
+        }
+        Ok(())
+    }
+
     pub(crate) fn put(&self, tbl: &'static str, key: &str, val: &[u8]) -> Result<(), StoreError> {
-        let (k, v) = (key.to_string(), val.to_vec());
-        self.run(move |s| {
-            let st = s.prepared(
-                "INSERT INTO tether_kv (tbl, key, val) VALUES ($1, $2, $3)
-                 ON CONFLICT (tbl, key) DO UPDATE SET val = excluded.val",
-            )?;
-            s.client.execute(&st, &[&tbl, &k, &v])
-        })?;
+        self.pending.borrow_mut().put(tbl, key, Some(val.to_vec()));
         self.changed(tbl, key);
         Ok(())
     }
 
     pub(crate) fn remove(&self, tbl: &'static str, key: &str) -> Result<bool, StoreError> {
-        let k = key.to_string();
-        let n = self.run(move |s| {
-            let st = s.prepared("DELETE FROM tether_kv WHERE tbl = $1 AND key = $2")?;
-            s.client.execute(&st, &[&tbl, &k])
-        })?;
-        if n > 0 {
+        let existed = match self.pending.borrow().lookup(tbl, key) {
+            Some(known) => known.is_some(),
+            None => select_row(self, tbl, key)?.is_some(),
+        };
+        if existed {
+            self.pending.borrow_mut().put(tbl, key, None);
             self.changed(tbl, key);
+        } else {
+            self.pending.borrow_mut().learn(tbl, key, None);
         }
-        Ok(n > 0)
+        Ok(existed)
     }
 
     /// Remove the given keys (found by a scan in the caller's order); returns how many.
@@ -1029,6 +1100,8 @@ impl WriteTx {
         if keys.is_empty() {
             return Ok(0);
         }
+        self.flush()?;
+        self.pending.borrow_mut().forget_table(tbl);
         for k in &keys {
             self.changed(tbl, k);
         }
@@ -1059,6 +1132,8 @@ impl WriteTx {
         from: &str,
         through: &str,
     ) -> Result<u64, StoreError> {
+        self.flush()?;
+        self.pending.borrow_mut().forget_table(tbl);
         let (from, through) = (from.to_string(), through.to_string());
         let keys: Vec<String> = self.run(move |s| {
             let st = s.prepared(
@@ -1076,8 +1151,20 @@ impl WriteTx {
         Ok(keys.len() as u64)
     }
 
+    /// Send what is kept, then run a statement that changes the log `tbl` other than by
+    /// appending (so the next sequence number is asked for again).
+    fn change_log<R: Send + 'static>(
+        &self,
+        tbl: &'static str,
+        f: impl FnOnce(&mut Session) -> Result<R, postgres::Error> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.flush()?;
+        self.pending.borrow_mut().forget_log(tbl);
+        self.run(f)
+    }
+
     pub(crate) fn drop_log(&self, tbl: &'static str) -> Result<bool, StoreError> {
-        let n = self.run(move |s| {
+        let n = self.change_log(tbl, move |s| {
             let st = s.prepared("DELETE FROM tether_log WHERE tbl = $1")?;
             s.client.execute(&st, &[&tbl])
         })?;
@@ -1092,7 +1179,7 @@ impl WriteTx {
     ) -> Result<(), StoreError> {
         let seq = seq_i64(&self.label, seq)?;
         let v = val.to_vec();
-        self.run(move |s| {
+        self.change_log(tbl, move |s| {
             let st = s.prepared(
                 "INSERT INTO tether_log (tbl, seq, val) VALUES ($1, $2, $3)
                  ON CONFLICT (tbl, seq) DO UPDATE SET val = excluded.val",
@@ -1104,7 +1191,7 @@ impl WriteTx {
 
     pub(crate) fn remove_seq(&self, tbl: &'static str, seq: u64) -> Result<bool, StoreError> {
         let seq = seq_i64(&self.label, seq)?;
-        let n = self.run(move |s| {
+        let n = self.change_log(tbl, move |s| {
             let st = s.prepared("DELETE FROM tether_log WHERE tbl = $1 AND seq = $2")?;
             s.client.execute(&st, &[&tbl, &seq])
         })?;
@@ -1113,22 +1200,26 @@ impl WriteTx {
 
     pub(crate) fn remove_through(&self, tbl: &'static str, seq: u64) -> Result<u64, StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-        self.run(move |s| {
+        self.change_log(tbl, move |s| {
             let st = s.prepared("DELETE FROM tether_log WHERE tbl = $1 AND seq <= $2")?;
             s.client.execute(&st, &[&tbl, &seq])
         })
     }
 
+    /// Append at the next sequence number; the entry is sent with the transaction's other
+    /// writes. Only the first append to a log in a transaction asks the server where it ends:
+    /// no other writer can append meanwhile (the write lock).
     pub(crate) fn append(&self, tbl: &'static str, val: &[u8]) -> Result<u64, StoreError> {
-        let v = val.to_vec();
-        let next: i64 = self.run(move |s| {
-            let st = s.prepared(
-                "INSERT INTO tether_log (tbl, seq, val)
-                 SELECT $1, coalesce(max(seq), 0) + 1, $2 FROM tether_log WHERE tbl = $1
-                 RETURNING seq",
-            )?;
-            Ok(s.client.query_one(&st, &[&tbl, &v])?.get(0))
-        })?;
+        let known = self.pending.borrow().next_seq(tbl);
+        let next = match known {
+            Some(n) => n,
+            None => self.run(move |s| {
+                let st =
+                    s.prepared("SELECT coalesce(max(seq), 0) + 1 FROM tether_log WHERE tbl = $1")?;
+                Ok(s.client.query_one(&st, &[&tbl])?.get::<_, i64>(0))
+            })?,
+        };
+        self.pending.borrow_mut().append(tbl, next, val.to_vec());
         Ok(seq_u64(next))
     }
 }

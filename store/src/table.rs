@@ -133,6 +133,22 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Rows this transaction is about to `get`, named by table ([`StrTable::name`]) and key.
+    /// PostgreSQL reads them in one statement instead of a round trip each; redb, whose reads
+    /// are local, ignores the hint.
+    pub fn prefetch(&self, rows: &[(&'static str, &str)]) -> Result<(), StoreError> {
+        match &self.txn {
+            WriteEngine::Redb(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            WriteEngine::Pg(pg) => pg.prefetch(rows),
+        }
+    }
+
+    /// Reads cost no round trip (redb): a [`WriteTx::prefetch`] is not worth building.
+    pub fn reads_are_local(&self) -> bool {
+        matches!(self.txn, WriteEngine::Redb(_))
+    }
+
     /// Open `t` for several operations; see [`OpenStrTable`].
     pub fn open<V>(&self, t: &StrTable<V>) -> Result<OpenStrTable<'_, V>, StoreError> {
         let table = match &self.txn {

@@ -20,7 +20,15 @@ const GATHER_MAX: Duration = Duration::from_micros(500);
 const GATHER_POLL: Duration = Duration::from_micros(20);
 
 type Reply = Box<dyn FnOnce(Result<(), Arc<str>>) + Send>;
-type Job = Box<dyn FnOnce(&WriteTx) -> Result<Reply, StoreError> + Send>;
+type Run = Box<dyn FnOnce(&WriteTx) -> Result<Reply, StoreError> + Send>;
+
+/// Rows a write will read, by table name and key (see [`Committer::write_reading`]).
+pub type Reads = Vec<(&'static str, String)>;
+
+struct Job {
+    reads: Reads,
+    run: Run,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -64,14 +72,26 @@ impl Committer {
         &self,
         f: impl FnOnce(&WriteTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, CommitError> {
+        self.write_reading(Vec::new(), f).await
+    }
+
+    /// As [`Committer::write`], naming the rows `f` will `get`: the transaction reads those of
+    /// every write it groups in one go (one statement on PostgreSQL, where each read is
+    /// otherwise a round trip, for the whole group).
+    pub async fn write_reading<R: Send + 'static>(
+        &self,
+        reads: Reads,
+        f: impl FnOnce(&WriteTx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, CommitError> {
         let (tx, rx) = oneshot::channel::<Result<R, CommitError>>();
-        let job: Job = Box::new(move |wtx: &WriteTx| {
+        let run: Run = Box::new(move |wtx: &WriteTx| {
             let value = f(wtx)?;
             let reply: Reply = Box::new(move |committed| {
                 let _ = tx.send(committed.map(|()| value).map_err(CommitError::Store));
             });
             Ok(reply)
         });
+        let job = Job { reads, run };
         self.queue
             .send(job)
             .await
@@ -111,8 +131,15 @@ fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
         let mut replies = Vec::with_capacity(n);
         let started = Instant::now();
         let result = store.write(|tx| {
+            if !tx.reads_are_local() {
+                let reads: Vec<(&'static str, &str)> = jobs
+                    .iter()
+                    .flat_map(|j| j.reads.iter().map(|(t, k)| (*t, k.as_str())))
+                    .collect();
+                tx.prefetch(&reads)?;
+            }
             for job in jobs.drain(..) {
-                replies.push(job(tx)?);
+                replies.push((job.run)(tx)?);
             }
             Ok::<_, StoreError>(())
         });
@@ -247,7 +274,10 @@ mod tests {
     #[test]
     fn gather_waits_for_the_returning_callers_only() {
         let (queue, mut rx) = mpsc::channel::<Job>(QUEUE);
-        let job = || -> Job { Box::new(|_| Ok(Box::new(|_| {}) as Reply)) };
+        let job = || Job {
+            reads: Vec::new(),
+            run: Box::new(|_| Ok(Box::new(|_| {}) as Reply)),
+        };
         // Nothing comes back: bounded by a quarter of the last commit.
         let last = Committed {
             jobs: 8,
