@@ -18,9 +18,10 @@
 //! The schema is versioned ([`MIGRATIONS`]); `init` creates it, `serve` applies newer
 //! migrations at start and refuses a database written by a newer binary.
 
+use crate::pg_tls::Tls;
 use crate::StoreError;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls, Statement};
+use postgres::{Client, Config, Statement};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
@@ -93,6 +94,7 @@ const STATEMENT_TIMEOUT_MS: u64 = 30_000;
 
 pub(crate) struct PgStore {
     config: Config,
+    tls: Tls,
     /// The URL without its password, for messages.
     pub(crate) label: Arc<str>,
     idle: Mutex<Pool>,
@@ -141,7 +143,7 @@ pub(crate) struct Conn {
 const GONE: &str = "the database connection's thread is gone";
 
 impl Conn {
-    fn open(config: Config) -> Result<Conn, PgErr> {
+    fn open(config: Config, tls: Tls) -> Result<Conn, PgErr> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready, connected) = std::sync::mpsc::sync_channel(1);
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -149,7 +151,7 @@ impl Conn {
         let spawned = std::thread::Builder::new()
             .name("tether-pg".into())
             .spawn(move || {
-                let mut session = match config.connect(NoTls) {
+                let mut session = match tls.connect(&config) {
                     Ok(client) => {
                         let _ = ready.send(Ok(()));
                         Session {
@@ -307,7 +309,7 @@ pub(crate) fn error(label: &str, e: PgErr) -> StoreError {
         });
     let detail = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => crate::pg_tls::describe(&e),
     };
     StoreError::Postgres {
         database: label.to_string(),
@@ -321,13 +323,16 @@ impl PgStore {
     /// exist already (serve never creates a hub's database).
     pub(crate) fn open(url: &str, create: bool) -> Result<Self, StoreError> {
         let label = redact(url);
-        let mut config: Config =
-            url.parse()
-                .map_err(|e: postgres::Error| StoreError::Postgres {
-                    database: label.clone(),
-                    detail: format!("not a PostgreSQL URL: {e}"),
-                    retryable: false,
-                })?;
+        let refused = |detail: String| StoreError::Postgres {
+            database: label.clone(),
+            detail,
+            retryable: false,
+        };
+        let (url, tls_params) = crate::pg_tls::split(url).map_err(refused)?;
+        let mut config: Config = url
+            .parse()
+            .map_err(|e: postgres::Error| refused(format!("not a PostgreSQL URL: {e}")))?;
+        let tls = Tls::new(&config, &tls_params, &label).map_err(refused)?;
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
@@ -343,6 +348,7 @@ impl PgStore {
         }
         let store = Self {
             config,
+            tls,
             label: label.into(),
             idle: Mutex::new(Pool::default()),
             returned: Condvar::new(),
@@ -359,7 +365,7 @@ impl PgStore {
     }
 
     fn connect(&self) -> Result<Conn, StoreError> {
-        Conn::open(self.config.clone()).map_err(|e| self.err(e))
+        Conn::open(self.config.clone(), self.tls.clone()).map_err(|e| self.err(e))
     }
 
     fn take(&self) -> Result<Conn, StoreError> {
