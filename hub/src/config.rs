@@ -55,6 +55,8 @@ pub enum StoreLocation {
     #[default]
     Embedded,
     /// A PostgreSQL database (`postgres://user[:password]@host[:port]/db`, or `key=value` form).
+    /// TLS and its CA are URL parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`), read
+    /// by the store (`tether_store`'s pg_tls), so one string says everything about the link.
     Postgres(String),
 }
 

@@ -45,6 +45,14 @@ struct StoreArg {
     /// for a database that outlives this machine. The data directory holds the hub's keys
     /// either way. Prefer TETHER_STORE to the command line for a URL with a password, which
     /// `ps` would show.
+    ///
+    /// TLS to PostgreSQL is set in the URL, as with libpq:
+    /// `?sslmode=require&sslrootcert=/path/ca.pem` connects only over TLS, to a server whose
+    /// certificate that CA signed for the URL's host. Every encrypted connection is verified so
+    /// (without sslrootcert, against the system's CA certificates). The default,
+    /// sslmode=prefer, verifies the same way when the server offers TLS, but uses plain text
+    /// when it offers none, which an attacker on the path can fake: use require.
+    /// sslmode=disable is plain text; sslcert= and sslkey= add a client certificate.
     #[arg(long, env = "TETHER_STORE", default_value = "embedded", value_parser = StoreLocation::parse, hide_env_values = true)]
     store: StoreLocation,
 }

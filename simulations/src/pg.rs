@@ -19,6 +19,47 @@ pub struct TestServer {
     bin: PathBuf,
     port: u16,
     run_as: Option<&'static str>,
+    /// Started with [`TestServer::start_tls`]: TCP clients must use TLS and a password.
+    tls_only: bool,
+}
+
+/// The password of `tether` on a [`TestServer::start_tls`] server.
+pub const TLS_PASSWORD: &str = "tls-test-password";
+
+/// A CA of a test's own and a server certificate it signed, for [`TestServer::start_tls`].
+pub struct TestTls {
+    /// The CA certificate (PEM): what a client names in `sslrootcert`.
+    pub ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TestTls {
+    /// A new CA, and a server certificate for `names` (host names or IP addresses).
+    pub fn new(names: &[&str]) -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "tether test PostgreSQL CA");
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, &ca_key);
+        let key = KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)?.signed_by(&key, &issuer)?;
+        Ok(Self {
+            ca_pem,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Write the CA certificate to `path` and return the path as a string for a URL.
+    pub fn write_ca(&self, path: &Path) -> anyhow::Result<String> {
+        std::fs::write(path, &self.ca_pem)?;
+        Ok(path.display().to_string())
+    }
 }
 
 /// Server programs the tests run, all from one installation.
@@ -82,6 +123,67 @@ impl TestServer {
         Ok(server)
     }
 
+    /// Start a new server with `ssl=on` and `tls`'s certificate, that lets TCP clients in only
+    /// over TLS (`hostssl` in pg_hba.conf) and with `tether`'s password ([`TLS_PASSWORD`],
+    /// SCRAM, so the client's channel binding is exercised too). [`TestServer::sql`] still works:
+    /// it uses the Unix socket.
+    pub fn start_tls(tls: &TestTls) -> anyhow::Result<Self> {
+        let mut server = Self::empty()?;
+        server.tls_only = true;
+        let data = server.data().display().to_string();
+        let init = [
+            "-D",
+            &data,
+            "-U",
+            "tether",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-instructions",
+            "-E",
+            "UTF8",
+        ];
+        server.run("initdb", &init).context("initdb")?;
+        let (cert, key) = (
+            server.dir().join("server.crt"),
+            server.dir().join("server.key"),
+        );
+        std::fs::write(&cert, &tls.cert_pem)?;
+        std::fs::write(&key, &tls.key_pem)?;
+        // The server refuses a key that others can read.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        if let Some(user) = server.run_as {
+            let status = Command::new("chown")
+                .arg(user)
+                .args([&cert, &key])
+                .status()?;
+            anyhow::ensure!(status.success(), "chown {user} {}", key.display());
+        }
+        let conf = server.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str(&format!(
+            "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cert.display(),
+            key.display()
+        ));
+        std::fs::write(&conf, text)?;
+        let hba = server.data().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba)?;
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}"),
+                None => l.to_string(),
+            })
+            .collect();
+        std::fs::write(&hba, text.join("\n") + "\n")?;
+        server.pg_ctl_start()?;
+        server.sql(
+            "postgres",
+            &format!("ALTER ROLE tether PASSWORD '{TLS_PASSWORD}'"),
+        )?;
+        Ok(server)
+    }
+
     /// From now on a commit is acknowledged only once a standby has it
     /// (`synchronous_standby_names`); attach one first ([`TestServer::standby`]), or commits wait.
     pub fn make_synchronous(&self) -> anyhow::Result<()> {
@@ -112,6 +214,7 @@ impl TestServer {
             bin,
             port,
             run_as,
+            tls_only: false,
         })
     }
 
@@ -229,9 +332,22 @@ impl TestServer {
         self.port
     }
 
-    /// The URL of database `db` on this server.
+    /// The URL of database `db` on this server (over TCP; with [`TestServer::start_tls`], with
+    /// the password and no TLS parameters: the test adds those).
     pub fn url(&self, db: &str) -> String {
+        if self.tls_only {
+            return format!(
+                "postgres://tether:{TLS_PASSWORD}@127.0.0.1:{}/{db}",
+                self.port
+            );
+        }
         format!("postgres://tether@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The URL of database `db` over the Unix socket, which needs neither TLS nor a password.
+    fn socket_url(&self, db: &str) -> String {
+        let dir = self.dir.path().display().to_string().replace('/', "%2F");
+        format!("postgres://tether@{dir}:{}/{db}", self.port)
     }
 
     /// Create a new, empty database and return its URL.
@@ -243,7 +359,7 @@ impl TestServer {
     /// Run `sql` in database `db`, on a thread of its own: the blocking client cannot run on
     /// a thread that drives async tasks, as the end-to-end tests' threads do.
     pub fn sql(&self, db: &str, sql: &str) -> anyhow::Result<()> {
-        let (url, sql) = (self.url(db), sql.to_string());
+        let (url, sql) = (self.socket_url(db), sql.to_string());
         std::thread::spawn(move || -> anyhow::Result<()> {
             let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
             c.batch_execute(&sql)?;

@@ -1,14 +1,14 @@
 //! The hub's two stores answer alike: the same operations on the embedded redb store and on a
 //! real PostgreSQL server (Debian's, started in a temporary directory on loopback) give the
 //! same results, row for row and in the same order. Plus what only PostgreSQL has: the schema
-//! version check, the change feed and its doorbell, and committed data surviving a crash of the
-//! server.
+//! version check, the change feed and its doorbell, committed data surviving a crash of the
+//! server, and TLS to the server, verified against its CA.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tether_sim::pg::{available_or_skip, TestServer};
+use tether_sim::pg::{available_or_skip, TestServer, TestTls, TLS_PASSWORD};
 use tether_store::{SeqTable, Store, StoreError, StrTable, WriteTx};
 
 const T: StrTable<String> = StrTable::new("things");
@@ -501,4 +501,131 @@ fn a_hub_that_lost_the_lease_is_fenced_from_writing() {
     // A clean stop hands over without waiting for the expiry.
     new.release_lease(&b2).unwrap();
     assert!(old.acquire_lease("replica-a", ttl).unwrap().is_some());
+}
+
+/// The store over TLS to a server that lets TCP clients in only with TLS and SCRAM (channel
+/// binding with the connector's hash of the server certificate): the data goes through when the
+/// URL names the CA, with `require` and with the default `prefer`; plain text is refused by the
+/// server.
+#[test]
+fn postgres_tls_with_the_servers_ca_carries_the_data() {
+    if !available_or_skip("postgres_tls_with_the_servers_ca_carries_the_data") {
+        return;
+    }
+    let tls = TestTls::new(&["127.0.0.1", "localhost"]).unwrap();
+    let server = TestServer::start_tls(&tls).unwrap();
+    let url = server.create_db("tls").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tls.write_ca(&tmp.path().join("ca.pem")).unwrap();
+
+    let store = Store::open_postgres(
+        &format!("{url}?sslmode=require&sslrootcert={ca}&channel_binding=require"),
+        true,
+    )
+    .unwrap();
+    store
+        .write(|tx| tx.put(&T, "over-tls", &"sealed".to_string()))
+        .unwrap();
+    drop(store);
+    // libpq's name for what require does here, the host by name, and the default sslmode.
+    for url in [
+        format!("{url}?sslmode=verify-full&sslrootcert={ca}"),
+        format!(
+            "postgres://tether:{TLS_PASSWORD}@localhost:{}/tls?sslrootcert={ca}",
+            server.port()
+        ),
+    ] {
+        let store = Store::open_postgres(&url, false).unwrap();
+        let got = store.read(|tx| tx.get(&T, "over-tls")).unwrap();
+        assert_eq!(got.as_deref(), Some("sealed"), "{url}");
+    }
+
+    let err = Store::open_postgres(&format!("{url}?sslmode=disable"), false).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("no encryption"), "{msg}");
+    assert!(!msg.contains(TLS_PASSWORD), "{msg}");
+}
+
+/// A server whose certificate the named CA did not sign, or that is not for the host in the URL,
+/// is refused, with `require` and with `prefer` alike (never a retry in plain text), and the
+/// message names the database and what to change.
+#[test]
+fn postgres_tls_refuses_a_server_it_cannot_verify() {
+    if !available_or_skip("postgres_tls_refuses_a_server_it_cannot_verify") {
+        return;
+    }
+    let tls = TestTls::new(&["127.0.0.1"]).unwrap();
+    let server = TestServer::start_tls(&tls).unwrap();
+    let url = server.create_db("mitm").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let other = TestTls::new(&["127.0.0.1"]).unwrap();
+    let wrong = other.write_ca(&tmp.path().join("other-ca.pem")).unwrap();
+    let right = tls.write_ca(&tmp.path().join("ca.pem")).unwrap();
+
+    for mode in ["require", "prefer"] {
+        let err = Store::open_postgres(&format!("{url}?sslmode={mode}&sslrootcert={wrong}"), true)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("not trusted"), "{msg}");
+        assert!(msg.contains("sslrootcert=/path/ca.pem"), "{msg}");
+        assert!(msg.contains("tether:***@127.0.0.1"), "{msg}");
+        assert!(!msg.contains(TLS_PASSWORD), "{msg}");
+    }
+    // The right CA, but the certificate has no name `localhost`.
+    let by_name = format!(
+        "postgres://tether:{TLS_PASSWORD}@localhost:{}/mitm?sslmode=require&sslrootcert={right}",
+        server.port()
+    );
+    let msg = Store::open_postgres(&by_name, true)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not for the host in the URL"), "{msg}");
+}
+
+/// `sslmode=require` against a server without TLS, and CA files that cannot be used: clear
+/// errors that name the database, before any data is sent.
+#[test]
+fn postgres_tls_required_but_impossible_fails_clearly() {
+    if !available_or_skip("postgres_tls_required_but_impossible_fails_clearly") {
+        return;
+    }
+    let tls = TestTls::new(&["127.0.0.1"]).unwrap();
+    let server = TestServer::start().unwrap();
+    let url = server.create_db("plain").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tls.write_ca(&tmp.path().join("ca.pem")).unwrap();
+
+    let err =
+        Store::open_postgres(&format!("{url}?sslmode=require&sslrootcert={ca}"), true).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("offers no TLS"), "{msg}");
+    assert!(
+        msg.contains(&format!("127.0.0.1:{}/plain", server.port())),
+        "{msg}"
+    );
+
+    let missing = tmp.path().join("missing.pem").display().to_string();
+    let err = Store::open_postgres(
+        &format!("{url}?sslmode=require&sslrootcert={missing}"),
+        true,
+    )
+    .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("cannot read sslrootcert {missing}")),
+        "{msg}"
+    );
+    assert!(msg.contains("/plain"), "{msg}");
+
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let junk = junk.display().to_string();
+    let msg = Store::open_postgres(&format!("{url}?sslrootcert={junk}"), true)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains(&format!("sslrootcert {junk}")), "{msg}");
+
+    // The default (prefer) still reaches a server without TLS, as before.
+    Store::open_postgres(&format!("{url}?sslrootcert={ca}"), true).unwrap();
 }

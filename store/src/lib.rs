@@ -12,6 +12,8 @@ pub mod agent;
 pub mod hub;
 #[cfg(feature = "postgres")]
 mod pg;
+#[cfg(feature = "postgres")]
+mod pg_tls;
 mod table;
 
 #[cfg(feature = "postgres")]

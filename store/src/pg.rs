@@ -20,10 +20,11 @@
 
 mod pending;
 
+use crate::pg_tls::Tls;
 use crate::StoreError;
 use pending::Pending;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls, Statement};
+use postgres::{Client, Config, Statement};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
@@ -104,6 +105,7 @@ const PLANNER: &str = "-c enable_seqscan=off -c plan_cache_mode=force_generic_pl
 
 pub(crate) struct PgStore {
     config: Config,
+    tls: Tls,
     /// The URL without its password, for messages.
     pub(crate) label: Arc<str>,
     idle: Mutex<Pool>,
@@ -152,7 +154,7 @@ pub(crate) struct Conn {
 const GONE: &str = "the database connection's thread is gone";
 
 impl Conn {
-    fn open(config: Config) -> Result<Conn, PgErr> {
+    fn open(config: Config, tls: Tls) -> Result<Conn, PgErr> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready, connected) = std::sync::mpsc::sync_channel(1);
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -160,7 +162,7 @@ impl Conn {
         let spawned = std::thread::Builder::new()
             .name("tether-pg".into())
             .spawn(move || {
-                let mut session = match config.connect(NoTls) {
+                let mut session = match tls.connect(&config) {
                     Ok(client) => {
                         let _ = ready.send(Ok(()));
                         Session {
@@ -318,7 +320,7 @@ pub(crate) fn error(label: &str, e: PgErr) -> StoreError {
         });
     let detail = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => crate::pg_tls::describe(&e),
     };
     StoreError::Postgres {
         database: label.to_string(),
@@ -332,13 +334,16 @@ impl PgStore {
     /// exist already (serve never creates a hub's database).
     pub(crate) fn open(url: &str, create: bool) -> Result<Self, StoreError> {
         let label = redact(url);
-        let mut config: Config =
-            url.parse()
-                .map_err(|e: postgres::Error| StoreError::Postgres {
-                    database: label.clone(),
-                    detail: format!("not a PostgreSQL URL: {e}"),
-                    retryable: false,
-                })?;
+        let refused = |detail: String| StoreError::Postgres {
+            database: label.clone(),
+            detail,
+            retryable: false,
+        };
+        let (url, tls_params) = crate::pg_tls::split(url).map_err(refused)?;
+        let mut config: Config = url
+            .parse()
+            .map_err(|e: postgres::Error| refused(format!("not a PostgreSQL URL: {e}")))?;
+        let tls = Tls::new(&config, &tls_params, &label).map_err(refused)?;
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
@@ -357,6 +362,7 @@ impl PgStore {
         }
         let store = Self {
             config,
+            tls,
             label: label.into(),
             idle: Mutex::new(Pool::default()),
             returned: Condvar::new(),
@@ -373,7 +379,7 @@ impl PgStore {
     }
 
     fn connect(&self) -> Result<Conn, StoreError> {
-        Conn::open(self.config.clone()).map_err(|e| self.err(e))
+        Conn::open(self.config.clone(), self.tls.clone()).map_err(|e| self.err(e))
     }
 
     fn take(&self) -> Result<Conn, StoreError> {
