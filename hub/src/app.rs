@@ -477,9 +477,14 @@ async fn flush_last_seen(state: Arc<HubState>) {
     if seen.is_empty() {
         return;
     }
+    // One statement reads every record on PostgreSQL, instead of one each.
+    let reads = seen
+        .iter()
+        .map(|(name, _)| (CLUSTERS.name(), name.clone()))
+        .collect();
     let r = state
         .committer
-        .write(move |tx| {
+        .write_reading(reads, move |tx| {
             for (name, at) in &seen {
                 if let Some(mut rec) = tx.get(&CLUSTERS, name)? {
                     rec.last_seen_ms = Some(*at);

@@ -25,10 +25,20 @@ pub struct IngestPg {
     pub hub_rows_per_entry: f64,
     pub hub_wal_bytes_per_entry: f64,
     pub raw_wal_bytes_per_entry: f64,
+    /// Through the hub's store on the same database, after the run: one `get` of a row the
+    /// transaction has not read (a statement: the hop to the connection's thread, the round
+    /// trip, the execution), and one small write transaction (the write lock, one upsert, its
+    /// change row and doorbell, the durable commit).
+    pub store_statement_us: f64,
+    pub store_commit_us: f64,
 }
 
 pub(super) async fn run(args: &BenchArgs, r: &mut Results) -> anyhow::Result<()> {
     let i = ingest_pg(args.ingest_s).await?;
+    println!(
+        "ingest-pg: through the store, one statement {:.0} µs, one small durable write transaction {:.0} µs",
+        i.store_statement_us, i.store_commit_us
+    );
     println!(
         "ingest-pg: hub on PostgreSQL {:.0} status entries/s durable vs raw multi-row INSERT {:.0}/s ({} entries per commit): {:.2}x; per entry the hub writes {:.1} rows and {:.0} WAL bytes (raw: {:.0})",
         i.hub_entries_per_s,
@@ -77,6 +87,9 @@ async fn ingest_pg(secs: u64) -> anyhow::Result<IngestPg> {
     // exits, and the hub has stopped); give the collector a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = counters(&server, "bench_hub").await?;
+    let url = server.url("bench_hub");
+    let (store_statement_us, store_commit_us) =
+        tokio::task::spawn_blocking(move || unit_costs(&url)).await??;
 
     let raw_commit = WRITERS * BATCH;
     let raw_db = server.create_db("bench_raw")?;
@@ -95,7 +108,32 @@ async fn ingest_pg(secs: u64) -> anyhow::Result<IngestPg> {
         hub_rows_per_entry: per(after.1.saturating_sub(before.1), hub_entries),
         hub_wal_bytes_per_entry: per(after.0.saturating_sub(before.0), hub_entries),
         raw_wal_bytes_per_entry: per(raw_after.0.saturating_sub(raw_before.0), raw_entries as f64),
+        store_statement_us,
+        store_commit_us,
     })
+}
+
+/// `t_stmt` and `t_commit` of docs/capacity.md, measured through the hub's store: mean µs of a
+/// `get` of a row not read before in its transaction, and of a one-row write transaction.
+fn unit_costs(url: &str) -> anyhow::Result<(f64, f64)> {
+    const T: tether_store::StrTable<u64> = tether_store::StrTable::new("bench_units");
+    const GETS: u64 = 5_000;
+    const COMMITS: u64 = 500;
+    let store = tether_store::Store::open_postgres(url, false)?;
+    let t = Instant::now();
+    store.read(|tx| {
+        for i in 0..GETS {
+            tx.get(&T, &format!("absent/{i}"))?;
+        }
+        Ok::<_, tether_store::StoreError>(())
+    })?;
+    let statement = t.elapsed().as_secs_f64() * 1e6 / GETS as f64;
+    let t = Instant::now();
+    for i in 0..COMMITS {
+        store.write(|tx| tx.put(&T, &format!("k/{i}"), &i))?;
+    }
+    let commit = t.elapsed().as_secs_f64() * 1e6 / COMMITS as f64;
+    Ok((statement, commit))
 }
 
 /// The same encoded entries, `per_commit` a statement, each statement its own durable commit.
