@@ -146,9 +146,19 @@ pub(crate) async fn persist_health(state: Arc<HubState>) {
         if batch.is_empty() {
             continue;
         }
+        // A reconnect storm queues thousands: read their rows in one statement on PostgreSQL.
+        let reads = batch
+            .keys()
+            .flat_map(|c| {
+                [
+                    (crate::fleet::replica::SESSION_HOLDERS.name(), c.clone()),
+                    (CLUSTERS.name(), c.clone()),
+                ]
+            })
+            .collect();
         if let Err(e) = state
             .committer
-            .write({
+            .write_reading(reads, {
                 let replica = state.replica.clone();
                 move |tx| store_transitions(tx, &batch, replica.as_deref())
             })
