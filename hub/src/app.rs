@@ -478,10 +478,11 @@ async fn flush_last_seen(state: Arc<HubState>) {
         return;
     }
     // One statement reads every record on PostgreSQL, instead of one each.
-    let reads = seen
-        .iter()
-        .map(|(name, _)| (CLUSTERS.name(), name.clone()))
-        .collect();
+    let reads = state.reads_for(|| {
+        seen.iter()
+            .map(|(name, _)| (CLUSTERS.name(), name.clone()))
+            .collect()
+    });
     let r = state
         .committer
         .write_reading(reads, move |tx| {

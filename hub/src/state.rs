@@ -147,15 +147,17 @@ pub(crate) async fn persist_health(state: Arc<HubState>) {
             continue;
         }
         // A reconnect storm queues thousands: read their rows in one statement on PostgreSQL.
-        let reads = batch
-            .keys()
-            .flat_map(|c| {
-                [
-                    (crate::fleet::replica::SESSION_HOLDERS.name(), c.clone()),
-                    (CLUSTERS.name(), c.clone()),
-                ]
-            })
-            .collect();
+        let reads = state.reads_for(|| {
+            batch
+                .keys()
+                .flat_map(|c| {
+                    [
+                        (crate::fleet::replica::SESSION_HOLDERS.name(), c.clone()),
+                        (CLUSTERS.name(), c.clone()),
+                    ]
+                })
+                .collect()
+        });
         if let Err(e) = state
             .committer
             .write_reading(reads, {
@@ -206,12 +208,7 @@ impl HubState {
     ) -> Result<crate::ingest::status::Ingested, crate::ingest::committer::CommitError> {
         let name = cluster.to_string();
         let now = crate::util::now_ms();
-        // redb reads locally and would ignore the hint: do not build it.
-        let reads = if self.store.is_embedded() {
-            Vec::new()
-        } else {
-            crate::ingest::status::reads(cluster, &batch)
-        };
+        let reads = self.reads_for(|| crate::ingest::status::reads(cluster, &batch));
         let ingested = self
             .committer
             .write_reading(reads, move |tx| {
@@ -220,6 +217,21 @@ impl HubState {
             .await?;
         self.filer.appended(ingested.stored);
         Ok(ingested)
+    }
+
+    /// The rows a group-committed write will `get`, for [`Committer::write_reading`]: nothing
+    /// on redb, which reads locally and would ignore them.
+    ///
+    /// [`Committer::write_reading`]: crate::ingest::committer::Committer::write_reading
+    pub(crate) fn reads_for(
+        &self,
+        rows: impl FnOnce() -> crate::ingest::committer::Reads,
+    ) -> crate::ingest::committer::Reads {
+        if self.store.is_embedded() {
+            Vec::new()
+        } else {
+            rows()
+        }
     }
 
     /// Log health transitions and queue them for persistence.

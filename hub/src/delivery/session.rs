@@ -44,9 +44,14 @@ pub async fn record_inventory(
         .map(|(n, _)| n.clone())
         .collect();
     let changed = cluster.clone();
+    let reads = state.reads_for(|| {
+        held.keys()
+            .map(|w| (CLUSTER_WORKS.name(), cluster_work_key(&cluster, w)))
+            .collect()
+    });
     let foreign = state
         .committer
-        .write(move |tx| {
+        .write_reading(reads, move |tx| {
             let mut foreign = 0;
             for (work, h) in &held {
                 let key = cluster_work_key(&cluster, work);
@@ -353,9 +358,10 @@ async fn send(
     let key = cluster_work_key(cluster, &ack.name);
     let held = ack.held.clone();
     let now = now_ms();
+    let reads = state.reads_for(|| vec![(CLUSTER_WORKS.name(), key.clone())]);
     let committed = state
         .committer
-        .write(move |tx| {
+        .write_reading(reads, move |tx| {
             match &held {
                 Some(h) => {
                     let mut row = tx.get(&CLUSTER_WORKS, &key)?.unwrap_or(ClusterWorkRecord {
