@@ -81,6 +81,36 @@ pub(super) fn rss_kib(pid: Option<u32>) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system, every thread) process `pid` has used so far.
+pub(super) fn cpu_s(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields are counted after its last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), the 12th and 13th after the name.
+    let ticks: f64 = fields
+        .get(11..13)
+        .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
+        .iter()
+        .map(|f| f.parse::<f64>())
+        .sum::<Result<f64, _>>()?;
+    Ok(ticks / clock_ticks_per_s())
+}
+
+/// `getconf CLK_TCK`: the unit of /proc's CPU times (100 on Linux unless built otherwise).
+fn clock_ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 pub(super) fn bench_hub_config(dir: &Path) -> HubConfig {
     let mut cfg = HubConfig::new(dir);
     cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));

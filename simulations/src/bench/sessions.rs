@@ -2,7 +2,7 @@
 //! heartbeats flowing) vs a bare quinn mTLS server holding the same number of connections.
 
 use super::harness::{
-    connect_limit, hub_counter, hub_counts, provision_lite, rss_kib, save, wait_sessions,
+    connect_limit, cpu_s, hub_counter, hub_counts, provision_lite, rss_kib, save, wait_sessions,
 };
 use super::procs::{read_line, spawn_lite_swarm, spawn_self, HubProc};
 use super::{BenchArgs, Results};
@@ -25,6 +25,11 @@ pub struct Sessions {
     pub hub_rss_registered_mib: f64,
     /// Heartbeats the hub counted while the sessions were held (all should be flowing).
     pub heartbeats_per_s: f64,
+    /// CPU seconds per 1,000 held sessions per hour, from the CPU time the process used while
+    /// the sessions were held and idle (heartbeats and keep-alives only): the hub, and the
+    /// bare quinn server with the same connections (keep-alives only).
+    pub hub_cpu_s_per_1000_per_h: f64,
+    pub bare_cpu_s_per_1000_per_h: f64,
 }
 
 pub(super) async fn run(args: &BenchArgs, r: &mut Results) -> anyhow::Result<()> {
@@ -33,6 +38,10 @@ pub(super) async fn run(args: &BenchArgs, r: &mut Results) -> anyhow::Result<()>
         println!(
             "sessions {n}: hub {:.1} KiB per session ({:.0} -> {:.0} MiB) vs bare quinn mTLS {:.1} KiB per connection: {:.2}x; all connected in {:.1}s",
             s.hub_kib_per_session, s.hub_rss_before_mib, s.hub_rss_after_mib, s.bare_kib_per_conn, s.ratio, s.connect_all_s
+        );
+        println!(
+            "sessions {n}: idle CPU per 1,000 sessions per hour: hub {:.1} s ({:.0} heartbeats/s) vs bare quinn {:.1} s",
+            s.hub_cpu_s_per_1000_per_h, s.heartbeats_per_s, s.bare_cpu_s_per_1000_per_h
         );
         r.sessions.push(s);
         save(&args.out, r)?;
@@ -44,7 +53,7 @@ async fn sessions(n: usize) -> anyhow::Result<Sessions> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().to_path_buf();
     // Bare quinn mTLS server first (it also initialises the certificates the hub reuses).
-    let bare_kib = bare_kib_per_conn(&dir, n).await?;
+    let (bare_kib, bare_cpu) = bare_kib_per_conn(&dir, n).await?;
 
     // The hub empty, then with n clusters registered, then with n sessions held.
     let empty = {
@@ -63,8 +72,10 @@ async fn sessions(n: usize) -> anyhow::Result<Sessions> {
     let connect_all_s = t.elapsed().as_secs_f64();
     // Heartbeats flowing for a while (default interval 10 s); every session must stay up.
     let hb0 = hub_counter(&admin, "tether_hub_heartbeats_total").await;
+    let cpu0 = cpu_s(hub.pid())?;
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
+    let cpu = per_1000_per_hour(cpu_s(hub.pid())? - cpu0, n, window.elapsed());
     let hb1 = hub_counter(&admin, "tether_hub_heartbeats_total").await;
     let heartbeats_per_s = (hb1 - hb0) / window.elapsed().as_secs_f64();
     let (live, ready) = hub_counts(&admin).await?;
@@ -91,12 +102,18 @@ async fn sessions(n: usize) -> anyhow::Result<Sessions> {
         hub_rss_empty_mib: empty as f64 / 1024.0,
         hub_rss_registered_mib: before as f64 / 1024.0,
         heartbeats_per_s,
+        hub_cpu_s_per_1000_per_h: cpu,
+        bare_cpu_s_per_1000_per_h: bare_cpu,
     })
 }
 
+fn per_1000_per_hour(cpu_s: f64, n: usize, window: Duration) -> f64 {
+    cpu_s * (1000.0 / n as f64) * (3600.0 / window.as_secs_f64())
+}
+
 /// RSS growth of a bare quinn mTLS server process per connection, `n` connections held from
-/// another process for 20 s.
-async fn bare_kib_per_conn(dir: &Path, n: usize) -> anyhow::Result<f64> {
+/// another process for 20 s, and its CPU per 1,000 connections per hour meanwhile.
+async fn bare_kib_per_conn(dir: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
     let d = dir.to_str().context("temp dir is not UTF-8")?.to_string();
     let (server, mut out) = spawn_self(&["bench-server", "--mode", "bare", "--dir", &d])?;
     let info: serde_json::Value = serde_json::from_str(&read_line(&mut out)?)?;
@@ -119,9 +136,12 @@ async fn bare_kib_per_conn(dir: &Path, n: usize) -> anyhow::Result<f64> {
     ])?;
     let line = tokio::task::spawn_blocking(move || read_line(&mut sout)).await??;
     anyhow::ensure!(line == "STARTED", "bare swarm said {line:?}");
+    let cpu0 = cpu_s(server.child.id())?;
+    let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
+    let cpu = per_1000_per_hour(cpu_s(server.child.id())? - cpu0, n, window.elapsed());
     let after = rss_kib(Some(server.child.id()));
     drop(swarm);
     drop(server);
-    Ok((after.saturating_sub(before)) as f64 / n as f64)
+    Ok(((after.saturating_sub(before)) as f64 / n as f64, cpu))
 }
