@@ -146,15 +146,18 @@ pub(crate) async fn persist_health(state: Arc<HubState>) {
         if batch.is_empty() {
             continue;
         }
-        // A reconnect storm queues thousands: read their rows in one statement on PostgreSQL.
+        // A reconnect storm queues thousands: read their rows in one statement on PostgreSQL
+        // (the session holders only where `store_transitions` checks them: with replicas).
         let reads = state.reads_for(|| {
+            let holders = state.replica.is_some();
             batch
                 .keys()
                 .flat_map(|c| {
-                    [
-                        (crate::fleet::replica::SESSION_HOLDERS.name(), c.clone()),
-                        (CLUSTERS.name(), c.clone()),
-                    ]
+                    let holder = (crate::fleet::replica::SESSION_HOLDERS.name(), c.clone());
+                    holders
+                        .then_some(holder)
+                        .into_iter()
+                        .chain([(CLUSTERS.name(), c.clone())])
                 })
                 .collect()
         });

@@ -5,8 +5,8 @@
 //! and measured at 0.02x of a raw multi-row INSERT. So a write transaction keeps its puts,
 //! deletes and appends here and sends them as one multi-row statement per kind: before a scan
 //! (which must see them) or a statement that writes by range, and at commit. A `get` answers
-//! from here when it can: rows this transaction wrote, and rows it read before (one
-//! [`Pending::prefetch`] reads many in one statement).
+//! from here when it can: rows this transaction wrote, and rows it read before (a prefetch,
+//! `WriteTx::prefetch`, reads many in one statement).
 //!
 //! Remembering what was read is safe for the whole transaction because every writer of every
 //! hub process holds the database-wide write lock until it commits: no other writer can change
@@ -46,13 +46,15 @@ impl Pending {
         self.writes.insert((tbl, key.to_string()), val);
     }
 
-    /// The rows of `keys` whose content is not known yet.
+    /// The rows of `rows` whose content is not known yet, each once (a status batch names
+    /// the same work in many entries).
     pub(crate) fn unknown(
         &self,
         rows: &[(&'static str, &str)],
     ) -> (Vec<&'static str>, Vec<String>) {
+        let mut seen = std::collections::HashSet::new();
         rows.iter()
-            .filter(|(t, k)| self.lookup(t, k).is_none())
+            .filter(|(t, k)| self.lookup(t, k).is_none() && seen.insert((*t, *k)))
             .map(|(t, k)| (*t, k.to_string()))
             .unzip()
     }
