@@ -136,6 +136,7 @@ impl WriteTx {
     /// Rows this transaction is about to `get`, named by table ([`StrTable::name`]) and key.
     /// PostgreSQL reads them in one statement instead of a round trip each; redb, whose reads
     /// are local, ignores the hint.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     pub fn prefetch(&self, rows: &[(&'static str, &str)]) -> Result<(), StoreError> {
         match &self.txn {
             WriteEngine::Redb(_) => Ok(()),
