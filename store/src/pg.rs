@@ -1072,10 +1072,12 @@ impl WriteTx {
         if tbls.is_empty() {
             return Ok(());
         }
-        let asked = (tbls.clone(), keys.clone());
-        let found = self.run(move |s| pending::select_rows(s, &tbls, &keys))?;
+        let (tbls, keys, found) = self.run(move |s| {
+            let found = pending::select_rows(s, &tbls, &keys)?;
+            Ok((tbls, keys, found))
+        })?;
         let mut pending = self.pending.borrow_mut();
-        for ((tbl, key), val) in asked.0.into_iter().zip(asked.1).zip(found) {
+        for ((tbl, key), val) in tbls.into_iter().zip(keys).zip(found) {
             pending.learn(tbl, &key, val);
         }
         Ok(())

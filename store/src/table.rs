@@ -145,11 +145,6 @@ impl WriteTx {
         }
     }
 
-    /// Reads cost no round trip (redb): a [`WriteTx::prefetch`] is not worth building.
-    pub fn reads_are_local(&self) -> bool {
-        matches!(self.txn, WriteEngine::Redb(_))
-    }
-
     /// Open `t` for several operations; see [`OpenStrTable`].
     pub fn open<V>(&self, t: &StrTable<V>) -> Result<OpenStrTable<'_, V>, StoreError> {
         let table = match &self.txn {

@@ -131,13 +131,11 @@ fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
         let mut replies = Vec::with_capacity(n);
         let started = Instant::now();
         let result = store.write(|tx| {
-            if !tx.reads_are_local() {
-                let reads: Vec<(&'static str, &str)> = jobs
-                    .iter()
-                    .flat_map(|j| j.reads.iter().map(|(t, k)| (*t, k.as_str())))
-                    .collect();
-                tx.prefetch(&reads)?;
-            }
+            let reads: Vec<(&'static str, &str)> = jobs
+                .iter()
+                .flat_map(|j| j.reads.iter().map(|(t, k)| (*t, k.as_str())))
+                .collect();
+            tx.prefetch(&reads)?;
             for job in jobs.drain(..) {
                 replies.push((job.run)(tx)?);
             }

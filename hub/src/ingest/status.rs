@@ -51,17 +51,6 @@ pub fn ingest(
 ) -> Result<Ingested, StoreError> {
     // Each table opened once for the whole batch (see `OpenStrTable`); nothing else may open
     // them while these are in scope.
-    let keys: Vec<String> = batch
-        .entries
-        .iter()
-        .map(|e| cluster_work_key(cluster, &e.status.work))
-        .collect();
-    if !tx.reads_are_local() {
-        // Read at once, unless the group commit read them already (see `reads`).
-        let mut rows = vec![(STATUS_CURSORS.name(), cluster)];
-        rows.extend(keys.iter().map(|k| (CLUSTER_WORKS.name(), k.as_str())));
-        tx.prefetch(&rows)?;
-    }
     let mut cursors = tx.open(&STATUS_CURSORS)?;
     let mut works = tx.open(&CLUSTER_WORKS)?;
     let mut unfiled = tx.open_log(&STATUS_UNFILED)?;
@@ -73,7 +62,7 @@ pub fn ingest(
     if batch.from_seq > cursor + 1 {
         out.gap = Some((cursor + 1, batch.from_seq));
     }
-    for (entry, key) in batch.entries.iter().zip(&keys) {
+    for entry in &batch.entries {
         if entry.seq <= cursor {
             out.duplicates += 1;
             continue;
@@ -83,7 +72,8 @@ pub fn ingest(
             tracing::warn!(%cluster, seq = entry.seq, "status entry outside its batch range; dropped");
             continue;
         }
-        let row = works.get(key)?;
+        let key = cluster_work_key(cluster, &entry.status.work);
+        let row = works.get(&key)?;
         let withdrawn = matches!(entry.status.phase, WorkPhase::Removed | WorkPhase::Orphaned);
         let work = &entry.status.work;
         // A late withdrawal of a known work (its row went with the removal's ack) still
@@ -97,14 +87,14 @@ pub fn ingest(
             Some(mut r) if r.status_seq < entry.seq => {
                 r.status = Some(entry.status.clone());
                 r.status_seq = entry.seq;
-                works.put(key, &r)?;
+                works.put(&key, &r)?;
             }
             Some(_) => {}
             // The row goes away when the removal is acknowledged; a late status must not
             // bring it back.
             None if withdrawn => {}
             None => works.put(
-                key,
+                &key,
                 &ClusterWorkRecord {
                     delivered: None,
                     delivered_at_ms: None,

@@ -12,7 +12,6 @@
 //! hub process holds the database-wide write lock until it commits: no other writer can change
 //! a row between this transaction's read and its commit.
 
-use postgres::Client;
 use std::collections::HashMap;
 
 type Row = (&'static str, String);
@@ -89,10 +88,7 @@ impl Pending {
                     batch.put_key.push(key.clone());
                     batch.put_val.push(v.clone());
                 }
-                None => {
-                    batch.del_tbl.push(tbl);
-                    batch.del_key.push(key.clone());
-                }
+                None => batch.deletes.entry(tbl).or_default().push(key.clone()),
             }
             self.known.insert((tbl, key), val);
         }
@@ -111,8 +107,8 @@ pub(crate) struct Batch {
     put_tbl: Vec<&'static str>,
     put_key: Vec<String>,
     put_val: Vec<Vec<u8>>,
-    del_tbl: Vec<&'static str>,
-    del_key: Vec<String>,
+    /// Keys to delete, per table (see `send`).
+    deletes: HashMap<&'static str, Vec<String>>,
     log_tbl: Vec<&'static str>,
     log_seq: Vec<i64>,
     log_val: Vec<Vec<u8>>,
@@ -120,7 +116,7 @@ pub(crate) struct Batch {
 
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
-        self.put_tbl.is_empty() && self.del_tbl.is_empty() && self.log_tbl.is_empty()
+        self.put_tbl.is_empty() && self.deletes.is_empty() && self.log_tbl.is_empty()
     }
 
     /// Send on the connection's thread, inside the open transaction.
@@ -133,32 +129,26 @@ impl Batch {
                  SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
                  ON CONFLICT (tbl, key) DO UPDATE SET val = excluded.val",
             )?;
-            client(s).execute(&st, &[&self.put_tbl, &self.put_key, &self.put_val])?;
+            s.client
+                .execute(&st, &[&self.put_tbl, &self.put_key, &self.put_val])?;
         }
         // Per table, so the primary key's index finds each row. (A join with the unnest, as
         // the statements around this one could be written, gets a hash join over the whole
         // table from the planner, which cannot know how few rows the array holds.)
-        let mut deletes: HashMap<&'static str, Vec<String>> = HashMap::new();
-        for (tbl, key) in self.del_tbl.into_iter().zip(self.del_key) {
-            deletes.entry(tbl).or_default().push(key);
-        }
-        for (tbl, keys) in deletes {
+        for (tbl, keys) in self.deletes {
             let st = s.prepared("DELETE FROM tether_kv WHERE tbl = $1 AND key = ANY($2)")?;
-            client(s).execute(&st, &[&tbl, &keys])?;
+            s.client.execute(&st, &[&tbl, &keys])?;
         }
         if !self.log_tbl.is_empty() {
             let st = s.prepared(
                 "INSERT INTO tether_log (tbl, seq, val)
                  SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])",
             )?;
-            client(s).execute(&st, &[&self.log_tbl, &self.log_seq, &self.log_val])?;
+            s.client
+                .execute(&st, &[&self.log_tbl, &self.log_seq, &self.log_val])?;
         }
         Ok(())
     }
-}
-
-fn client(s: &mut super::Session) -> &mut Client {
-    &mut s.client
 }
 
 /// Read many rows in one statement: for each `(table, key)` asked, by position, its value or
@@ -176,7 +166,7 @@ pub(crate) fn select_rows(
          ON true",
     )?;
     let mut out = vec![None; tbls.len()];
-    for r in client(s).query(&st, &[&tbls, &keys])? {
+    for r in s.client.query(&st, &[&tbls, &keys])? {
         let i: i64 = r.get(0);
         if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
             *slot = r.get(1);
