@@ -295,8 +295,23 @@ fn client_config(params: &TlsParams) -> Result<ClientConfig, String> {
     Ok(config)
 }
 
+/// The most a TLS file named in the URL may hold: a CA bundle is a few hundred KiB, and a
+/// wrong path (a device, a log) must fail, not fill memory.
+const MAX_TLS_FILE: u64 = 4 << 20;
+
 fn read(what: &str, path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {path}: {e}"))
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TLS_FILE + 1).read_to_end(&mut out))
+        .map_err(|e| format!("cannot read {what} {path}: {e}"))?;
+    if out.len() as u64 > MAX_TLS_FILE {
+        return Err(format!(
+            "{what} {path} is larger than {} MiB: not a certificate or key file",
+            MAX_TLS_FILE >> 20
+        ));
+    }
+    Ok(out)
 }
 
 fn roots_from_file(path: &str) -> Result<RootCertStore, String> {
@@ -582,5 +597,9 @@ mod tests {
 
         let e = client_config(&params(None, Some("/c.pem"), None)).unwrap_err();
         assert!(e.contains("go together"), "{e}");
+
+        // A path that never ends (a device) is refused at the limit, not read into memory.
+        let e = client_config(&params(Some("/dev/zero"), None, None)).unwrap_err();
+        assert!(e.contains("larger than 4 MiB"), "{e}");
     }
 }
