@@ -104,23 +104,26 @@ impl TestServer {
     /// Start a new server; an error says what is missing (`apt-get install postgresql`).
     pub fn start() -> anyhow::Result<Self> {
         let server = Self::empty()?;
-        server
-            .run(
-                "initdb",
-                &[
-                    "-D",
-                    &server.data().display().to_string(),
-                    "-U",
-                    "tether",
-                    "--auth=trust",
-                    "--no-instructions",
-                    "-E",
-                    "UTF8",
-                ],
-            )
-            .context("initdb")?;
+        server.initdb(&["--auth=trust"])?;
         server.pg_ctl_start()?;
         Ok(server)
+    }
+
+    /// A new cluster in the data directory, superuser `tether`, with `auth`'s methods.
+    fn initdb(&self, auth: &[&str]) -> anyhow::Result<()> {
+        let data = self.data().display().to_string();
+        let mut args = vec![
+            "-D",
+            &data,
+            "-U",
+            "tether",
+            "--no-instructions",
+            "-E",
+            "UTF8",
+        ];
+        args.extend_from_slice(auth);
+        self.run("initdb", &args).context("initdb")?;
+        Ok(())
     }
 
     /// Start a new server with `ssl=on` and `tls`'s certificate, that lets TCP clients in only
@@ -130,19 +133,7 @@ impl TestServer {
     pub fn start_tls(tls: &TestTls) -> anyhow::Result<Self> {
         let mut server = Self::empty()?;
         server.tls_only = true;
-        let data = server.data().display().to_string();
-        let init = [
-            "-D",
-            &data,
-            "-U",
-            "tether",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "--no-instructions",
-            "-E",
-            "UTF8",
-        ];
-        server.run("initdb", &init).context("initdb")?;
+        server.initdb(&["--auth-local=trust", "--auth-host=scram-sha-256"])?;
         let (cert, key) = (
             server.dir().join("server.crt"),
             server.dir().join("server.key"),
